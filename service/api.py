@@ -1,0 +1,61 @@
+"""`POST /api`: a browser's post becomes Inngest events, sent before the answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, flash, g, jsonify, redirect, request, url_for
+
+from . import csrf, inngest
+from .auth import current
+from .errors import LoginRequired
+from .events import build_events
+from .payload import Payload, read_payload, referrer_path, same_origin_path, wants_json
+from .settings import Settings
+
+bp = Blueprint("api", __name__)
+
+
+def request_meta() -> dict[str, Any]:
+    """What the server knows about the request, added to every event as `data.request`."""
+    return {
+        "id": g.request_id,
+        "received_at": g.received_ms,
+        "ip": request.remote_addr,
+        "user_agent": request.user_agent.string or None,
+    }
+
+
+def _redirect_target(payload: Payload) -> str:
+    return same_origin_path(payload.next) or referrer_path(request) or url_for("pages.sent")
+
+
+@bp.post("/api")
+@csrf.protect
+def post_events() -> Any:
+    """Validate the posted events, send them to Inngest, and answer with their ids."""
+    settings: Settings = current_app.extensions["settings"]
+    user = current()
+    if user is None and settings.api_require_login:
+        raise LoginRequired()
+    payload = read_payload(request, settings.api_max_batch)
+    events = build_events(
+        payload.items,
+        batch=payload.batch,
+        settings=settings,
+        user=user.public() if user else None,
+        request_meta=request_meta(),
+        idempotency_key=request.headers.get("Idempotency-Key") or None,
+    )
+    g.event_count = len(events)
+    inngest.client().send([event.body for event in events])
+    ids = [event.id for event in events]
+    if payload.form and not wants_json(request):
+        flash(", ".join(ids), "sent")
+        return redirect(_redirect_target(payload), 303)
+    return jsonify(status="ok", ids=ids)
+
+
+def init_app(app: Flask) -> None:
+    """Register `POST /api`."""
+    app.register_blueprint(bp)

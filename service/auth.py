@@ -1,0 +1,111 @@
+"""Logging in and out: Flask-Login bound to the users table, and the `/auth` views."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, Response, jsonify, redirect, render_template, request
+from flask_login import LoginManager, current_user, login_user, logout_user
+from marshmallow import EXCLUDE, ValidationError
+
+from . import csrf
+from .errors import InvalidCredentials, LoginRequired, ValidationFailed
+from .payload import FORM_TYPES, JSON_TYPE, same_origin_path, strict_json, wants_json
+from .schemas import LoginSchema
+from .users import User, authenticate, load_user
+
+login_manager = LoginManager()
+login_manager.session_protection = "basic"
+bp = Blueprint("auth", __name__, url_prefix="/auth")
+
+
+@login_manager.user_loader
+def _load_user(session_token: str) -> User | None:
+    return load_user(session_token)
+
+
+@login_manager.unauthorized_handler
+def _unauthorized() -> Response:
+    raise LoginRequired()
+
+
+def current() -> User | None:
+    """The logged-in user, or None for an anonymous request."""
+    return current_user if current_user.is_authenticated else None  # type: ignore[return-value]
+
+
+def _credentials() -> dict[str, Any]:
+    if request.mimetype == JSON_TYPE:
+        body = strict_json(request.get_data(cache=False))
+        schema = LoginSchema()
+    elif request.mimetype in FORM_TYPES:
+        body = request.form.to_dict()
+        schema = LoginSchema(unknown=EXCLUDE)
+    else:
+        raise ValidationFailed(
+            "Send the credentials as JSON or as an HTML form.",
+            errors={"_schema": ["Expected application/json or a form body."]},
+        )
+    try:
+        credentials: dict[str, Any] = schema.load(body)
+    except ValidationError as exc:
+        raise ValidationFailed(errors=exc.normalized_messages()) from None
+    return credentials
+
+
+def _navigation() -> bool:
+    """A form submitted by a page, which expects a page back rather than JSON."""
+    return request.mimetype in FORM_TYPES and not wants_json(request)
+
+
+@bp.get("/login")
+def login_page() -> str:
+    """The login form; it works without JavaScript."""
+    return render_template("login.html", next=same_origin_path(request.args.get("next")))
+
+
+@bp.post("/login")
+@csrf.protect
+def login() -> Any:
+    """Check the credentials and start a session; unknown e-mail and wrong password look alike."""
+    credentials = _credentials()
+    user = authenticate(credentials["email"], credentials["password"])
+    if user is None:
+        if _navigation():
+            page = render_template(
+                "login.html",
+                next=same_origin_path(credentials["next"]),
+                email=credentials["email"],
+                error=InvalidCredentials.message,
+            )
+            return page, 401
+        raise InvalidCredentials()
+    login_user(user, remember=credentials["remember"])
+    if _navigation():
+        return redirect(same_origin_path(credentials["next"]) or "/", 303)
+    return jsonify(status="ok", user=user.public())
+
+
+@bp.post("/logout")
+@csrf.protect
+def logout() -> Any:
+    """End the session."""
+    logout_user()
+    if _navigation():
+        return redirect("/", 303)
+    return jsonify(status="ok")
+
+
+@bp.get("/me")
+def me() -> Response:
+    """The logged-in user, or 401."""
+    user = current()
+    if user is None:
+        raise LoginRequired()
+    return jsonify(user.public())
+
+
+def init_app(app: Flask) -> None:
+    """Bind Flask-Login and register the `/auth` views."""
+    login_manager.init_app(app)
+    app.register_blueprint(bp)

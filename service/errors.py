@@ -1,0 +1,148 @@
+"""One JSON error envelope for every error the service answers, and the handlers that render it."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from flask import Flask, Response, g, jsonify
+from werkzeug.exceptions import HTTPException
+
+from .inngest import InngestRejected, InngestUnavailable
+
+log = logging.getLogger(__name__)
+
+# Werkzeug's exception names, as machine-readable codes where ours differ from the default.
+_HTTP_CODES = {413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+class APIError(Exception):
+    """An error answered to the client; subclasses fix its status and code."""
+
+    status_code = 500
+    code = "internal_error"
+    message = "The service failed to handle the request."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        errors: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.errors = errors or {}
+        self.headers = headers or {}
+
+
+class InvalidJSON(APIError):
+    status_code, code = 400, "invalid_json"
+    message = "The request body is not valid JSON."
+
+
+class EmptyBody(APIError):
+    status_code, code = 400, "empty_body"
+    message = "The request body is empty."
+
+
+class LoginRequired(APIError):
+    status_code, code = 401, "login_required"
+    message = "Log in first."
+
+
+class InvalidCredentials(APIError):
+    status_code, code = 401, "invalid_credentials"
+    message = "The e-mail or password is incorrect."
+
+
+class CrossSiteRequest(APIError):
+    status_code, code = 403, "cross_site_request"
+    message = "Cross-site requests are not allowed."
+
+
+class EventNotAllowed(APIError):
+    status_code, code = 403, "event_not_allowed"
+    message = "This event name may not be sent from a browser."
+
+
+class EventTooLarge(APIError):
+    status_code, code = 413, "event_too_large"
+    message = "An event is larger than the allowed size."
+
+
+class UnsupportedMediaType(APIError):
+    status_code, code = 415, "unsupported_media_type"
+    message = "Send JSON (application/json) or an HTML form."
+
+
+class ValidationFailed(APIError):
+    status_code, code = 422, "validation_failed"
+    message = "The request is invalid."
+
+
+class NotReady(APIError):
+    status_code, code = 503, "not_ready"
+    message = "The service cannot serve requests yet."
+
+
+def envelope(
+    status: int, code: str, message: str, errors: dict[str, Any] | None = None
+) -> Response:
+    """The error body every part of the service answers with."""
+    response = jsonify(
+        status="error",
+        code=code,
+        message=message,
+        errors=errors or {},
+        request_id=g.get("request_id"),
+    )
+    response.status_code = status
+    return response
+
+
+def _api_error(exc: APIError) -> Response:
+    response = envelope(exc.status_code, exc.code, exc.message, exc.errors)
+    response.headers.update(exc.headers)
+    return response
+
+
+def _http_error(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    code = _HTTP_CODES.get(status) or (exc.name or "error").lower().replace(" ", "_")
+    response = envelope(status, code, exc.description or exc.name)
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+def _unavailable(exc: InngestUnavailable) -> Response:
+    log.warning("Inngest unavailable: %s", exc)
+    response = envelope(
+        503,
+        "upstream_unavailable",
+        "Inngest could not be reached in time; try again shortly.",
+    )
+    response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return response
+
+
+def _rejected(exc: InngestRejected) -> Response:
+    log.error("Inngest refused the events: %s", exc)
+    return envelope(502, "upstream_rejected", "Inngest refused the events.")
+
+
+def _unexpected(exc: Exception) -> Response:
+    log.exception("unhandled error")
+    return envelope(500, APIError.code, APIError.message)
+
+
+def init_app(app: Flask) -> None:
+    """Render every error, expected or not, as the JSON envelope."""
+    app.register_error_handler(APIError, _api_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(InngestUnavailable, _unavailable)
+    app.register_error_handler(InngestRejected, _rejected)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,108 @@
+"""Validated items to the events sent to Inngest: names checked, ids and times set, server keys added."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from marshmallow import ValidationError
+
+from .errors import EventNotAllowed, EventTooLarge, ValidationFailed
+from .schemas import MAX_ID_LENGTH, EventSchema
+from .settings import Settings
+
+RESERVED_PREFIX = "inngest/"
+_schema = EventSchema(many=True)
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event ready to send: its id, and its JSON exactly as it goes to Inngest."""
+
+    id: str
+    name: str
+    body: bytes
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON, as Inngest will measure it; never NaN or Infinity."""
+    return json.dumps(event, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def name_allowed(name: str, patterns: Sequence[str]) -> bool:
+    """Names under `inngest/` are Inngest's own; others must match an allowed pattern."""
+    if name.lower().startswith(RESERVED_PREFIX):
+        return False
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def _errors(by_index: dict[int, Any], batch: bool) -> dict[str, Any]:
+    """Field errors keyed by the event's index in a batch, or bare for a single event."""
+    if not batch:
+        return next(iter(by_index.values()), {})
+    return {str(index): messages for index, messages in by_index.items()}
+
+
+def build_events(
+    items: list[Any],
+    *,
+    batch: bool,
+    settings: Settings,
+    user: dict[str, Any] | None,
+    request_meta: dict[str, Any],
+    idempotency_key: str | None = None,
+) -> list[Event]:
+    """Validate items and turn them into events, or raise the error that explains why not."""
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_ID_LENGTH - 8:
+        raise ValidationFailed(
+            errors={"Idempotency-Key": [f"Must have 1 to {MAX_ID_LENGTH - 8} characters."]}
+        )
+    try:
+        loaded: list[dict[str, Any]] = _schema.load(items)
+    except ValidationError as exc:
+        messages = exc.messages if isinstance(exc.messages, dict) else {0: exc.messages}
+        raise ValidationFailed(errors=_errors(messages, batch)) from None
+
+    refused = {
+        index: {"name": [f"Event name {item['name']!r} is not allowed."]}
+        for index, item in enumerate(loaded)
+        if "name" in item and not name_allowed(item["name"], settings.api_allowed_events)
+    }
+    if refused:
+        raise EventNotAllowed(errors=_errors(refused, batch))
+
+    events: list[Event] = []
+    too_large: dict[int, Any] = {}
+    for index, item in enumerate(loaded):
+        event_id = item.get("id") or _default_id(idempotency_key, index, batch)
+        event: dict[str, Any] = {
+            "name": item.get("name") or settings.api_default_event,
+            "data": {**item["data"], "user": user, "request": request_meta},
+            "id": event_id,
+            "ts": item.get("ts") or request_meta["received_at"],
+        }
+        if "v" in item:
+            event["v"] = item["v"]
+        body = encode(event)
+        if len(body) > settings.api_max_event_bytes:
+            too_large[index] = {
+                "_schema": [
+                    f"The event is {len(body)} bytes; the limit is "
+                    f"{settings.api_max_event_bytes}."
+                ]
+            }
+        events.append(Event(id=event_id, name=event["name"], body=body))
+    if too_large:
+        raise EventTooLarge(errors=_errors(too_large, batch))
+    return events
+
+
+def _default_id(idempotency_key: str | None, index: int, batch: bool) -> str:
+    """The client's `Idempotency-Key` (suffixed by index in a batch), else a new UUID."""
+    if idempotency_key:
+        return f"{idempotency_key}:{index}" if batch else idempotency_key
+    return str(uuid.uuid4())

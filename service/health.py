@@ -1,0 +1,37 @@
+"""Health checks for load balancers and orchestrators."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Flask, Response, jsonify
+from sqlalchemy.exc import SQLAlchemyError
+
+from .db import db, ping
+from .errors import NotReady
+
+log = logging.getLogger(__name__)
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """The process answers."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """The database answers; 503 while it does not."""
+    try:
+        ping()
+    except SQLAlchemyError as exc:
+        db.session.rollback()
+        log.warning("database not ready: %s", type(exc).__name__)
+        raise NotReady("The database does not answer.", errors={"database": ["unreachable"]}) from None
+    return jsonify(status="ok", database="ok")
+
+
+def init_app(app: Flask) -> None:
+    """Register `/healthz` and `/readyz`."""
+    app.register_blueprint(bp)

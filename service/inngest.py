@@ -1,0 +1,239 @@
+"""The Inngest sender: the one module that makes outbound HTTP requests."""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import requests
+from flask import Flask, current_app
+
+from . import __version__
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+SDK_HEADER = f"inngest-gateway:v{__version__}"
+USER_AGENT = f"inngest-gateway/{__version__}"
+CONNECT_TIMEOUT = 3.05
+BACKOFF_BASE = 0.1
+BACKOFF_CAP = 5.0
+
+
+class InngestError(Exception):
+    """Inngest did not accept the events."""
+
+
+class InngestUnavailable(InngestError):
+    """Inngest could not be reached, or kept failing, until the send's time ran out."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class InngestRejected(InngestError):
+    """Inngest answered that the events are not acceptable; retrying will not help."""
+
+    def __init__(self, status: int, message: str, accepted: int = 0) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.error = message
+        self.accepted = accepted
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What Inngest answered to a successful send."""
+
+    internal_ids: list[str]
+    attempts: int
+
+
+def id_seed(now: float | None = None) -> str:
+    """A fresh `x-inngest-event-id-seed`: milliseconds and 10 random bytes, as the SDKs make it."""
+    millis = int((time.time() if now is None else now) * 1000)
+    return f"{millis},{base64.b64encode(os.urandom(10)).decode()}"
+
+
+def encode_batch(events: Sequence[bytes]) -> bytes:
+    """Join events already encoded as JSON into one JSON array."""
+    return b"[" + b",".join(events) + b"]"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a `Retry-After` header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def backoff(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+    """Exponential backoff with jitter: half fixed, half random, so retries spread out."""
+    ceiling = min(cap, base * (2**attempt))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+def _body(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = json.loads(response.content or b"null")
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+class InngestClient:
+    """Sends batches of encoded events to the event API, retrying what is worth retrying."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._url = settings.event_api_url
+        self.origin = settings.inngest_origin
+        self._key = settings.inngest_event_key
+        self._timeout = settings.inngest_send_timeout
+        self._headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "x-inngest-sdk": SDK_HEADER,
+        }
+        if settings.inngest_env:
+            self._headers["x-inngest-env"] = settings.inngest_env
+        self._lock = threading.Lock()
+        self._session: requests.Session | None = None
+        self._pid = 0
+
+    @property
+    def session(self) -> requests.Session:
+        """One pooled session per process, made after any fork so no socket is shared."""
+        with self._lock:
+            if self._session is None or self._pid != os.getpid():
+                session = requests.Session()
+                adapter = requests.adapters.HTTPAdapter(
+                    pool_connections=1, pool_maxsize=32, max_retries=0
+                )
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                self._session, self._pid = session, os.getpid()
+            return self._session
+
+    def redact(self, text: str) -> str:
+        """Remove the event key from text that may quote the URL (exception messages do)."""
+        return text.replace(self._key, "***") if self._key else text
+
+    def send(
+        self, events: Sequence[bytes], *, seed: str | None = None, deadline: float | None = None
+    ) -> SendResult:
+        """Send events, retrying connection errors, 5xx and 429 until the deadline.
+
+        The same body and `x-inngest-event-id-seed` go out on every attempt, so Inngest
+        derives the same internal ids and the events' own ids deduplicate any repeat.
+        """
+        body = encode_batch(events)
+        headers = {**self._headers, "x-inngest-event-id-seed": seed or id_seed()}
+        start = time.monotonic()
+        deadline = start + self._timeout if deadline is None else deadline
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - time.monotonic()
+            try:
+                return self._attempt(body, headers, len(events), attempt, remaining)
+            except _Retryable as exc:
+                delay = exc.retry_after if exc.retry_after is not None else backoff(attempt - 1)
+                remaining = deadline - time.monotonic()
+                if delay >= remaining:
+                    raise InngestUnavailable(
+                        f"gave up after {attempt} attempt(s) in "
+                        f"{time.monotonic() - start:.2f}s; last: {exc}",
+                        retry_after=min(max(delay, 1.0), 60.0),
+                    ) from None
+                log.info(
+                    "retrying Inngest send in %.2fs (attempt %d failed: %s)",
+                    delay,
+                    attempt,
+                    exc,
+                )
+                time.sleep(delay)
+
+    def _attempt(
+        self, body: bytes, headers: dict[str, str], count: int, attempt: int, remaining: float
+    ) -> SendResult:
+        if remaining <= 0:
+            raise _Retryable("no time left")
+        began = time.monotonic()
+        try:
+            response = self.session.post(
+                self._url,
+                data=body,
+                headers=headers,
+                timeout=(min(CONNECT_TIMEOUT, remaining), remaining),
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            reason = self.redact(f"{type(exc).__name__}: {exc}")
+            log.warning("Inngest send attempt %d: %s", attempt, reason)
+            raise _Retryable(type(exc).__name__) from None
+        elapsed_ms = (time.monotonic() - began) * 1000
+        status = response.status_code
+        parsed = _body(response)
+        log.info(
+            "Inngest send attempt %d: HTTP %d, %d event(s), %.0f ms",
+            attempt,
+            status,
+            count,
+            elapsed_ms,
+        )
+        if status >= 500 or status == 429:
+            raise _Retryable(f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After")))
+        error = parsed.get("error")
+        if 200 <= status < 300:
+            if not parsed:
+                raise _Retryable(f"HTTP {status} without a JSON body")
+            if parsed.get("status", 200) == 200 and not error:
+                ids = parsed.get("ids")
+                return SendResult(
+                    internal_ids=[str(i) for i in ids] if isinstance(ids, list) else [],
+                    attempts=attempt,
+                )
+        accepted = parsed.get("ids")
+        message = self.redact(str(error or response.reason or "no reason given"))
+        if status in (401, 403, 404):
+            message += " (check INNGEST_EVENT_KEY)"
+        raise InngestRejected(
+            status, message, accepted=len(accepted) if isinstance(accepted, list) else 0
+        )
+
+
+def init_app(app: Flask) -> None:
+    """Create the process's sender from the app's settings."""
+    app.extensions["inngest"] = InngestClient(app.extensions["settings"])
+
+
+def client() -> InngestClient:
+    """The current app's sender."""
+    sender: InngestClient = current_app.extensions["inngest"]
+    return sender

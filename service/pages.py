@@ -1,0 +1,32 @@
+"""The HTML pages a person uses to try the service: the demo page and the "sent" page."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, current_app, render_template
+
+from .auth import current
+
+bp = Blueprint("pages", __name__)
+
+
+@bp.get("/")
+def index() -> str:
+    """Who is logged in, and two ways to post to `/api`: a plain form and `fetch`."""
+    settings = current_app.extensions["settings"]
+    return render_template(
+        "index.html",
+        user=current(),
+        default_event=settings.api_default_event,
+        require_login=settings.api_require_login,
+    )
+
+
+@bp.get("/sent")
+def sent() -> str:
+    """Where a form post lands when it names no page to return to."""
+    return render_template("sent.html", user=current())
+
+
+def init_app(app: Flask) -> None:
+    """Register the pages."""
+    app.register_blueprint(bp)

@@ -1,0 +1,205 @@
+"""Typed settings, read once from the environment (and `.env`) when the app is created."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
+
+DEV_SERVER_ORIGIN = "http://127.0.0.1:8288"
+CLOUD_ORIGIN = "https://inn.gs"
+DEV_EVENT_KEY = "NO_EVENT_KEY_SET"
+INNGEST_MAX_EVENTS_PER_REQUEST = 5000
+_FALSY = {"", "0", "false"}
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the service must not start."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the service reads, already parsed and checked."""
+
+    secret_key: str | None
+    database_url: str | None
+    inngest_dev: bool
+    inngest_event_key: str
+    inngest_origin: str
+    inngest_env: str | None
+    inngest_send_timeout: float
+    api_allowed_events: tuple[str, ...]
+    api_default_event: str
+    api_require_login: bool
+    api_max_event_bytes: int
+    api_max_body_bytes: int
+    api_max_batch: int
+    trusted_origins: tuple[str, ...]
+    log_level: str
+
+    @property
+    def event_api_url(self) -> str:
+        """The full event API URL; it holds the key, so it is never logged."""
+        return f"{self.inngest_origin}/e/{self.inngest_event_key}"
+
+
+def _dev_mode(raw: str | None) -> tuple[bool, str | None]:
+    """Apply the SDKs' rule: unset, "", "0" and "false" mean cloud; a URL also names the dev server."""
+    if raw is None or raw.strip().lower() in _FALSY:
+        return False, None
+    value = raw.strip()
+    parts = urlsplit(value)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return True, value
+    return True, None
+
+
+def _origin(value: str, setting: str) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValidationError(f"must be an http(s) URL, got {value!r}", setting)
+    return value.strip().rstrip("/")
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+class _EnvBool(fields.Boolean):
+    truthy = {"1", "true", "yes", "on", "True", "TRUE", "Yes", "YES", "On", "ON"}
+    falsy = {"0", "false", "no", "off", "", "False", "FALSE", "No", "NO", "Off", "OFF"}
+
+
+class _SettingsSchema(Schema):
+    """Environment variables to typed values; names are the variables' own."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    SECRET_KEY = fields.String(load_default=None)
+    DATABASE_URL = fields.String(load_default=None, validate=validate.Length(min=1))
+    INNGEST_DEV = fields.String(load_default=None)
+    INNGEST_EVENT_KEY = fields.String(load_default=None)
+    INNGEST_BASE_URL = fields.String(load_default=None)
+    INNGEST_EVENT_API_BASE_URL = fields.String(load_default=None)
+    INNGEST_ENV = fields.String(load_default=None)
+    INNGEST_SEND_TIMEOUT = fields.Float(
+        load_default=10.0, validate=validate.Range(min=0.1, max=300)
+    )
+    API_ALLOWED_EVENTS = fields.String(load_default="app/*")
+    API_DEFAULT_EVENT = fields.String(
+        load_default="app/api.posted", validate=validate.Length(min=1, max=256)
+    )
+    API_REQUIRE_LOGIN = _EnvBool(load_default=False)
+    API_MAX_EVENT_BYTES = fields.Integer(
+        load_default=262144, validate=validate.Range(min=1024, max=3 * 1024 * 1024)
+    )
+    API_MAX_BODY_BYTES = fields.Integer(
+        load_default=1024 * 1024, validate=validate.Range(min=1024, max=64 * 1024 * 1024)
+    )
+    API_MAX_BATCH = fields.Integer(
+        load_default=100, validate=validate.Range(min=1, max=INNGEST_MAX_EVENTS_PER_REQUEST)
+    )
+    TRUSTED_ORIGINS = fields.String(load_default="")
+    LOG_LEVEL = fields.String(
+        load_default="INFO",
+        validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]),
+    )
+
+    @post_load
+    def _build(self, raw: dict[str, Any], **_: Any) -> Settings:
+        dev, dev_url = _dev_mode(raw["INNGEST_DEV"])
+        key = raw["INNGEST_EVENT_KEY"] or None
+        if key is None:
+            if not dev:
+                raise ValidationError(
+                    "is required outside dev mode (set it, or set INNGEST_DEV=1 for the "
+                    "Inngest dev server)",
+                    "INNGEST_EVENT_KEY",
+                )
+            key = DEV_EVENT_KEY
+        elif not re.fullmatch(r"[A-Za-z0-9_\-]+", key):
+            raise ValidationError("has characters an event key cannot have", "INNGEST_EVENT_KEY")
+        secret = raw["SECRET_KEY"] or None
+        if secret is None and not dev:
+            raise ValidationError("is required outside dev mode", "SECRET_KEY")
+        if raw["INNGEST_EVENT_API_BASE_URL"]:
+            origin = _origin(raw["INNGEST_EVENT_API_BASE_URL"], "INNGEST_EVENT_API_BASE_URL")
+        elif raw["INNGEST_BASE_URL"]:
+            origin = _origin(raw["INNGEST_BASE_URL"], "INNGEST_BASE_URL")
+        elif dev_url:
+            origin = _origin(dev_url, "INNGEST_DEV")
+        else:
+            origin = DEV_SERVER_ORIGIN if dev else CLOUD_ORIGIN
+        trusted = tuple(_origin(o, "TRUSTED_ORIGINS").lower() for o in _csv(raw["TRUSTED_ORIGINS"]))
+        patterns = _csv(raw["API_ALLOWED_EVENTS"])
+        return Settings(
+            secret_key=secret,
+            database_url=raw["DATABASE_URL"],
+            inngest_dev=dev,
+            inngest_event_key=key,
+            inngest_origin=origin,
+            inngest_env=raw["INNGEST_ENV"] or None,
+            inngest_send_timeout=raw["INNGEST_SEND_TIMEOUT"],
+            api_allowed_events=patterns,
+            api_default_event=raw["API_DEFAULT_EVENT"],
+            api_require_login=raw["API_REQUIRE_LOGIN"],
+            api_max_event_bytes=raw["API_MAX_EVENT_BYTES"],
+            api_max_body_bytes=raw["API_MAX_BODY_BYTES"],
+            api_max_batch=raw["API_MAX_BATCH"],
+            trusted_origins=trusted,
+            log_level=raw["LOG_LEVEL"],
+        )
+
+
+def _first_error(messages: Any, prefix: str = "") -> str:
+    """Flatten marshmallow's nested messages into one `NAME: message` line."""
+    if isinstance(messages, dict):
+        name, inner = next(iter(messages.items()))
+        label = prefix if name == "_schema" else str(name)
+        return _first_error(inner, label)
+    if isinstance(messages, list) and messages:
+        return _first_error(messages[0], prefix)
+    return f"{prefix}: {messages}" if prefix else str(messages)
+
+
+def environment(dotenv_path: str | os.PathLike[str] = ".env") -> dict[str, str]:
+    """The process environment over the values of `.env`, when that file exists."""
+    values = {k: v for k, v in dotenv_values(dotenv_path).items() if v is not None}
+    values.update(os.environ)
+    return values
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Parse settings from a mapping of variable names to strings, or raise ConfigError."""
+    try:
+        settings: Settings = _SettingsSchema().load(dict(env))
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc.messages)) from None
+    return settings
+
+
+def instance_secret(instance_path: str) -> str:
+    """A session secret generated once and kept under `instance/`, for dev mode only."""
+    path = Path(instance_path) / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_hex(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process wrote it first
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret)
+    return secret
