@@ -84,6 +84,8 @@ def register_commands(app: Flask) -> None:
 def create_demo_user(app: Flask) -> None:
     """On a dev database without users, make one a person can log in with, and say how."""
     with app.app_context():
+        if not db.ensure_schema(app):
+            return
         try:
             password = users.ensure_demo_user()
         except IntegrityError:  # another worker made it at the same moment

@@ -43,10 +43,24 @@ def create_schema() -> None:
     """Create missing tables; safe when several processes start at once."""
     try:
         db.create_all()
-    except (exc.OperationalError, exc.IntegrityError, exc.ProgrammingError):
+    except (exc.IntegrityError, exc.ProgrammingError):
         # Another worker created a table between our check and our CREATE: look again.
         db.session.rollback()
         db.create_all()
+
+
+def ensure_schema(app: Flask) -> bool:
+    """Create the schema once per process; False (and logged) while the database is down."""
+    if app.extensions.get("schema_ready"):
+        return True
+    try:
+        create_schema()
+    except exc.SQLAlchemyError as error:
+        db.session.rollback()
+        log.warning("database unavailable, schema not checked yet: %s", type(error).__name__)
+        return False
+    app.extensions["schema_ready"] = True
+    return True
 
 
 def ping() -> None:
@@ -63,5 +77,10 @@ def init_app(app: Flask, url: str) -> None:
         if db.engine.dialect.name == "sqlite":
             event.listen(db.engine, "connect", _sqlite_pragmas)
             db.engine.dispose()  # connections opened before the listener lack the pragmas
-        create_schema()
+        ensure_schema(app)
+
+    @app.before_request
+    def _schema_on_first_use() -> None:
+        if not app.extensions.get("schema_ready"):
+            ensure_schema(app)
 

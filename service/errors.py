@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from flask import Flask, Response, g, jsonify
+from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from .inngest import InngestRejected, InngestUnavailable
@@ -134,6 +135,15 @@ def _rejected(exc: InngestRejected) -> Response:
     return envelope(502, "upstream_rejected", "Inngest refused the events.")
 
 
+def _database_down(exc: DBAPIError) -> Response:
+    if not exc.connection_invalidated and not isinstance(exc, OperationalError):
+        return _unexpected(exc)
+    log.warning("database unavailable: %s", type(exc.orig).__name__)
+    response = envelope(503, "database_unavailable", "The database is unavailable; try again shortly.")
+    response.headers["Retry-After"] = "5"
+    return response
+
+
 def _unexpected(exc: Exception) -> Response:
     log.exception("unhandled error")
     return envelope(500, APIError.code, APIError.message)
@@ -145,4 +155,5 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(InngestUnavailable, _unavailable)
     app.register_error_handler(InngestRejected, _rejected)
+    app.register_error_handler(DBAPIError, _database_down)
     app.register_error_handler(Exception, _unexpected)

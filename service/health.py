@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Flask, Response, jsonify
+from flask import Blueprint, Flask, Response, current_app, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 
-from .db import db, ping
+from .db import db, ensure_schema, ping
 from .errors import NotReady
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,8 @@ def readyz() -> Response:
     """The database answers; 503 while it does not."""
     try:
         ping()
+        if not ensure_schema(current_app):
+            raise NotReady("The database schema could not be created.")
     except SQLAlchemyError as exc:
         db.session.rollback()
         log.warning("database not ready: %s", type(exc).__name__)

@@ -1,0 +1,113 @@
+"""Fixtures: a real stand-in for Inngest on 127.0.0.1, the app built from test settings, clients."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from service.app import create_app
+from service.db import db
+from service.users import create_user
+from tests.standin import InngestStandIn
+
+PASSWORD = "correct horse battery staple"
+SECRET_KEY = "test-session-secret-0123456789abcdef"
+
+
+@pytest.fixture
+def inngest() -> Iterator[InngestStandIn]:
+    """Inngest's event API, served for real on a free loopback port."""
+    standin = InngestStandIn().start()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture
+def base_env(tmp_path: Path, inngest: InngestStandIn) -> dict[str, str]:
+    """Production-like settings pointing at the stand-in; tests change what they need."""
+    return {
+        "SECRET_KEY": SECRET_KEY,
+        "INNGEST_EVENT_KEY": inngest.event_key,
+        "INNGEST_BASE_URL": inngest.url,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'test.db'}",
+        "INNGEST_SEND_TIMEOUT": "2",
+        "CREATE_DEMO_USER": "false",
+    }
+
+
+@pytest.fixture
+def make_app(tmp_path: Path, base_env: dict[str, str]) -> Iterator[Callable[..., Flask]]:
+    """Build apps with settings overridden by keyword, as the factory reads them."""
+    apps: list[Flask] = []
+
+    def factory(**overrides: str) -> Flask:
+        app = create_app({**base_env, **overrides}, instance_path=str(tmp_path / "instance"))
+        app.config["TESTING"] = True
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> Any:
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def user(app: Flask) -> dict[str, Any]:
+    """A user in the database, as events show it."""
+    with app.app_context():
+        return create_user("ada@example.com", "Ada Lovelace", PASSWORD).public()
+
+
+class AuthActions:
+    """Log the test client in and out through the real views."""
+
+    def __init__(self, client: FlaskClient) -> None:
+        self._client = client
+
+    def login(self, email: str = "ada@example.com", password: str = PASSWORD) -> TestResponse:
+        return self._client.post("/auth/login", json={"email": email, "password": password})
+
+    def logout(self) -> TestResponse:
+        return self._client.post("/auth/logout")
+
+
+@pytest.fixture
+def auth(client: FlaskClient) -> AuthActions:
+    return AuthActions(client)
+
+
+def assert_envelope(response: TestResponse, status: int, code: str) -> dict[str, Any]:
+    """The response is the service's error envelope with this status and code."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = json.loads(response.get_data())
+    assert body["status"] == "error"
+    assert body["code"] == code
+    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["errors"], dict)
+    assert body["request_id"] == response.headers["X-Request-ID"]
+    return body

@@ -1,0 +1,208 @@
+"""POST /api end to end: what the browser gets back and exactly what reaches Inngest."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from tests.conftest import AuthActions
+from tests.standin import SEED, InngestStandIn
+
+UA = "Mozilla/5.0 (test)"
+
+
+def only_event(inngest: InngestStandIn) -> dict[str, Any]:
+    assert len(inngest.received) == 1
+    (event,) = inngest.received[0].events
+    return event
+
+
+def test_original_route_body_is_sent_anonymously(client: FlaskClient, inngest: InngestStandIn) -> None:
+    before = int(time.time() * 1000)
+    response = client.post(
+        "/api",
+        json={"data": "example data"},
+        headers={"User-Agent": UA, "X-Request-ID": "req-123"},
+        environ_base={"REMOTE_ADDR": "203.0.113.9"},
+    )
+
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "ok"
+    (event_id,) = body["ids"]
+    assert uuid.UUID(event_id)
+    assert response.headers["X-Request-ID"] == "req-123"
+
+    event = only_event(inngest)
+    assert set(event) == {"name", "data", "id", "ts"}
+    assert event["name"] == "app/api.posted"
+    assert event["id"] == event_id
+    assert before <= event["ts"] <= int(time.time() * 1000)
+    assert event["data"] == {
+        "value": "example data",
+        "user": None,
+        "request": {
+            "id": "req-123",
+            "received_at": event["ts"],
+            "ip": "203.0.113.9",
+            "user_agent": UA,
+        },
+    }
+    assert inngest.accepted_ids() == [event_id]
+
+
+def test_logged_in_post_carries_the_session_user(
+    client: FlaskClient, auth: AuthActions, user: dict[str, Any], inngest: InngestStandIn
+) -> None:
+    assert auth.login().status_code == 200
+
+    response = client.post("/api", json={"name": "app/signup.clicked", "data": {"plan": "pro"}})
+
+    assert response.status_code == 200
+    event = only_event(inngest)
+    assert event["name"] == "app/signup.clicked"
+    assert event["data"]["plan"] == "pro"
+    assert event["data"]["user"] == {"id": user["id"], "email": "ada@example.com", "name": "Ada Lovelace"}
+
+
+def test_client_id_ts_and_v_pass_through(client: FlaskClient, inngest: InngestStandIn) -> None:
+    sent = {"name": "app/x", "data": {"a": [1, 2.5, None, True]}, "id": "order-42", "ts": 1700000000000, "v": "2024-01"}
+
+    response = client.post("/api", json=sent)
+
+    assert response.get_json() == {"status": "ok", "ids": ["order-42"]}
+    event = only_event(inngest)
+    assert {k: event[k] for k in ("name", "id", "ts", "v")} == {
+        "name": "app/x",
+        "id": "order-42",
+        "ts": 1700000000000,
+        "v": "2024-01",
+    }
+    assert event["data"]["a"] == [1, 2.5, None, True]
+
+
+def test_idempotency_key_sets_the_id_of_a_single_event(client: FlaskClient, inngest: InngestStandIn) -> None:
+    response = client.post("/api", json={"data": {}}, headers={"Idempotency-Key": "click-7"})
+
+    assert response.get_json()["ids"] == ["click-7"]
+    assert only_event(inngest)["id"] == "click-7"
+
+
+def test_batch_goes_upstream_in_one_request(client: FlaskClient, inngest: InngestStandIn) -> None:
+    batch = [{"name": "app/a", "data": {"n": i}} for i in range(3)] + [{"name": "app/b", "id": "fixed"}]
+
+    response = client.post("/api", json=batch, headers={"Idempotency-Key": "k"})
+
+    assert response.status_code == 200
+    assert response.get_json()["ids"] == ["k:0", "k:1", "k:2", "fixed"]
+    assert len(inngest.received) == 1
+    events = inngest.received[0].events
+    assert [e["name"] for e in events] == ["app/a", "app/a", "app/a", "app/b"]
+    assert [e["data"].get("n") for e in events] == [0, 1, 2, None]
+    assert len({e["data"]["request"]["id"] for e in events}) == 1
+
+
+def test_upstream_request_follows_the_contract(client: FlaskClient, inngest: InngestStandIn) -> None:
+    client.post("/api", json={"data": {"text": "héllo ✓"}})
+
+    (received,) = inngest.received
+    assert received.key == inngest.event_key
+    assert received.headers["content-type"] == "application/json"
+    assert re.fullmatch(r"inngest-gateway:v\d+\.\d+\.\d+", received.headers["x-inngest-sdk"])
+    assert SEED.match(received.seed or "")
+    assert "x-inngest-env" not in received.headers
+    assert isinstance(json.loads(received.body), list)
+    assert "héllo ✓".encode() in received.body  # UTF-8, not escapes
+
+
+def test_branch_environment_header(make_app: Any, inngest: InngestStandIn) -> None:
+    client = make_app(INNGEST_ENV="feature-x").test_client()
+
+    assert client.post("/api", json={}).status_code == 200
+    assert inngest.received[0].headers["x-inngest-env"] == "feature-x"
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "multipart/form-data"])
+def test_form_post_redirects_to_next(client: FlaskClient, inngest: InngestStandIn, content_type: str) -> None:
+    response = client.post(
+        "/api",
+        data={"name": "app/form.sent", "message": "hi", "tag": ["a", "b"], "next": "/thanks?x=1"},
+        content_type=content_type,
+        headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"},
+    )
+
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/thanks?x=1"
+    event = only_event(inngest)
+    assert event["name"] == "app/form.sent"
+    assert {k: v for k, v in event["data"].items() if k not in ("user", "request")} == {
+        "message": "hi",
+        "tag": ["a", "b"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("next_url", "referrer", "location"),
+    [
+        ("https://evil.example/", None, "/sent"),
+        ("//evil.example/x", None, "/sent"),
+        ("/\\evil.example", None, "/sent"),
+        (None, "http://localhost/pricing?plan=pro", "/pricing?plan=pro"),
+        (None, "https://evil.example/page", "/sent"),
+        ("", None, "/sent"),
+    ],
+)
+def test_form_redirect_stays_on_this_site(
+    client: FlaskClient, inngest: InngestStandIn, next_url: str | None, referrer: str | None, location: str
+) -> None:
+    data = {"message": "hi"}
+    if next_url is not None:
+        data["next"] = next_url
+    headers = {"Referer": referrer} if referrer else {}
+
+    response = client.post("/api", data=data, headers=headers)
+
+    assert response.status_code == 303
+    assert response.headers["Location"] == location
+    assert len(inngest.accepted) == 1
+
+
+def test_sent_page_shows_the_ids(client: FlaskClient, inngest: InngestStandIn) -> None:
+    response = client.post("/api", data={"message": "hi"}, follow_redirects=True)
+
+    assert response.status_code == 200
+    assert response.request.path == "/sent"
+    assert only_event(inngest)["id"] in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Accept": "application/json"},
+        {"Accept": "application/json, text/plain, */*"},
+        {"X-Requested-With": "XMLHttpRequest"},
+    ],
+)
+def test_form_post_that_asks_for_json_gets_json(
+    client: FlaskClient, inngest: InngestStandIn, headers: dict[str, str]
+) -> None:
+    response = client.post("/api", data={"name": "app/x", "next": "/elsewhere"}, headers=headers)
+
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "ids": [only_event(inngest)["id"]]}
+
+
+def test_every_answer_carries_a_request_id(client: FlaskClient, inngest: InngestStandIn) -> None:
+    first = client.post("/api", json={})
+    second = client.post("/api", json={}, headers={"X-Request-ID": "bad id with spaces"})
+
+    ids = [first.headers["X-Request-ID"], second.headers["X-Request-ID"]]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    assert ids[0] != ids[1]
+    assert [r.events[0]["data"]["request"]["id"] for r in inngest.received] == ids
