@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import click
@@ -13,9 +12,7 @@ from . import api, auth, csrf, db, errors, health, inngest, logs, pages, users
 from .settings import Settings, environment, instance_secret, load_settings
 
 
-def create_app(
-    env: Mapping[str, str] | None = None, *, instance_path: str | None = None
-) -> Flask:
+def create_app(env: Mapping[str, str] | None = None, *, instance_path: str | None = None) -> Flask:
     """Build the service; settings come from `env`, else from the environment and `.env`."""
     app = Flask(__name__, instance_path=instance_path)
     settings = load_settings(environment() if env is None else env)
@@ -25,7 +22,7 @@ def create_app(
     register_blueprints(app)
     register_errorhandlers(app)
     register_commands(app)
-    if settings.inngest_dev and (env or os.environ).get("CREATE_DEMO_USER", "true") != "false":
+    if settings.inngest_dev and settings.create_demo_user:
         create_demo_user(app)
     return app
 
@@ -49,7 +46,7 @@ def configure_app(app: Flask, settings: Settings) -> None:
 
 def configure_logger(settings: Settings, secret_key: str) -> None:
     """Log lines carry request ids, and never the event key or the session secret."""
-    secrets = (secret_key,)
+    secrets: tuple[str, ...] = (secret_key,)
     if settings.inngest_event_key != "NO_EVENT_KEY_SET":
         secrets += (settings.inngest_event_key,)
     logs.configure_logging(settings.log_level, secrets)

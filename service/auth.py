@@ -31,7 +31,8 @@ def _unauthorized() -> Response:
 
 def current() -> User | None:
     """The logged-in user, or None for an anonymous request."""
-    return current_user if current_user.is_authenticated else None  # type: ignore[return-value]
+    user: User | None = current_user if current_user.is_authenticated else None
+    return user
 
 
 def _credentials() -> dict[str, Any]:
@@ -49,7 +50,7 @@ def _credentials() -> dict[str, Any]:
     try:
         credentials: dict[str, Any] = schema.load(body)
     except ValidationError as exc:
-        raise ValidationFailed(errors=exc.normalized_messages()) from None
+        raise ValidationFailed(errors=dict(exc.messages_dict)) from None
     return credentials
 
 

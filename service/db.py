@@ -83,4 +83,3 @@ def init_app(app: Flask, url: str) -> None:
     def _schema_on_first_use() -> None:
         if not app.extensions.get("schema_ready"):
             ensure_schema(app)
-

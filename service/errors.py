@@ -139,7 +139,9 @@ def _database_down(exc: DBAPIError) -> Response:
     if not exc.connection_invalidated and not isinstance(exc, OperationalError):
         return _unexpected(exc)
     log.warning("database unavailable: %s", type(exc.orig).__name__)
-    response = envelope(503, "database_unavailable", "The database is unavailable; try again shortly.")
+    response = envelope(
+        503, "database_unavailable", "The database is unavailable; try again shortly."
+    )
     response.headers["Retry-After"] = "5"
     return response
 

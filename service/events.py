@@ -1,4 +1,4 @@
-"""Validated items to the events sent to Inngest: names checked, ids and times set, server keys added."""
+"""Validated items to the events sent to Inngest: names checked, ids, times and server keys set."""
 
 from __future__ import annotations
 
@@ -91,8 +91,7 @@ def build_events(
         if len(body) > settings.api_max_event_bytes:
             too_large[index] = {
                 "_schema": [
-                    f"The event is {len(body)} bytes; the limit is "
-                    f"{settings.api_max_event_bytes}."
+                    f"The event is {len(body)} bytes; the limit is {settings.api_max_event_bytes}."
                 ]
             }
         events.append(Event(id=event_id, name=event["name"], body=body))

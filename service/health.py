@@ -30,7 +30,9 @@ def readyz() -> Response:
     except SQLAlchemyError as exc:
         db.session.rollback()
         log.warning("database not ready: %s", type(exc).__name__)
-        raise NotReady("The database does not answer.", errors={"database": ["unreachable"]}) from None
+        raise NotReady(
+            "The database does not answer.", errors={"database": ["unreachable"]}
+        ) from None
     return jsonify(status="ok", database="ok")
 
 

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
@@ -83,13 +83,13 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def backoff(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
     """Exponential backoff with jitter: half fixed, half random, so retries spread out."""
-    ceiling = min(cap, base * (2**attempt))
+    ceiling: float = min(cap, base * (2**attempt))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
@@ -208,7 +208,9 @@ class InngestClient:
             elapsed_ms,
         )
         if status >= 500 or status == 429:
-            raise _Retryable(f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After")))
+            raise _Retryable(
+                f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After"))
+            )
         error = parsed.get("error")
         if 200 <= status < 300:
             if not parsed:

@@ -43,9 +43,7 @@ def configure_logging(level: str, secrets: tuple[str, ...]) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.set_name(_HANDLER_NAME)
         handler.setFormatter(
-            logging.Formatter(
-                "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
-            )
+            logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
         )
         logger.addHandler(handler)
     for old in list(handler.filters):

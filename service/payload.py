@@ -1,4 +1,4 @@
-"""Request bodies to raw event items: strict JSON or HTML form fields, and what the client wants back."""
+"""Request bodies to raw event items (strict JSON or form fields), and the answer wanted."""
 
 from __future__ import annotations
 
@@ -57,7 +57,9 @@ def _check_tree(value: Any) -> None:
         node, depth = stack.pop()
         if isinstance(node, str):
             if _SURROGATE.search(node):
-                raise InvalidJSON("The JSON holds a lone surrogate (\\ud800-\\udfff), not valid text.")
+                raise InvalidJSON(
+                    "The JSON holds a lone surrogate (\\ud800-\\udfff), not valid text."
+                )
         elif isinstance(node, (dict, list)):
             if depth >= MAX_DEPTH:
                 raise InvalidJSON(f"The JSON is nested more than {MAX_DEPTH} levels deep.")
@@ -82,7 +84,8 @@ def strict_json(raw: bytes) -> Any:
         )
     except json.JSONDecodeError as exc:
         raise InvalidJSON(
-            f"The request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})."
+            f"The request body is not valid JSON: {exc.msg} "
+            f"(line {exc.lineno}, column {exc.colno})."
         ) from None
     except ValueError as exc:
         raise InvalidJSON(f"The request body is not valid JSON: {exc}.") from None

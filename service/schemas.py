@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates
 
 # Inngest refuses timestamps outside [1980-01-01, 2100-01-01).
-TS_MIN = int(datetime(1980, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
-TS_MAX = int(datetime(2100, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
+TS_MIN = int(datetime(1980, 1, 1, tzinfo=UTC).timestamp() * 1000)
+TS_MAX = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
 SERVER_KEYS = ("user", "request")
 MAX_NAME_LENGTH = 256
 MAX_ID_LENGTH = 256

@@ -44,6 +44,7 @@ class Settings:
     api_max_batch: int
     trusted_origins: tuple[str, ...]
     log_level: str
+    create_demo_user: bool
 
     @property
     def event_api_url(self) -> str:
@@ -52,7 +53,7 @@ class Settings:
 
 
 def _dev_mode(raw: str | None) -> tuple[bool, str | None]:
-    """Apply the SDKs' rule: unset, "", "0" and "false" mean cloud; a URL also names the dev server."""
+    """The SDKs' rule: unset, "", "0" and "false" mean cloud; a URL also names the dev server."""
     if raw is None or raw.strip().lower() in _FALSY:
         return False, None
     value = raw.strip()
@@ -109,6 +110,7 @@ class _SettingsSchema(Schema):
         load_default=100, validate=validate.Range(min=1, max=INNGEST_MAX_EVENTS_PER_REQUEST)
     )
     TRUSTED_ORIGINS = fields.String(load_default="")
+    CREATE_DEMO_USER = _EnvBool(load_default=True)
     LOG_LEVEL = fields.String(
         load_default="INFO",
         validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]),
@@ -157,6 +159,7 @@ class _SettingsSchema(Schema):
             api_max_batch=raw["API_MAX_BATCH"],
             trusted_origins=trusted,
             log_level=raw["LOG_LEVEL"],
+            create_demo_user=raw["CREATE_DEMO_USER"],
         )
 
 
@@ -179,9 +182,13 @@ def environment(dotenv_path: str | os.PathLike[str] = ".env") -> dict[str, str]:
 
 
 def load_settings(env: Mapping[str, str]) -> Settings:
-    """Parse settings from a mapping of variable names to strings, or raise ConfigError."""
+    """Parse settings from a mapping of variable names to strings, or raise ConfigError.
+
+    An empty value counts as unset, as in `.env.example`.
+    """
+    given = {name: value for name, value in env.items() if value.strip()}
     try:
-        settings: Settings = _SettingsSchema().load(dict(env))
+        settings: Settings = _SettingsSchema().load(given)
     except ValidationError as exc:
         raise ConfigError(_first_error(exc.messages)) from None
     return settings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 from flask import Flask
@@ -35,7 +35,7 @@ def _new_token() -> str:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class User(UserMixin, db.Model):  # type: ignore[name-defined,misc]

@@ -21,12 +21,18 @@ PASSWORD = "correct horse battery staple"
 SECRET_KEY = "test-session-secret-0123456789abcdef"
 
 
-@pytest.fixture
-def inngest() -> Iterator[InngestStandIn]:
-    """Inngest's event API, served for real on a free loopback port."""
+@pytest.fixture(scope="session")
+def inngest_server() -> Iterator[InngestStandIn]:
     standin = InngestStandIn().start()
     yield standin
     standin.stop()
+
+
+@pytest.fixture
+def inngest(inngest_server: InngestStandIn) -> InngestStandIn:
+    """Inngest's event API, served for real on a loopback port, fresh for each test."""
+    inngest_server.reset()
+    return inngest_server
 
 
 @pytest.fixture

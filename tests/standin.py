@@ -15,14 +15,14 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-TS_MIN = int(datetime(1980, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
-TS_MAX = int(datetime(2100, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
+TS_MIN = int(datetime(1980, 1, 1, tzinfo=UTC).timestamp() * 1000)
+TS_MAX = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
 MAX_EVENTS = 5000
 SEED = re.compile(r"^\d+,[A-Za-z0-9+/]{14}==$")
 
@@ -94,8 +94,8 @@ class InngestStandIn:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        self.event_key = event_key
-        self.max_event_bytes = max_event_bytes
+        self.event_key = self.default_key = event_key
+        self.max_event_bytes = self.default_max_event_bytes = max_event_bytes
         self.delay = 0.0
         self.received: list[Received] = []
         self.accepted: list[dict[str, Any]] = []
@@ -115,6 +115,18 @@ class InngestStandIn:
     def stop(self) -> None:
         if self.server.is_running():
             self.server.stop()
+
+    def reset(self) -> None:
+        """Forget what was received and queued, and serve again if stopped."""
+        with self._lock:
+            self.received.clear()
+            self.accepted.clear()
+            self._faults.clear()
+        self.delay = 0.0
+        self.event_key = self.default_key
+        self.max_event_bytes = self.default_max_event_bytes
+        if not self.server.is_running():
+            self.server.start()
 
     @property
     def url(self) -> str:
@@ -139,7 +151,9 @@ class InngestStandIn:
             return [event.get("id") for event in self.accepted]
 
     # -- the event API ---------------------------------------------------------------
-    def _answer(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    def _answer(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> Response:
         # The open-source server sets no Content-Type on these answers.
         response = Response(json.dumps(body), status=status, headers=headers or {})
         del response.headers["Content-Type"]
@@ -163,7 +177,11 @@ class InngestStandIn:
         with self._lock:
             fault = self._faults.popleft() if self._faults else None
         if fault is not None:
-            body = fault.body if fault.body is not None else {"status": fault.status, "error": "stand-in fault"}
+            body = (
+                fault.body
+                if fault.body is not None
+                else {"status": fault.status, "error": "stand-in fault"}
+            )
             return self._answer(fault.status, body, fault.headers)
         if not record.key:
             return self._answer(401, {"status": 401, "error": "Event key is required"})

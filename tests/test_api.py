@@ -23,7 +23,9 @@ def only_event(inngest: InngestStandIn) -> dict[str, Any]:
     return event
 
 
-def test_original_route_body_is_sent_anonymously(client: FlaskClient, inngest: InngestStandIn) -> None:
+def test_original_route_body_is_sent_anonymously(
+    client: FlaskClient, inngest: InngestStandIn
+) -> None:
     before = int(time.time() * 1000)
     response = client.post(
         "/api",
@@ -68,11 +70,21 @@ def test_logged_in_post_carries_the_session_user(
     event = only_event(inngest)
     assert event["name"] == "app/signup.clicked"
     assert event["data"]["plan"] == "pro"
-    assert event["data"]["user"] == {"id": user["id"], "email": "ada@example.com", "name": "Ada Lovelace"}
+    assert event["data"]["user"] == {
+        "id": user["id"],
+        "email": "ada@example.com",
+        "name": "Ada Lovelace",
+    }
 
 
 def test_client_id_ts_and_v_pass_through(client: FlaskClient, inngest: InngestStandIn) -> None:
-    sent = {"name": "app/x", "data": {"a": [1, 2.5, None, True]}, "id": "order-42", "ts": 1700000000000, "v": "2024-01"}
+    sent = {
+        "name": "app/x",
+        "data": {"a": [1, 2.5, None, True]},
+        "id": "order-42",
+        "ts": 1700000000000,
+        "v": "2024-01",
+    }
 
     response = client.post("/api", json=sent)
 
@@ -87,7 +99,9 @@ def test_client_id_ts_and_v_pass_through(client: FlaskClient, inngest: InngestSt
     assert event["data"]["a"] == [1, 2.5, None, True]
 
 
-def test_idempotency_key_sets_the_id_of_a_single_event(client: FlaskClient, inngest: InngestStandIn) -> None:
+def test_idempotency_key_sets_the_id_of_a_single_event(
+    client: FlaskClient, inngest: InngestStandIn
+) -> None:
     response = client.post("/api", json={"data": {}}, headers={"Idempotency-Key": "click-7"})
 
     assert response.get_json()["ids"] == ["click-7"]
@@ -95,7 +109,9 @@ def test_idempotency_key_sets_the_id_of_a_single_event(client: FlaskClient, inng
 
 
 def test_batch_goes_upstream_in_one_request(client: FlaskClient, inngest: InngestStandIn) -> None:
-    batch = [{"name": "app/a", "data": {"n": i}} for i in range(3)] + [{"name": "app/b", "id": "fixed"}]
+    batch = [{"name": "app/a", "data": {"n": i}} for i in range(3)] + [
+        {"name": "app/b", "id": "fixed"}
+    ]
 
     response = client.post("/api", json=batch, headers={"Idempotency-Key": "k"})
 
@@ -108,7 +124,9 @@ def test_batch_goes_upstream_in_one_request(client: FlaskClient, inngest: Innges
     assert len({e["data"]["request"]["id"] for e in events}) == 1
 
 
-def test_upstream_request_follows_the_contract(client: FlaskClient, inngest: InngestStandIn) -> None:
+def test_upstream_request_follows_the_contract(
+    client: FlaskClient, inngest: InngestStandIn
+) -> None:
     client.post("/api", json={"data": {"text": "héllo ✓"}})
 
     (received,) = inngest.received
@@ -128,8 +146,12 @@ def test_branch_environment_header(make_app: Any, inngest: InngestStandIn) -> No
     assert inngest.received[0].headers["x-inngest-env"] == "feature-x"
 
 
-@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "multipart/form-data"])
-def test_form_post_redirects_to_next(client: FlaskClient, inngest: InngestStandIn, content_type: str) -> None:
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "multipart/form-data"]
+)
+def test_form_post_redirects_to_next(
+    client: FlaskClient, inngest: InngestStandIn, content_type: str
+) -> None:
     response = client.post(
         "/api",
         data={"name": "app/form.sent", "message": "hi", "tag": ["a", "b"], "next": "/thanks?x=1"},
@@ -159,7 +181,11 @@ def test_form_post_redirects_to_next(client: FlaskClient, inngest: InngestStandI
     ],
 )
 def test_form_redirect_stays_on_this_site(
-    client: FlaskClient, inngest: InngestStandIn, next_url: str | None, referrer: str | None, location: str
+    client: FlaskClient,
+    inngest: InngestStandIn,
+    next_url: str | None,
+    referrer: str | None,
+    location: str,
 ) -> None:
     data = {"message": "hi"}
     if next_url is not None:
