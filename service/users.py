@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import click
 from flask import Flask
+from flask.cli import AppGroup
 from flask_login import UserMixin
 from marshmallow import ValidationError, validate
 from sqlalchemy import String, func, select
@@ -132,9 +133,7 @@ def ensure_demo_user() -> str | None:
     return password
 
 
-@click.group("users")
-def users_cli() -> None:
-    """Manage the users who can log in."""
+users_cli = AppGroup("users", help="Manage the users who can log in.")
 
 
 @users_cli.command("create")

@@ -1,0 +1,399 @@
+"""Settings: the SDKs' rules for mode, key and origin, defaults, refusals, `.env` and secrets."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dotenv import dotenv_values
+from flask import Flask
+
+from service.db import db
+from service.settings import (
+    CLOUD_ORIGIN,
+    DEV_EVENT_KEY,
+    DEV_SERVER_ORIGIN,
+    ConfigError,
+    Settings,
+    _SettingsSchema,
+    environment,
+    load_settings,
+)
+from service.users import create_user
+from tests.conftest import PASSWORD
+from tests.standin import InngestStandIn
+
+ROOT = Path(__file__).resolve().parent.parent
+CLOUD = {"INNGEST_EVENT_KEY": "cloud-key", "SECRET_KEY": "s3cret"}
+
+
+@pytest.mark.parametrize(
+    ("value", "dev"),
+    [
+        (None, False),
+        ("", False),
+        ("0", False),
+        ("false", False),
+        ("FALSE", False),
+        ("False", False),
+        ("1", True),
+        ("true", True),
+        ("TRUE", True),
+        ("yes", True),
+        ("http://127.0.0.1:9999", True),
+    ],
+)
+def test_inngest_dev_decides_the_mode(value: str | None, dev: bool) -> None:
+    env = dict(CLOUD)
+    if value is not None:
+        env["INNGEST_DEV"] = value
+
+    settings = load_settings(env)
+
+    assert settings.inngest_dev is dev
+    assert settings.inngest_event_key == "cloud-key"
+
+
+@pytest.mark.parametrize(
+    ("env", "origin"),
+    [
+        ({}, CLOUD_ORIGIN),
+        ({"INNGEST_DEV": "1"}, DEV_SERVER_ORIGIN),
+        ({"INNGEST_DEV": "true"}, "http://127.0.0.1:8288"),
+        ({"INNGEST_DEV": "http://127.0.0.1:9999"}, "http://127.0.0.1:9999"),
+        ({"INNGEST_DEV": "http://127.0.0.1:9999/"}, "http://127.0.0.1:9999"),
+        (
+            {"INNGEST_DEV": "http://127.0.0.1:9999", "INNGEST_BASE_URL": "http://base:1"},
+            "http://base:1",
+        ),
+        (
+            {
+                "INNGEST_DEV": "http://127.0.0.1:9999",
+                "INNGEST_BASE_URL": "http://base:1",
+                "INNGEST_EVENT_API_BASE_URL": "http://events:2",
+            },
+            "http://events:2",
+        ),
+        (
+            {"INNGEST_DEV": "1", "INNGEST_EVENT_API_BASE_URL": "http://events:2/"},
+            "http://events:2",
+        ),
+        ({"INNGEST_BASE_URL": "https://inngest.internal"}, "https://inngest.internal"),
+        (
+            {
+                "INNGEST_BASE_URL": "https://inngest.internal",
+                "INNGEST_EVENT_API_BASE_URL": "https://events.internal",
+            },
+            "https://events.internal",
+        ),
+        ({"INNGEST_EVENT_API_BASE_URL": "", "INNGEST_BASE_URL": "http://base:1"}, "http://base:1"),
+        ({"INNGEST_DEV": "1", "INNGEST_BASE_URL": ""}, DEV_SERVER_ORIGIN),
+        ({"INNGEST_DEV": "0", "INNGEST_BASE_URL": ""}, "https://inn.gs"),
+    ],
+)
+def test_origin_precedence(env: dict[str, str], origin: str) -> None:
+    settings = load_settings({**CLOUD, **env})
+
+    assert settings.inngest_origin == origin
+    assert settings.event_api_url == f"{origin}/e/cloud-key"
+
+
+@pytest.mark.parametrize("dev", ["1", "true", "http://127.0.0.1:9999"])
+@pytest.mark.parametrize("key", [None, ""])
+def test_dev_mode_without_a_key_uses_the_placeholder(dev: str, key: str | None) -> None:
+    env = {"INNGEST_DEV": dev}
+    if key is not None:
+        env["INNGEST_EVENT_KEY"] = key
+
+    settings = load_settings(env)
+
+    assert settings.inngest_event_key == DEV_EVENT_KEY == "NO_EVENT_KEY_SET"
+    assert settings.secret_key is None
+    assert settings.event_api_url.endswith("/e/NO_EVENT_KEY_SET")
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({}, "INNGEST_EVENT_KEY"),
+        ({"SECRET_KEY": "s3cret"}, "INNGEST_EVENT_KEY"),
+        ({"SECRET_KEY": "s3cret", "INNGEST_EVENT_KEY": ""}, "INNGEST_EVENT_KEY"),
+        ({"SECRET_KEY": "s3cret", "INNGEST_DEV": "false"}, "INNGEST_EVENT_KEY"),
+        ({"INNGEST_EVENT_KEY": "cloud-key"}, "SECRET_KEY"),
+        ({"INNGEST_EVENT_KEY": "cloud-key", "SECRET_KEY": ""}, "SECRET_KEY"),
+        ({"INNGEST_EVENT_KEY": "cloud-key", "INNGEST_DEV": "0"}, "SECRET_KEY"),
+    ],
+)
+def test_cloud_mode_requires_the_key_and_the_secret(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env)
+
+    assert str(raised.value).startswith(f"{variable}: ")
+    assert "required outside dev mode" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("INNGEST_SEND_TIMEOUT", "soon"),
+        ("INNGEST_SEND_TIMEOUT", "0"),
+        ("INNGEST_SEND_TIMEOUT", "-1"),
+        ("INNGEST_SEND_TIMEOUT", "nan"),
+        ("INNGEST_SEND_TIMEOUT", "inf"),
+        ("API_MAX_EVENT_BYTES", "big"),
+        ("API_MAX_EVENT_BYTES", "1e6"),
+        ("API_MAX_EVENT_BYTES", "10"),
+        ("API_MAX_BODY_BYTES", "1.5"),
+        ("API_MAX_BODY_BYTES", "0"),
+        ("API_MAX_BATCH", "ten"),
+        ("API_MAX_BATCH", "0"),
+        ("API_MAX_BATCH", "5001"),
+        ("API_REQUIRE_LOGIN", "maybe"),
+        ("API_REQUIRE_LOGIN", "2"),
+        ("CREATE_DEMO_USER", "sometimes"),
+        ("INNGEST_BASE_URL", "inn.gs"),
+        ("INNGEST_BASE_URL", "ftp://inn.gs"),
+        ("INNGEST_BASE_URL", "http://"),
+        ("INNGEST_EVENT_API_BASE_URL", "not a url"),
+        ("TRUSTED_ORIGINS", "https://ok.example, shop.example"),
+        ("INNGEST_EVENT_KEY", "key/with/slashes"),
+        ("INNGEST_EVENT_KEY", "key with spaces"),
+        ("API_DEFAULT_EVENT", "x" * 257),
+        ("LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_invalid_values_name_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({**CLOUD, variable: value})
+
+    message = str(raised.value)
+    assert message.startswith(f"{variable}: ")
+    assert len(message) > len(variable) + 2
+    if variable == "INNGEST_EVENT_KEY":
+        assert value not in message
+
+
+def test_defaults_match_the_spec() -> None:
+    settings = load_settings({"INNGEST_DEV": "1"})
+
+    assert settings == Settings(
+        secret_key=None,
+        database_url=None,
+        inngest_dev=True,
+        inngest_event_key="NO_EVENT_KEY_SET",
+        inngest_origin="http://127.0.0.1:8288",
+        inngest_env=None,
+        inngest_send_timeout=settings.inngest_send_timeout,
+        api_allowed_events=("app/*",),
+        api_default_event="app/api.posted",
+        api_require_login=False,
+        api_max_event_bytes=262144,
+        api_max_body_bytes=1048576,
+        api_max_batch=100,
+        trusted_origins=(),
+        log_level="INFO",
+        create_demo_user=True,
+    )
+    assert 0 < settings.inngest_send_timeout <= 300
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "API_ALLOWED_EVENTS",
+        "API_DEFAULT_EVENT",
+        "API_REQUIRE_LOGIN",
+        "API_MAX_EVENT_BYTES",
+        "API_MAX_BODY_BYTES",
+        "API_MAX_BATCH",
+        "INNGEST_SEND_TIMEOUT",
+        "INNGEST_ENV",
+        "DATABASE_URL",
+        "TRUSTED_ORIGINS",
+        "LOG_LEVEL",
+    ],
+)
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_empty_values_count_as_unset(variable: str, blank: str) -> None:
+    assert load_settings({**CLOUD, variable: blank}) == load_settings(CLOUD)
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "value"),
+    [
+        ({"API_ALLOWED_EVENTS": "app/*"}, "api_allowed_events", ("app/*",)),
+        (
+            {"API_ALLOWED_EVENTS": " app/*, billing/invoice.* ,,shop/order.placed "},
+            "api_allowed_events",
+            ("app/*", "billing/invoice.*", "shop/order.placed"),
+        ),
+        ({"API_ALLOWED_EVENTS": ","}, "api_allowed_events", ()),
+        (
+            {"TRUSTED_ORIGINS": "https://Shop.Example.com/, http://localhost:3000"},
+            "trusted_origins",
+            ("https://shop.example.com", "http://localhost:3000"),
+        ),
+        ({"TRUSTED_ORIGINS": "https://a.example,"}, "trusted_origins", ("https://a.example",)),
+        ({"API_REQUIRE_LOGIN": "true"}, "api_require_login", True),
+        ({"API_REQUIRE_LOGIN": "1"}, "api_require_login", True),
+        ({"API_REQUIRE_LOGIN": "YES"}, "api_require_login", True),
+        ({"API_REQUIRE_LOGIN": "false"}, "api_require_login", False),
+        ({"API_REQUIRE_LOGIN": "0"}, "api_require_login", False),
+        ({"API_REQUIRE_LOGIN": "off"}, "api_require_login", False),
+        ({"CREATE_DEMO_USER": "false"}, "create_demo_user", False),
+        ({"API_MAX_BATCH": "5000"}, "api_max_batch", 5000),
+        ({"API_MAX_EVENT_BYTES": "3145728"}, "api_max_event_bytes", 3145728),
+        ({"API_MAX_BODY_BYTES": "2048"}, "api_max_body_bytes", 2048),
+        ({"INNGEST_SEND_TIMEOUT": "2.5"}, "inngest_send_timeout", 2.5),
+        ({"INNGEST_ENV": "feature-x"}, "inngest_env", "feature-x"),
+        ({"API_DEFAULT_EVENT": "shop/clicked"}, "api_default_event", "shop/clicked"),
+        ({"DATABASE_URL": "sqlite:////tmp/x.db"}, "database_url", "sqlite:////tmp/x.db"),
+        ({"LOG_LEVEL": "DEBUG"}, "log_level", "DEBUG"),
+    ],
+)
+def test_values_are_parsed(env: dict[str, str], field: str, value: Any) -> None:
+    settings = load_settings({**CLOUD, **env})
+
+    assert getattr(settings, field) == value
+
+
+def test_unknown_variables_are_ignored() -> None:
+    assert load_settings({**CLOUD, "PATH": "/usr/bin", "HOME": "/root"}) == load_settings(CLOUD)
+
+
+def test_create_app_refuses_to_start_without_a_secret_in_cloud_mode(
+    make_app: Callable[..., Flask],
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        make_app(SECRET_KEY="")
+
+    assert str(raised.value).startswith("SECRET_KEY: ")
+
+
+def test_wsgi_exits_with_a_clear_message_without_an_event_key(tmp_path: Path) -> None:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(ROOT),
+        "SECRET_KEY": "s3cret",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+    }
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import wsgi"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 1
+    assert "configuration error: INNGEST_EVENT_KEY: is required outside dev mode" in done.stderr
+    assert done.stdout == ""
+
+
+def test_dev_mode_generates_a_private_secret_and_reuses_it(
+    tmp_path: Path, make_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    secret_file = tmp_path / "instance" / "secret_key"
+    assert not secret_file.exists()
+
+    first = make_app(INNGEST_DEV=inngest.url, SECRET_KEY="")
+
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    secret = secret_file.read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", secret)
+    assert first.config["SECRET_KEY"] == secret
+
+    second = make_app(INNGEST_DEV=inngest.url, SECRET_KEY="")
+
+    assert second.config["SECRET_KEY"] == secret
+    assert secret_file.read_text().strip() == secret
+    with first.app_context():
+        create_user("ada@example.com", "Ada Lovelace", PASSWORD)
+        db.session.remove()
+    client = first.test_client()
+    login = client.post("/auth/login", json={"email": "ada@example.com", "password": PASSWORD})
+    assert login.status_code == 200
+    session = client.get_cookie("session")
+    assert session is not None
+    other = second.test_client()
+    other.set_cookie("session", session.value)
+    me = other.get("/auth/me")
+    assert me.status_code == 200
+    assert me.get_json()["email"] == "ada@example.com"
+
+
+def test_a_configured_secret_writes_no_file(tmp_path: Path, make_app: Callable[..., Flask]) -> None:
+    app = make_app()
+
+    assert app.config["SECRET_KEY"] == "test-session-secret-0123456789abcdef"
+    assert not (tmp_path / "instance" / "secret_key").exists()
+
+
+def test_dotenv_values_are_read_and_the_environment_wins(tmp_path: Path) -> None:
+    ours = {
+        "GATEWAY_TEST_DOTENV_PLAIN": "plain",
+        "GATEWAY_TEST_DOTENV_QUOTED": "with spaces # not a comment",
+        "GATEWAY_TEST_DOTENV_EXPORTED": "exported",
+    }
+    assert not set(ours) & set(os.environ)
+    assert "PATH" in os.environ
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        "# a comment\n"
+        "GATEWAY_TEST_DOTENV_PLAIN=plain  # trailing comment\n"
+        'GATEWAY_TEST_DOTENV_QUOTED="with spaces # not a comment"\n'
+        "export GATEWAY_TEST_DOTENV_EXPORTED=exported\n"
+        "PATH=/from/dotenv/only\n"
+        "API_DEFAULT_EVENT=dotenv/event\n"
+        "API_MAX_BATCH=7\n"
+    )
+
+    env = environment(dotenv)
+
+    assert {key: env[key] for key in ours} == ours
+    assert env["PATH"] == os.environ["PATH"]
+    assert env["API_DEFAULT_EVENT"] == os.environ.get("API_DEFAULT_EVENT", "dotenv/event")
+    assert env["API_MAX_BATCH"] == os.environ.get("API_MAX_BATCH", "7")
+    assert {key: value for key, value in env.items() if key in os.environ} == dict(os.environ)
+    settings = load_settings(
+        {**CLOUD, **{k: env[k] for k in ("API_DEFAULT_EVENT", "API_MAX_BATCH")}}
+    )
+    assert settings.api_default_event == env["API_DEFAULT_EVENT"]
+    assert settings.api_max_batch == int(env["API_MAX_BATCH"])
+
+
+def test_without_a_dotenv_file_the_environment_is_all(tmp_path: Path) -> None:
+    assert environment(tmp_path / "absent.env") == dict(os.environ)
+
+
+def _example_variables() -> set[str]:
+    text = (ROOT / ".env.example").read_text()
+    return set(re.findall(r"^\s*(?:#\s*)?(?:export\s+)?([A-Z][A-Z0-9_]*)=", text, re.MULTILINE))
+
+
+@pytest.mark.parametrize("variable", sorted(_SettingsSchema().fields))
+def test_every_setting_is_listed_in_env_example(variable: str) -> None:
+    assert (ROOT / ".env.example").is_file(), ".env.example is missing"
+
+    assert variable in _example_variables()
+
+
+def test_env_example_as_dotenv_is_a_working_dev_configuration() -> None:
+    values = {k: v for k, v in dotenv_values(ROOT / ".env.example").items() if v is not None}
+
+    settings = load_settings(values)
+
+    assert settings.inngest_dev is True
+    assert settings.inngest_event_key == "NO_EVENT_KEY_SET"
+    assert settings.api_default_event == "app/api.posted"
+    assert settings.api_allowed_events == ("app/*",)
+    assert settings.api_max_event_bytes == 262144
