@@ -48,11 +48,13 @@ def post_events() -> Any:
         idempotency_key=request.headers.get("Idempotency-Key") or None,
     )
     g.event_count = len(events)
+    # Decide the answer before sending, so nothing can fail once Inngest has the events.
+    target = _redirect_target(payload) if payload.form and not wants_json(request) else None
     inngest.client().send([event.body for event in events])
     ids = [event.id for event in events]
-    if payload.form and not wants_json(request):
+    if target is not None:
         flash(", ".join(ids), "sent")
-        return redirect(_redirect_target(payload), 303)
+        return redirect(target, 303)
     return jsonify(status="ok", ids=ids)
 
 

@@ -8,13 +8,14 @@ import click
 from flask import Flask
 from sqlalchemy.exc import IntegrityError
 
-from . import api, auth, csrf, db, errors, health, inngest, logs, pages, users
+from . import api, auth, csrf, db, errors, health, inngest, logs, pages, payload, users
 from .settings import Settings, environment, instance_secret, load_settings
 
 
 def create_app(env: Mapping[str, str] | None = None, *, instance_path: str | None = None) -> Flask:
     """Build the service; settings come from `env`, else from the environment and `.env`."""
     app = Flask(__name__, instance_path=instance_path)
+    app.request_class = payload.GatewayRequest
     settings = load_settings(environment() if env is None else env)
     configure_app(app, settings)
     configure_logger(settings, app.config["SECRET_KEY"])
@@ -55,6 +56,7 @@ def configure_logger(settings: Settings, secret_key: str) -> None:
 def register_extensions(app: Flask, settings: Settings) -> None:
     """Bind the extensions and our modules that need the app."""
     logs.init_app(app)
+    app.before_request(payload.buffer_streamed_body)
     db.init_app(app, db.database_url(settings.database_url, app.instance_path))
     auth.init_app(app)
     csrf.init_app(app)

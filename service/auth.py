@@ -10,7 +10,14 @@ from marshmallow import EXCLUDE, ValidationError
 
 from . import csrf
 from .errors import InvalidCredentials, LoginRequired, ValidationFailed
-from .payload import FORM_TYPES, JSON_TYPE, same_origin_path, strict_json, wants_json
+from .payload import (
+    FORM_TYPES,
+    JSON_TYPE,
+    form_fields,
+    same_origin_path,
+    strict_json,
+    wants_json,
+)
 from .schemas import LoginSchema
 from .users import User, authenticate, load_user
 
@@ -40,7 +47,7 @@ def _credentials() -> dict[str, Any]:
         body = strict_json(request.get_data(cache=False))
         schema = LoginSchema()
     elif request.mimetype in FORM_TYPES:
-        body = request.form.to_dict()
+        body = form_fields(request).to_dict()
         schema = LoginSchema(unknown=EXCLUDE)
     else:
         raise ValidationFailed(

@@ -43,6 +43,11 @@ class InvalidJSON(APIError):
     message = "The request body is not valid JSON."
 
 
+class InvalidForm(APIError):
+    status_code, code = 400, "invalid_form"
+    message = "The request body is not a well-formed form."
+
+
 class EmptyBody(APIError):
     status_code, code = 400, "empty_body"
     message = "The request body is empty."

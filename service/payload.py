@@ -2,22 +2,67 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
-from flask import Request
+from flask import Request, current_app, request
+from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.formparser import FormDataParser
 
-from .errors import EmptyBody, InvalidJSON, UnsupportedMediaType, ValidationFailed
+from .errors import EmptyBody, InvalidForm, InvalidJSON, UnsupportedMediaType, ValidationFailed
 
 MAX_DEPTH = 64
 JSON_TYPE = "application/json"
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 FORM_FIELDS = ("name", "next")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class GatewayRequest(Request):
+    """Flask's request, except that a form body that cannot be parsed is an error, not empty."""
+
+    def make_form_data_parser(self) -> FormDataParser:
+        parser = super().make_form_data_parser()
+        parser.silent = False
+        return parser
+
+
+def buffer_streamed_body() -> None:
+    """Read a body sent without Content-Length (chunked) up to the limit, or refuse it.
+
+    Werkzeug would stop reading at the limit and hand on a body cut short.
+    """
+    environ = request.environ
+    if environ.get("CONTENT_LENGTH") or not environ.get("wsgi.input_terminated"):
+        return
+    limit: int = current_app.config["MAX_CONTENT_LENGTH"]
+    stream = environ["wsgi.input"]
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(min(64 * 1024, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise RequestEntityTooLarge()
+    environ["wsgi.input"] = io.BytesIO(b"".join(chunks))
+    environ["CONTENT_LENGTH"] = str(size)
+
+
+def form_fields(request: Request) -> MultiDict[str, str]:
+    """The form's fields; a body that is not a well-formed form is a 400."""
+    try:
+        return request.form
+    except ValueError as exc:
+        raise InvalidForm(f"The form body could not be parsed: {exc}.") from None
 
 
 @dataclass(frozen=True)
@@ -96,9 +141,9 @@ def strict_json(raw: bytes) -> Any:
 
 
 def _form_payload(request: Request) -> Payload:
-    if request.files:
+    form = form_fields(request)
+    if any(upload.filename for upload in request.files.values()):
         raise UnsupportedMediaType("File uploads are not supported; send text fields only.")
-    form = request.form
     single: dict[str, str | None] = {}
     for field in FORM_FIELDS:
         values = form.getlist(field)
@@ -155,6 +200,13 @@ def wants_json(request: Request) -> bool:
     return accept[JSON_TYPE] >= html
 
 
+def _split(url: str) -> SplitResult | None:
+    try:
+        return urlsplit(url)
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        return None
+
+
 def same_origin_path(target: str | None) -> str | None:
     """`target` if it is a path on this site, else None: no scheme, host or `//` tricks."""
     if not target:
@@ -164,19 +216,16 @@ def same_origin_path(target: str | None) -> str | None:
         return None
     if any(ord(c) < 0x20 or c == "\\" for c in target):
         return None
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc:
+    parts = _split(target)
+    if parts is None or parts.scheme or parts.netloc:
         return None
     return target
 
 
 def referrer_path(request: Request) -> str | None:
     """The referring page's path, when the referrer is this service itself."""
-    referrer = request.referrer
-    if not referrer:
-        return None
-    parts = urlsplit(referrer)
-    own = urlsplit(request.host_url)
-    if (parts.scheme, parts.netloc) != (own.scheme, own.netloc):
+    parts = _split(request.referrer or "")
+    own = _split(request.host_url)
+    if not parts or not own or (parts.scheme, parts.netloc) != (own.scheme, own.netloc):
         return None
     return same_origin_path(parts.path + (f"?{parts.query}" if parts.query else ""))
