@@ -1,4 +1,4 @@
-"""`POST /api`: a browser's post becomes Inngest events, sent before the answer."""
+"""`POST /api`: a browser's post becomes Inngest events, stored (or sent) before the answer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, current_app, flash, g, jsonify, redirect, request, url_for
 
-from . import csrf, inngest
+from . import csrf, inngest, outbox
 from .auth import current
 from .errors import LoginRequired
 from .events import build_events
@@ -33,7 +33,11 @@ def _redirect_target(payload: Payload) -> str:
 @bp.post("/api")
 @csrf.protect
 def post_events() -> Any:
-    """Validate the posted events, send them to Inngest, and answer with their ids."""
+    """Validate the posted events, store or send them, and answer with their ids.
+
+    Outbox mode (the default) answers 202 once the events are committed to the outbox;
+    sync mode answers 200 once Inngest has accepted them.
+    """
     settings: Settings = current_app.extensions["settings"]
     user = current()
     if user is None and settings.api_require_login:
@@ -50,12 +54,18 @@ def post_events() -> Any:
     g.event_count = len(events)
     # Decide the answer before sending, so nothing can fail once Inngest has the events.
     target = _redirect_target(payload) if payload.form and not wants_json(request) else None
-    inngest.client().send([event.body for event in events])
+    if settings.delivery_mode == "outbox":
+        outbox.store(events, settings)
+        outbox.deliverer().notify()
+        status = 202
+    else:
+        inngest.client().send([event.body for event in events])
+        status = 200
     ids = [event.id for event in events]
     if target is not None:
         flash(", ".join(ids), "sent")
         return redirect(target, 303)
-    return jsonify(status="ok", ids=ids)
+    return jsonify(status="ok", ids=ids), status
 
 
 def init_app(app: Flask) -> None:

@@ -8,7 +8,7 @@ import click
 from flask import Flask
 from sqlalchemy.exc import IntegrityError
 
-from . import api, auth, csrf, db, errors, health, inngest, logs, pages, payload, users
+from . import api, auth, csrf, db, errors, health, inngest, logs, outbox, pages, payload, users
 from .settings import Settings, environment, instance_secret, load_settings
 
 
@@ -61,6 +61,7 @@ def register_extensions(app: Flask, settings: Settings) -> None:
     auth.init_app(app)
     csrf.init_app(app)
     inngest.init_app(app)
+    outbox.init_app(app, app.extensions["inngest"])
 
 
 def register_blueprints(app: Flask) -> None:
@@ -76,7 +77,7 @@ def register_errorhandlers(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    """`flask users ...`."""
+    """`flask users ...` (`flask outbox ...` comes with the outbox)."""
     users.init_app(app)
 
 

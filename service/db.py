@@ -32,8 +32,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def database_url(configured: str | None, instance_path: str) -> str:
-    """The configured URL, or a SQLite file under `instance/`."""
+    """The configured URL (PostgreSQL through psycopg 3), or a SQLite file under `instance/`."""
     if configured:
+        for prefix in ("postgres://", "postgresql://"):
+            if configured.startswith(prefix):
+                return "postgresql+psycopg://" + configured.removeprefix(prefix)
         return configured
     os.makedirs(instance_path, exist_ok=True)
     return f"sqlite:///{os.path.join(instance_path, 'gateway.db')}"

@@ -7,6 +7,7 @@ import logging
 from flask import Blueprint, Flask, Response, current_app, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import outbox
 from .db import db, ensure_schema, ping
 from .errors import NotReady
 
@@ -22,18 +23,20 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """The database answers; 503 while it does not."""
+    """The database answers and takes writes; with the outbox's depth and oldest event's age."""
     try:
         ping()
         if not ensure_schema(current_app):
             raise NotReady("The database schema could not be created.")
+        outbox.check_writable()
+        depth = outbox.status()
     except SQLAlchemyError as exc:
         db.session.rollback()
         log.warning("database not ready: %s", type(exc).__name__)
         raise NotReady(
             "The database does not answer.", errors={"database": ["unreachable"]}
         ) from None
-    return jsonify(status="ok", database="ok")
+    return jsonify(status="ok", database="ok", outbox=depth)
 
 
 def init_app(app: Flask) -> None:

@@ -37,9 +37,12 @@ class InngestError(Exception):
 class InngestUnavailable(InngestError):
     """Inngest could not be reached, or kept failing, until the send's time ran out."""
 
-    def __init__(self, message: str, retry_after: float) -> None:
+    def __init__(
+        self, message: str, retry_after: float, upstream_retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.upstream_retry_after = upstream_retry_after
 
 
 class InngestRejected(InngestError):
@@ -145,12 +148,19 @@ class InngestClient:
         return text.replace(self._key, "***") if self._key else text
 
     def send(
-        self, events: Sequence[bytes], *, seed: str | None = None, deadline: float | None = None
+        self,
+        events: Sequence[bytes],
+        *,
+        seed: str | None = None,
+        deadline: float | None = None,
+        retry: bool = True,
     ) -> SendResult:
         """Send events, retrying connection errors, 5xx and 429 until the deadline.
 
         The same body and `x-inngest-event-id-seed` go out on every attempt, so Inngest
         derives the same internal ids and the events' own ids deduplicate any repeat.
+        With `retry=False` one attempt is made and its failure raised, for callers that
+        keep the events and schedule their own retries.
         """
         body = encode_batch(events)
         headers = {**self._headers, "x-inngest-event-id-seed": seed or id_seed()}
@@ -165,11 +175,12 @@ class InngestClient:
             except _Retryable as exc:
                 delay = exc.retry_after if exc.retry_after is not None else backoff(attempt - 1)
                 remaining = deadline - time.monotonic()
-                if delay >= remaining:
+                if not retry or delay >= remaining:
                     raise InngestUnavailable(
                         f"gave up after {attempt} attempt(s) in "
                         f"{time.monotonic() - start:.2f}s; last: {exc}",
                         retry_after=min(max(delay, 1.0), 60.0),
+                        upstream_retry_after=exc.retry_after,
                     ) from None
                 log.info(
                     "retrying Inngest send in %.2fs (attempt %d failed: %s)",

@@ -45,6 +45,17 @@ class Settings:
     trusted_origins: tuple[str, ...]
     log_level: str
     create_demo_user: bool
+    delivery_mode: str
+    outbox_max_pending: int
+    outbox_max_age: float
+    outbox_keep_delivered: float
+    outbox_drain_seconds: float
+    outbox_lease_seconds: float
+    outbox_retry_base: float
+    outbox_retry_max: float
+    outbox_poll_seconds: float
+    outbox_max_batch_bytes: int
+    outbox_embedded_deliverer: bool
 
     @property
     def event_api_url(self) -> str:
@@ -79,6 +90,28 @@ class _EnvBool(fields.Boolean):
     falsy = {"0", "false", "no", "off", "", "False", "FALSE", "No", "NO", "Off", "OFF"}
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: str) -> float:
+    """Seconds from `30`, `500ms`, `30s`, `15m`, `2h` or `7d`."""
+    match = _DURATION.fullmatch(str(value).strip().lower())
+    if not match:
+        raise ValueError(f"must be a duration like 30, 30s, 15m, 2h or 7d; got {value!r}")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+class _Duration(fields.Field[float]):
+    """A duration setting, in seconds."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+
+
 class _SettingsSchema(Schema):
     """Environment variables to typed values; names are the variables' own."""
 
@@ -111,6 +144,21 @@ class _SettingsSchema(Schema):
     )
     TRUSTED_ORIGINS = fields.String(load_default="")
     CREATE_DEMO_USER = _EnvBool(load_default=True)
+    DELIVERY_MODE = fields.String(
+        load_default="outbox", validate=validate.OneOf(["outbox", "sync"])
+    )
+    OUTBOX_MAX_PENDING = fields.Integer(load_default=100_000, validate=validate.Range(min=1))
+    OUTBOX_MAX_AGE = _Duration(load_default=7 * 86400.0, validate=validate.Range(min=1))
+    OUTBOX_KEEP_DELIVERED = _Duration(load_default=0.0)
+    OUTBOX_DRAIN_SECONDS = _Duration(load_default=10.0)
+    OUTBOX_LEASE_SECONDS = _Duration(load_default=60.0, validate=validate.Range(min=1))
+    OUTBOX_RETRY_BASE = _Duration(load_default=1.0, validate=validate.Range(min=0.001))
+    OUTBOX_RETRY_MAX = _Duration(load_default=60.0, validate=validate.Range(min=0.001))
+    OUTBOX_POLL_SECONDS = _Duration(load_default=1.0, validate=validate.Range(min=0.01, max=60))
+    OUTBOX_MAX_BATCH_BYTES = fields.Integer(
+        load_default=1024 * 1024, validate=validate.Range(min=1024, max=64 * 1024 * 1024)
+    )
+    OUTBOX_EMBEDDED_DELIVERER = _EnvBool(load_default=True)
     LOG_LEVEL = fields.String(
         load_default="INFO",
         validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]),
@@ -160,6 +208,17 @@ class _SettingsSchema(Schema):
             trusted_origins=trusted,
             log_level=raw["LOG_LEVEL"],
             create_demo_user=raw["CREATE_DEMO_USER"],
+            delivery_mode=raw["DELIVERY_MODE"],
+            outbox_max_pending=raw["OUTBOX_MAX_PENDING"],
+            outbox_max_age=raw["OUTBOX_MAX_AGE"],
+            outbox_keep_delivered=raw["OUTBOX_KEEP_DELIVERED"],
+            outbox_drain_seconds=raw["OUTBOX_DRAIN_SECONDS"],
+            outbox_lease_seconds=max(raw["OUTBOX_LEASE_SECONDS"], raw["INNGEST_SEND_TIMEOUT"] * 2),
+            outbox_retry_base=raw["OUTBOX_RETRY_BASE"],
+            outbox_retry_max=raw["OUTBOX_RETRY_MAX"],
+            outbox_poll_seconds=raw["OUTBOX_POLL_SECONDS"],
+            outbox_max_batch_bytes=raw["OUTBOX_MAX_BATCH_BYTES"],
+            outbox_embedded_deliverer=raw["OUTBOX_EMBEDDED_DELIVERER"],
         )
 
 

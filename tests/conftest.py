@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,11 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
 from werkzeug.test import TestResponse
 
 from service.app import create_app
+from service.db import database_url as normalize_url
 from service.db import db
 from service.users import create_user
 from tests.standin import InngestStandIn
@@ -35,6 +38,26 @@ def inngest(inngest_server: InngestStandIn) -> InngestStandIn:
     return inngest_server
 
 
+def reset_postgres(url: str) -> None:
+    """Drop the service's tables, so each test starts from an empty database."""
+    engine = create_engine(normalize_url(url, ""))
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS outbox_events, users CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The database under test: SQLite always, PostgreSQL when TEST_DATABASE_URL names one."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'outbox.db'}"
+    url = os.environ.get("TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("TEST_DATABASE_URL is not set: the PostgreSQL variant is skipped")
+    reset_postgres(url)
+    return url
+
+
 @pytest.fixture
 def base_env(tmp_path: Path, inngest: InngestStandIn) -> dict[str, str]:
     """Production-like settings pointing at the stand-in; tests change what they need."""
@@ -45,6 +68,9 @@ def base_env(tmp_path: Path, inngest: InngestStandIn) -> dict[str, str]:
         "DATABASE_URL": f"sqlite:///{tmp_path / 'test.db'}",
         "INNGEST_SEND_TIMEOUT": "2",
         "CREATE_DEMO_USER": "false",
+        # The synchronous path is the one these tests look at; test_outbox*.py set outbox.
+        "DELIVERY_MODE": "sync",
+        "OUTBOX_EMBEDDED_DELIVERER": "false",
     }
 
 

@@ -14,6 +14,18 @@ from flask.testing import FlaskClient
 from tests.conftest import PASSWORD, assert_envelope
 from tests.standin import InngestStandIn
 
+READY = {
+    "status": "ok",
+    "database": "ok",
+    "outbox": {
+        "pending": 0,
+        "in_flight": 0,
+        "dead": 0,
+        "delivered": 0,
+        "oldest_pending_age_seconds": 0.0,
+    },
+}
+
 DEMO = re.compile(r"Created the demo user: e-mail (\S+), password (\S+) ")
 
 
@@ -34,7 +46,7 @@ def test_readyz_reports_the_database(client: FlaskClient) -> None:
     response = client.get("/readyz")
 
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ok", "database": "ok"}
+    assert response.get_json() == READY
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz"])
@@ -69,7 +81,7 @@ def test_a_database_that_comes_late(
 
     readyz = client.get("/readyz")
     assert readyz.status_code == 200
-    assert readyz.get_json() == {"status": "ok", "database": "ok"}
+    assert readyz.get_json() == READY
     assert_envelope(
         client.post("/auth/login", json={"email": "ada@example.com", "password": PASSWORD}),
         401,
@@ -101,7 +113,7 @@ def test_a_late_database_schema_is_created_by_a_login(
 
     assert_envelope(response, 401, "invalid_credentials")
     assert (folder / "db.sqlite").exists()
-    assert client.get("/readyz").get_json() == {"status": "ok", "database": "ok"}
+    assert client.get("/readyz").get_json() == READY
 
 
 def test_dev_mode_creates_the_demo_user_once(

@@ -200,6 +200,17 @@ def test_defaults_match_the_spec() -> None:
         trusted_origins=(),
         log_level="INFO",
         create_demo_user=True,
+        delivery_mode="outbox",
+        outbox_max_pending=100_000,
+        outbox_max_age=7 * 86400.0,
+        outbox_keep_delivered=0.0,
+        outbox_drain_seconds=10.0,
+        outbox_lease_seconds=60.0,
+        outbox_retry_base=1.0,
+        outbox_retry_max=60.0,
+        outbox_poll_seconds=1.0,
+        outbox_max_batch_bytes=1048576,
+        outbox_embedded_deliverer=True,
     )
     assert 0 < settings.inngest_send_timeout <= 300
 

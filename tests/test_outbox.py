@@ -1,0 +1,409 @@
+"""The outbox: posts are stored before the answer, then delivered to the stand-in Inngest.
+
+Each test runs on SQLite, and on PostgreSQL when TEST_DATABASE_URL is set.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from service import outbox
+from service.db import db
+from service.outbox import DEAD, DELIVERED, PENDING, OutboxEvent
+from tests.conftest import assert_envelope
+from tests.standin import InngestStandIn
+
+FAST = {
+    "DELIVERY_MODE": "outbox",
+    "OUTBOX_RETRY_BASE": "50ms",
+    "OUTBOX_RETRY_MAX": "200ms",
+    "INNGEST_SEND_TIMEOUT": "1",
+    "OUTBOX_LEASE_SECONDS": "2",
+}
+
+
+@pytest.fixture
+def make_outbox_app(make_app: Callable[..., Flask], database_url: str) -> Callable[..., Flask]:
+    def factory(**overrides: str) -> Flask:
+        return make_app(**{"DATABASE_URL": database_url, **FAST, **overrides})
+
+    return factory
+
+
+@pytest.fixture
+def app(make_outbox_app: Callable[..., Flask]) -> Flask:
+    return make_outbox_app()
+
+
+def rows(app: Flask) -> list[OutboxEvent]:
+    with app.app_context():
+        found = list(db.session.scalars(select(OutboxEvent).order_by(OutboxEvent.id)))
+        db.session.expunge_all()
+        return found
+
+
+def run_once(app: Flask) -> int:
+    with app.app_context():
+        return outbox.deliverer(app).run_once()
+
+
+def deliver_until(app: Flask, done: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Run the deliverer until `done()`, as its thread would; fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, f"not done after {seconds}s: {rows(app)}"
+        if run_once(app) == 0:
+            time.sleep(0.02)
+
+
+def cli(app: Flask, *args: str) -> Any:
+    result = app.test_cli_runner().invoke(args=["outbox", *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_post_is_stored_then_delivered_exactly(app: Flask, inngest: InngestStandIn) -> None:
+    client = app.test_client()
+
+    response = client.post("/api", json={"name": "app/x", "data": {"n": 1}, "id": "e-1"})
+
+    assert response.status_code == 202
+    assert response.get_json() == {"status": "ok", "ids": ["e-1"]}
+    assert inngest.received == []  # acknowledged from the database, not from Inngest
+    (stored,) = rows(app)
+    assert (stored.event_id, stored.name, stored.state) == ("e-1", "app/x", PENDING)
+
+    assert run_once(app) == 1
+
+    (received,) = inngest.received
+    (event,) = received.events
+    assert event == json.loads(stored.body)
+    assert event["id"] == "e-1" and event["data"]["n"] == 1
+    assert rows(app) == []  # OUTBOX_KEEP_DELIVERED=0 removes delivered events at once
+
+
+def test_form_post_is_303_in_outbox_mode(app: Flask, inngest: InngestStandIn) -> None:
+    response = app.test_client().post("/api", data={"name": "app/x", "next": "/thanks"})
+
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/thanks"
+    assert len(rows(app)) == 1
+
+
+def test_batch_is_stored_in_one_transaction_and_sent_in_one_request(
+    app: Flask, inngest: InngestStandIn
+) -> None:
+    response = app.test_client().post("/api", json=[{"data": {"i": i}} for i in range(5)])
+
+    assert response.status_code == 202
+    ids = response.get_json()["ids"]
+    assert [r.event_id for r in rows(app)] == ids
+    deliver_until(app, lambda: len(inngest.accepted) == 5)
+    assert len(inngest.received) == 1
+    assert inngest.accepted_ids() == ids
+
+
+def test_events_accepted_while_inngest_is_down_arrive_when_it_returns(
+    app: Flask, inngest: InngestStandIn
+) -> None:
+    inngest.stop()
+    client = app.test_client()
+    ids = [client.post("/api", json={"data": {"i": i}}).get_json()["ids"][0] for i in range(3)]
+
+    assert run_once(app) == 3
+    stored = rows(app)
+    assert [r.state for r in stored] == [PENDING] * 3
+    assert all(r.attempts == 1 and r.last_error for r in stored)
+
+    inngest.server.start()
+    deliver_until(app, lambda: rows(app) == [])
+    assert sorted(inngest.accepted_ids()) == sorted(ids)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+def test_retryable_answers_are_retried_with_the_same_ids_and_seed(
+    app: Flask, inngest: InngestStandIn, status: int
+) -> None:
+    inngest.fail_next(2, status)
+    app.test_client().post("/api", json=[{"data": {"i": 0}}, {"data": {"i": 1}}])
+
+    deliver_until(app, lambda: len(inngest.accepted) == 2)
+
+    assert [r.status for r in inngest.received] == [status, status, 200]
+    assert len({r.seed for r in inngest.received}) == 1
+    assert len({r.body for r in inngest.received}) == 1
+    assert rows(app) == []
+
+
+def test_retry_after_is_honoured(app: Flask, inngest: InngestStandIn) -> None:
+    inngest.fail_next(1, 429, retry_after="3")
+    app.test_client().post("/api", json={})
+
+    before = int(time.time() * 1000)
+    run_once(app)
+
+    (stored,) = rows(app)
+    assert stored.next_attempt_at >= before + 3000
+    assert run_once(app) == 0  # not due yet
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422])
+def test_other_4xx_go_to_dead_letter(app: Flask, inngest: InngestStandIn, status: int) -> None:
+    inngest.fail_next(1, status, body={"status": status, "error": f"refused with {status}"})
+    app.test_client().post("/api", json={"id": "doomed"})
+
+    run_once(app)
+
+    (stored,) = rows(app)
+    assert stored.state == DEAD
+    assert f"refused with {status}" in (stored.last_error or "")
+    assert len(inngest.received) == 1
+    assert run_once(app) == 0
+
+
+def test_partial_acceptance_delivers_the_accepted_and_retries_the_rest(
+    app: Flask, inngest: InngestStandIn
+) -> None:
+    inngest.max_event_bytes = 2000  # a smaller plan than the service's own limit
+    batch = [
+        {"id": "a", "data": {}},
+        {"id": "b", "data": {}},
+        {"id": "big", "data": {"x": "y" * 3000}},
+        {"id": "c", "data": {}},
+    ]
+    assert app.test_client().post("/api", json=batch).status_code == 202
+
+    run_once(app)
+
+    assert inngest.accepted_ids() == ["a", "b"]
+    assert [(r.event_id, r.state) for r in rows(app)] == [("big", DEAD), ("c", PENDING)]
+    assert "too large" in (rows(app)[0].last_error or "")
+
+    deliver_until(app, lambda: "c" in inngest.accepted_ids())
+    assert inngest.received[-1].seed != inngest.received[0].seed  # a new batch for the rest
+    assert [(r.event_id, r.state) for r in rows(app)] == [("big", DEAD)]
+
+
+def test_backlog_limit_answers_503_and_accepts_nothing_of_the_post(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_outbox_app(OUTBOX_MAX_PENDING="3")
+    client = app.test_client()
+    assert client.post("/api", json=[{}, {}]).status_code == 202
+
+    response = client.post("/api", json=[{}, {}])
+
+    body = assert_envelope(response, 503, "outbox_full")
+    assert int(response.headers["Retry-After"]) >= 1
+    assert "try again" in body["message"]
+    assert len(rows(app)) == 2
+    assert client.post("/api", json={}).status_code == 202
+
+
+def test_a_database_that_cannot_take_the_write_answers_503(
+    make_outbox_app: Callable[..., Flask], tmp_path: Any, inngest: InngestStandIn
+) -> None:
+    path = tmp_path / "locked.db"
+    app = make_outbox_app(DATABASE_URL=f"sqlite:///{path}")
+    holder = sqlite3.connect(path, timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        response = app.test_client().post("/api", json={"id": "not-stored"})
+        ready = app.test_client().get("/readyz")
+    finally:
+        holder.rollback()
+        holder.close()
+
+    assert_envelope(response, 503, "outbox_unavailable")
+    assert response.headers["Retry-After"] == "5"
+    assert_envelope(ready, 503, "not_ready")
+    assert rows(app) == []
+
+
+def test_events_older_than_the_max_age_go_to_dead_letter(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_outbox_app(OUTBOX_MAX_AGE="1")
+    inngest.stop()
+    app.test_client().post("/api", json={"id": "old"})
+    time.sleep(1.1)
+
+    with app.app_context():
+        outbox.deliverer(app).housekeeping()
+
+    (stored,) = rows(app)
+    assert stored.state == DEAD
+    assert "OUTBOX_MAX_AGE" in (stored.last_error or "")
+
+
+def test_delivered_events_are_kept_when_asked(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_outbox_app(OUTBOX_KEEP_DELIVERED="1h")
+    app.test_client().post("/api", json={"id": "kept"})
+
+    run_once(app)
+
+    (stored,) = rows(app)
+    assert (stored.event_id, stored.state) == ("kept", DELIVERED)
+    assert stored.finished_at is not None
+
+
+def test_an_expired_lease_lets_another_deliverer_send_the_same_batch(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_outbox_app(OUTBOX_LEASE_SECONDS="1", INNGEST_SEND_TIMEOUT="0.5")
+    app.test_client().post("/api", json=[{"id": "x"}, {"id": "y"}])
+    crashed = outbox.Deliverer(app, app.extensions["inngest"])
+    survivor = outbox.Deliverer(app, app.extensions["inngest"])
+    with app.app_context():
+        claimed = crashed.claim()  # then its worker dies before sending
+        assert claimed is not None
+        assert survivor.claim() is None  # leased
+
+        time.sleep(1.1)
+        again = survivor.claim()
+
+    assert again is not None
+    assert (again.ids, again.seed) == (claimed.ids, claimed.seed)
+    with app.app_context():
+        survivor.deliver(again)
+    assert inngest.accepted_ids() == ["x", "y"]
+    assert inngest.received[0].seed == claimed.seed
+
+
+def test_concurrent_deliverers_send_each_event_once(app: Flask, inngest: InngestStandIn) -> None:
+    client = app.test_client()
+    ids = []
+    for start in range(0, 300, 30):
+        ids += client.post(
+            "/api", json=[{"data": {"i": i}} for i in range(start, start + 30)]
+        ).get_json()["ids"]
+    workers = [outbox.Deliverer(app, app.extensions["inngest"]) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def work(deliverer: outbox.Deliverer) -> None:
+        try:
+            with app.app_context():
+                while deliverer.run_once() > 0:
+                    pass
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert errors == []
+    deliver_until(app, lambda: rows(app) == [])
+    assert sorted(inngest.accepted_ids()) == sorted(ids)  # each exactly once
+
+
+def test_background_thread_delivers_and_stop_drains(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_outbox_app(OUTBOX_EMBEDDED_DELIVERER="true", OUTBOX_POLL_SECONDS="0.05")
+    client = app.test_client()
+
+    client.post("/api", json={"id": "first"})  # the first request starts the thread
+    deadline = time.monotonic() + 10
+    while inngest.accepted_ids() != ["first"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+    inngest.fail_next(1000, 503)  # Inngest falters; the event waits in the outbox
+    client.post("/api", json={"id": "second"})
+    time.sleep(0.3)
+    inngest.reset()  # and recovers just as the service is told to stop
+
+    delivered = outbox.deliverer(app).stop(drain_seconds=5)
+
+    assert delivered == 1
+    assert inngest.accepted_ids() == ["second"]
+    assert rows(app) == []
+
+
+def test_stop_hands_back_what_it_could_not_deliver(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_outbox_app(OUTBOX_EMBEDDED_DELIVERER="true", OUTBOX_DRAIN_SECONDS="1")
+    inngest.stop()
+    client = app.test_client()
+    client.post("/api", json={"id": "kept-for-later"})
+
+    outbox.deliverer(app).stop()
+
+    (stored,) = rows(app)
+    assert (stored.event_id, stored.state, stored.claimed_by) == ("kept-for-later", PENDING, None)
+
+
+def test_readyz_reports_depth_and_age(app: Flask, inngest: InngestStandIn) -> None:
+    inngest.stop()
+    client = app.test_client()
+    client.post("/api", json=[{}, {}])
+    time.sleep(0.2)
+
+    body = client.get("/readyz").get_json()
+
+    assert body["status"] == "ok"
+    assert body["outbox"]["pending"] == 2
+    assert body["outbox"]["oldest_pending_age_seconds"] >= 0.2
+
+
+def test_operator_commands(app: Flask, inngest: InngestStandIn) -> None:
+    inngest.fail_next(1, 404, body={"status": 404, "error": "Event key not found"})
+    inngest_down_later = [{"id": "p1"}, {"id": "p2"}]
+    app.test_client().post("/api", json={"id": "dead-1"})
+    run_once(app)  # dead-lettered by the 404
+    inngest.stop()
+    app.test_client().post("/api", json=inngest_down_later)
+    run_once(app)  # pending, backing off
+
+    status = cli(app, "status").output
+    assert "pending: 2" in status and "dead: 1" in status
+    assert "oldest_pending_age_seconds:" in status
+
+    assert "0 dead event(s)" in cli(app, "purge", "--dead", "--older-than", "1h").output
+    assert "2 event(s) due" in cli(app, "retry").output
+    assert "1 event(s) due" in cli(app, "retry", "--dead").output
+    inngest.server.start()
+    assert "handled 3 event(s)" in cli(app, "deliver", "--once").output
+    assert sorted(inngest.accepted_ids()) == ["dead-1", "p1", "p2"]
+    assert "pending: 0" in cli(app, "status").output
+
+
+def test_purge_removes_old_dead_letters(app: Flask, inngest: InngestStandIn) -> None:
+    inngest.fail_next(1, 400, body={"ids": [], "status": 400, "error": "bad"})
+    app.test_client().post("/api", json={"id": "gone"})
+    run_once(app)
+
+    assert "purged 1 dead event(s)" in cli(app, "purge", "--dead").output
+    assert rows(app) == []
+    result = app.test_cli_runner().invoke(
+        args=["outbox", "purge", "--dead", "--older-than", "soon"]
+    )
+    assert result.exit_code == 2
+    assert "duration" in result.output
+
+
+def test_sync_mode_still_answers_after_inngest(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_outbox_app(DELIVERY_MODE="sync")
+
+    response = app.test_client().post("/api", json={"id": "now"})
+
+    assert response.status_code == 200
+    assert inngest.accepted_ids() == ["now"]
+    assert rows(app) == []
