@@ -2,6 +2,7 @@
 
 import multiprocessing
 import os
+import sys
 
 
 def _env(name: str, default: str) -> str:
@@ -22,3 +23,28 @@ errorlog = "-"
 # Requests that gunicorn refuses outright, before the app sees them.
 limit_request_line = 8190
 limit_request_fields = 100
+
+
+def on_starting(server):  # type: ignore[no-untyped-def]
+    """Check the settings once in the master: a bad one stops gunicorn, not each worker in turn."""
+    from service.settings import ConfigError, environment, load_settings
+
+    try:
+        load_settings(environment())
+    except ConfigError as exc:
+        sys.exit(f"inngest-gateway: configuration error: {exc}")
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    """Start the outbox deliverer in each worker, after the fork."""
+    from service.outbox import start_delivery
+
+    start_delivery(worker.wsgi)
+
+
+def worker_exit(server, worker):  # type: ignore[no-untyped-def]
+    """On a worker's way out: deliver what it can within OUTBOX_DRAIN_SECONDS, hand back claims."""
+    from service.outbox import stop_delivery
+
+    if getattr(worker, "wsgi", None) is not None:
+        stop_delivery(worker.wsgi)

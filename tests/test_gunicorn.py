@@ -1,0 +1,453 @@
+"""The service as production runs it: real gunicorn, real sockets, the stand-in for Inngest.
+
+Each server runs in its own process group, which teardown always kills, and every wait is
+bounded, so a hung server fails the test instead of hanging the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+import requests
+
+from tests.conftest import SECRET_KEY
+from tests.standin import InngestStandIn
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+MAX_BODY = 65536
+SETTING_PREFIXES = ("INNGEST_", "GUNICORN_", "API_", "OUTBOX_", "FLASK_")
+SETTINGS = (
+    "SECRET_KEY",
+    "DATABASE_URL",
+    "DELIVERY_MODE",
+    "TRUSTED_ORIGINS",
+    "LOG_LEVEL",
+    "CREATE_DEMO_USER",
+)
+
+
+def clean_env(home: Path) -> dict[str, str]:
+    """This process's environment without any of the service's or gunicorn's settings.
+
+    HOME is private so gunicorn's control socket (~/.gunicorn/gunicorn.ctl) is not shared
+    between servers.
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(SETTING_PREFIXES) and k not in SETTINGS
+    }
+    env["HOME"] = str(home)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A gunicorn master, its log, and its URL."""
+
+    process: subprocess.Popen[bytes]
+    log_file: IO[bytes]
+    log_path: Path
+    url: str
+
+    def output(self) -> str:
+        if not self.log_file.closed:
+            self.log_file.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def group_alive(self) -> bool:
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def kill(self) -> None:
+        """Stop the whole process group, whatever state it is in."""
+        try:
+            if self.process.poll() is None:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+            if self.group_alive():
+                os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        finally:
+            try:
+                self.process.wait(timeout=5)
+            finally:
+                self.log_file.close()
+
+
+def start_gunicorn(directory: Path, standin: InngestStandIn) -> Server:
+    port = free_port()
+    env = clean_env(directory) | {
+        "SECRET_KEY": SECRET_KEY,
+        "INNGEST_EVENT_KEY": standin.default_key,
+        "INNGEST_BASE_URL": standin.url,
+        "INNGEST_SEND_TIMEOUT": "5",
+        "DATABASE_URL": f"sqlite:///{directory / 'gateway.db'}",
+        "CREATE_DEMO_USER": "false",
+        # The synchronous path: the answer waits for Inngest (unknown settings are ignored).
+        "DELIVERY_MODE": "sync",
+        "OUTBOX_EMBEDDED_DELIVERER": "false",
+        "API_MAX_BODY_BYTES": str(MAX_BODY),
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": "2",
+        "GUNICORN_GRACEFUL_TIMEOUT": "10",
+    }
+    log_path = directory / "gunicorn.log"
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        [str(BIN / "gunicorn"), "wsgi:app", "-c", "gunicorn.conf.py"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    server = Server(process, log_file, log_path, f"http://127.0.0.1:{port}")
+    try:
+        wait_until_healthy(server)
+    except BaseException:
+        server.kill()
+        raise
+    return server
+
+
+def wait_until_healthy(server: Server, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    with requests.Session() as session:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                pytest.fail(f"gunicorn exited with {server.process.returncode}:\n{server.output()}")
+            try:
+                with session.get(f"{server.url}/healthz", timeout=2) as response:
+                    if response.status_code == 200 and response.json() == {"status": "ok"}:
+                        return
+            except requests.RequestException:
+                pass  # not listening yet, or listening while the workers still boot
+            time.sleep(0.1)
+    pytest.fail(f"gunicorn did not answer /healthz within {timeout}s:\n{server.output()}")
+
+
+@pytest.fixture(scope="module")
+def gunicorn(
+    inngest_server: InngestStandIn, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One production-like server shared by the module's request tests."""
+    server = start_gunicorn(tmp_path_factory.mktemp("gunicorn"), inngest_server)
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def post(url: str, **kwargs: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """POST with a fresh connection; the status, the JSON body and the headers."""
+    with requests.Session() as session, session.post(url, timeout=15, **kwargs) as response:
+        return response.status_code, response.json(), dict(response.headers)
+
+
+# -- requests through gunicorn -----------------------------------------------------------
+
+
+def test_json_post_reaches_inngest(gunicorn: Server, inngest: InngestStandIn) -> None:
+    status, body, headers = post(
+        f"{gunicorn.url}/api",
+        json={"name": "app/gunicorn", "data": {"k": "v"}},
+        headers={"X-Request-ID": "gunicorn-1", "User-Agent": "pytest-gunicorn"},
+    )
+
+    assert status == 200, body
+    assert body["status"] == "ok"
+    assert headers["X-Request-ID"] == "gunicorn-1"
+    assert inngest.accepted_ids() == body["ids"]
+    (event,) = inngest.accepted
+    assert event["name"] == "app/gunicorn"
+    assert event["data"]["k"] == "v"
+    assert event["data"]["user"] is None
+    assert event["data"]["request"]["id"] == "gunicorn-1"
+    assert event["data"]["request"]["ip"] == "127.0.0.1"
+    assert event["data"]["request"]["user_agent"] == "pytest-gunicorn"
+    log = gunicorn.output()
+    assert "[gunicorn-1] service.access: POST /api 200" in log
+    assert inngest.event_key not in log
+    assert SECRET_KEY not in log
+
+
+def test_body_over_the_limit_with_a_content_length_is_413(
+    gunicorn: Server, inngest: InngestStandIn
+) -> None:
+    body = b'{"name": "app/big", "data": {"text": "' + b"x" * MAX_BODY + b'"}}'
+
+    status, answer, headers = post(
+        f"{gunicorn.url}/api", data=body, headers={"Content-Type": "application/json"}
+    )
+
+    assert status == 413, answer
+    assert answer["status"] == "error"
+    assert answer["code"] == "payload_too_large"
+    assert answer["request_id"] == headers["X-Request-ID"]
+    assert inngest.received == []
+
+
+def oversized_json() -> Iterator[bytes]:
+    """A JSON event whose string runs past the body limit."""
+    yield b'{"name": "app/big", "data": {"text": "'
+    for _ in range(2 * MAX_BODY // 4096):
+        yield b"x" * 4096
+    yield b'"}}'
+
+
+def padded_json() -> Iterator[bytes]:
+    """Valid JSON whose first API_MAX_BODY_BYTES alone would also parse: a cut must not pass."""
+    yield b'{"name": "app/padded"}'
+    for _ in range(2 * MAX_BODY // 4096):
+        yield b" " * 4096
+
+
+def oversized_form() -> Iterator[bytes]:
+    yield b"name=app%2Fform&message="
+    for _ in range(2 * MAX_BODY // 4096):
+        yield b"a" * 4096
+
+
+@pytest.mark.parametrize(
+    ("chunks", "content_type"),
+    [
+        (oversized_json, "application/json"),
+        (padded_json, "application/json"),
+        (oversized_form, "application/x-www-form-urlencoded"),
+    ],
+)
+def test_chunked_body_over_the_limit_is_413_never_cut(
+    gunicorn: Server,
+    inngest: InngestStandIn,
+    chunks: Callable[[], Iterator[bytes]],
+    content_type: str,
+) -> None:
+    try:
+        with (
+            requests.Session() as session,
+            session.post(
+                f"{gunicorn.url}/api",
+                data=chunks(),
+                headers={"Content-Type": content_type, "Accept": "application/json"},
+                timeout=15,
+            ) as response,
+        ):
+            assert response.request.headers["Transfer-Encoding"] == "chunked"
+            status, body = response.status_code, response.json()
+            request_id = response.headers["X-Request-ID"]
+    except requests.ConnectionError:
+        status = None  # at worst the server may drop the connection on the unread rest
+
+    if status is not None:
+        assert status == 413, body
+        assert body["status"] == "error"
+        assert body["code"] == "payload_too_large"
+        assert body["request_id"] == request_id
+    assert inngest.received == []
+
+
+@pytest.mark.parametrize("size", [3, MAX_BODY - 1024])
+def test_chunked_body_within_the_limit_arrives_whole(
+    gunicorn: Server, inngest: InngestStandIn, size: int
+) -> None:
+    text = ("0123456789abcdef" * (size // 16 + 1))[:size]
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"name": "app/chunked",'
+        yield b' "data": {"text": "'
+        encoded = text.encode()
+        for start in range(0, len(encoded), 4000):
+            yield encoded[start : start + 4000]
+        yield b'"}}'
+
+    with (
+        requests.Session() as session,
+        session.post(
+            f"{gunicorn.url}/api",
+            data=chunks(),
+            headers={"Content-Type": "application/json"},
+            timeout=15,
+        ) as response,
+    ):
+        status, body = response.status_code, response.json()
+        sent_headers = response.request.headers
+
+    assert sent_headers["Transfer-Encoding"] == "chunked"
+    assert "Content-Length" not in sent_headers
+    assert status == 200, body
+    assert body["status"] == "ok"
+    assert inngest.accepted_ids() == body["ids"]
+    assert inngest.accepted[0]["data"]["text"] == text
+
+
+def test_concurrent_posts_all_arrive(gunicorn: Server, inngest: InngestStandIn) -> None:
+    threads, per_thread = 4, 5
+    results: list[tuple[int, dict[str, Any]]] = []
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        try:
+            with requests.Session() as session:
+                for i in range(per_thread):
+                    with session.post(
+                        f"{gunicorn.url}/api",
+                        json={"name": "app/concurrent", "id": f"c-{n}-{i}"},
+                        timeout=15,
+                    ) as response:
+                        with lock:
+                            results.append((response.status_code, response.json()))
+        except BaseException as exc:  # reported below, in the test's thread
+            with lock:
+                failures.append(exc)
+
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(30)
+
+    assert failures == []
+    assert not any(thread.is_alive() for thread in pool)
+    assert len(results) == threads * per_thread
+    assert all(status == 200 and body["status"] == "ok" for status, body in results), results
+    expected = {f"c-{n}-{i}" for n in range(threads) for i in range(per_thread)}
+    assert {body["ids"][0] for _, body in results} == expected
+    assert sorted(inngest.accepted_ids()) == sorted(expected)
+
+
+def test_sigterm_finishes_the_request_in_flight_and_stops(
+    inngest: InngestStandIn, tmp_path: Path
+) -> None:
+    server = start_gunicorn(tmp_path, inngest)
+    try:
+        inngest.delay = 1.0
+        answers: list[tuple[int, dict[str, Any]]] = []
+
+        def slow_post() -> None:
+            status, body, _ = post(f"{server.url}/api", json={"name": "app/last", "id": "last"})
+            answers.append((status, body))
+
+        client = threading.Thread(target=slow_post)
+        client.start()
+        deadline = time.monotonic() + 5
+        while not inngest.received and time.monotonic() < deadline:
+            time.sleep(0.02)  # the request is with the stand-in, which takes 1 s to answer
+        time.sleep(0.2)
+        stopping = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        returncode = server.process.wait(timeout=10)
+        stopped_in = time.monotonic() - stopping
+        client.join(10)
+
+        assert returncode == 0, server.output()
+        assert stopped_in < 5
+        assert answers == [(200, {"status": "ok", "ids": ["last"]})]
+        assert inngest.accepted_ids() == ["last"]
+        deadline = time.monotonic() + 5
+        while server.group_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not server.group_alive()  # no worker left behind
+        with pytest.raises(requests.ConnectionError), requests.Session() as session:
+            session.get(f"{server.url}/healthz", timeout=2)
+    finally:
+        server.kill()
+
+
+# -- refusing to start -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("present", "missing"),
+    [
+        ({"INNGEST_EVENT_KEY": "some-key"}, "SECRET_KEY"),
+        ({"SECRET_KEY": "some-secret"}, "INNGEST_EVENT_KEY"),
+    ],
+)
+def test_flask_cli_refuses_to_start_without_a_required_setting(
+    tmp_path: Path, present: dict[str, str], missing: str
+) -> None:
+    # Run outside the repository so no developer's .env fills the gap.
+    env = clean_env(tmp_path) | present | {"PYTHONPATH": str(ROOT)}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'gateway.db'}"
+
+    result = subprocess.run(
+        [str(BIN / "flask"), "--app", "wsgi", "users", "list"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output
+    (line,) = [line for line in output.splitlines() if "configuration error" in line]
+    assert line.startswith("inngest-gateway: configuration error: ")
+    assert missing in line
+    assert "some-key" not in output
+    assert "some-secret" not in output
+    assert not (tmp_path / "gateway.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("present", "missing"),
+    [
+        ({"INNGEST_EVENT_KEY": "some-key"}, "SECRET_KEY"),
+        ({"SECRET_KEY": "some-secret"}, "INNGEST_EVENT_KEY"),
+    ],
+)
+def test_gunicorn_refuses_to_start_without_a_required_setting(
+    tmp_path: Path, present: dict[str, str], missing: str
+) -> None:
+    # Run from an empty directory so no developer's .env fills the gap.
+    env = clean_env(tmp_path) | present | {"PYTHONPATH": str(ROOT)}
+    env["GUNICORN_BIND"] = f"127.0.0.1:{free_port()}"
+
+    result = subprocess.run(
+        [str(BIN / "gunicorn"), "wsgi:app", "-c", str(ROOT / "gunicorn.conf.py")],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Booting worker" not in output  # refused in the master, before any worker
+    (line,) = [line for line in output.splitlines() if "configuration error" in line]
+    assert line.startswith(f"inngest-gateway: configuration error: {missing}: ")
+    assert "some-key" not in output and "some-secret" not in output

@@ -1,0 +1,333 @@
+"""Sending to Inngest through POST /api: retries that end in success, in 503 and in 502.
+
+Every test posts through the real view and lets the sender talk HTTP to the stand-in on
+127.0.0.1; faults are the stand-in's answers (or its absence), never patched code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from tests.conftest import assert_envelope
+from tests.standin import SEED, InngestStandIn
+
+RETRYABLE_STATUSES = [500, 502, 503, 504, 429]
+
+
+def ok_ids(response: TestResponse) -> list[str]:
+    """The ids of a 200 answer, after checking its shape."""
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["status"] == "ok"
+    assert isinstance(body["ids"], list) and body["ids"]
+    return list(body["ids"])
+
+
+def retry_after(response: TestResponse) -> int:
+    """The `Retry-After` header as whole seconds, at least one."""
+    value = response.headers["Retry-After"]
+    assert value.isdigit(), value
+    assert int(value) >= 1
+    return int(value)
+
+
+def assert_identical_attempts(inngest: InngestStandIn, ids: list[str]) -> None:
+    """Every attempt carried the same body, seed and event ids: a retry, not a new send."""
+    first = inngest.received[0]
+    assert SEED.match(first.seed or "")
+    for attempt in inngest.received:
+        assert attempt.body == first.body
+        assert attempt.seed == first.seed
+        assert [event["id"] for event in json.loads(attempt.body)] == ids
+
+
+def quiet_standin_access_log(caplog: pytest.LogCaptureFixture) -> None:
+    """Capture everything at DEBUG, except the stand-in's own access lines.
+
+    The stand-in runs on werkzeug's dev server, whose access log quotes the request path
+    `/e/<key>`; those lines are the test's server talking, not the service.
+    """
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.WARNING, logger="werkzeug")
+
+
+# -- retries that end in success ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", RETRYABLE_STATUSES)
+def test_one_retryable_failure_then_success(
+    client: FlaskClient, inngest: InngestStandIn, status: int
+) -> None:
+    inngest.fail_next(1, status)
+
+    response = client.post("/api", json={"name": "app/retry", "data": {"n": 1}})
+
+    ids = ok_ids(response)
+    assert [r.status for r in inngest.received] == [status, 200]
+    assert_identical_attempts(inngest, ids)
+    assert inngest.accepted_ids() == ids
+
+
+def test_a_500_then_success_resends_the_same_events(
+    client: FlaskClient, inngest: InngestStandIn
+) -> None:
+    inngest.fail_next(1, 500)
+
+    response = client.post("/api", json=[{"name": "app/a"}, {"name": "app/b", "id": "b-1"}])
+
+    ids = ok_ids(response)
+    assert ids[1] == "b-1"
+    assert len(inngest.received) == 2
+    first, second = inngest.received
+    assert first.body == second.body
+    assert first.seed == second.seed
+    assert SEED.match(second.seed or "")
+    assert [e["id"] for e in second.events] == ids
+    assert inngest.accepted_ids() == ids
+
+
+def test_429_retry_after_is_honoured(
+    make_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    client = make_app(INNGEST_SEND_TIMEOUT="5").test_client()
+    inngest.fail_next(1, 429, retry_after="1")
+
+    started = time.monotonic()
+    response = client.post("/api", json={"name": "app/limited"})
+    elapsed = time.monotonic() - started
+
+    ids = ok_ids(response)
+    assert [r.status for r in inngest.received] == [429, 200]
+    assert_identical_attempts(inngest, ids)
+    assert elapsed >= 0.95  # waited for Retry-After, not the ~0.1 s backoff
+    assert elapsed < 4
+
+
+def test_a_run_of_gateway_errors_then_success(client: FlaskClient, inngest: InngestStandIn) -> None:
+    for status in (502, 503, 504):
+        inngest.fail_next(1, status)
+
+    response = client.post("/api", json={"name": "app/flaky"})
+
+    ids = ok_ids(response)
+    assert [r.status for r in inngest.received] == [502, 503, 504, 200]
+    assert_identical_attempts(inngest, ids)
+    assert inngest.accepted_ids() == ids
+
+
+def test_connection_refused_until_inngest_comes_back(
+    make_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    client = make_app(INNGEST_SEND_TIMEOUT="5").test_client()
+    inngest.stop()
+    restart = threading.Timer(0.3, inngest.server.start)
+    restart.start()
+    try:
+        started = time.monotonic()
+        response = client.post("/api", json={"name": "app/reconnect"})
+        elapsed = time.monotonic() - started
+    finally:
+        restart.join(5)
+
+    ids = ok_ids(response)
+    assert elapsed >= 0.3
+    assert len(inngest.received) == 1  # refused connections never reached it
+    assert inngest.accepted_ids() == ids
+
+
+# -- retries that end in 503 -------------------------------------------------------------
+
+
+def test_persistent_500_becomes_503_within_the_send_timeout(
+    make_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    client = make_app(INNGEST_SEND_TIMEOUT="1").test_client()
+    inngest.fail_next(1000, 500)
+
+    started = time.monotonic()
+    response = client.post("/api", json={"name": "app/down", "id": "down-1"})
+    elapsed = time.monotonic() - started
+
+    body = assert_envelope(response, 503, "upstream_unavailable")
+    assert body["errors"] == {}
+    retry_after(response)
+    assert elapsed < 3
+    assert len(inngest.received) >= 2  # it did retry
+    assert {r.status for r in inngest.received} == {500}
+    assert_identical_attempts(inngest, ["down-1"])
+    assert inngest.accepted == []
+
+
+def test_inngest_down_the_whole_time_is_503(
+    make_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    client = make_app(INNGEST_SEND_TIMEOUT="1").test_client()
+    inngest.stop()
+
+    started = time.monotonic()
+    response = client.post("/api", json={"name": "app/down"})
+    elapsed = time.monotonic() - started
+
+    assert_envelope(response, 503, "upstream_unavailable")
+    retry_after(response)
+    assert elapsed < 3
+    assert inngest.received == []
+
+
+def test_retry_after_beyond_the_time_budget_gives_up_at_once(
+    make_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    client = make_app(INNGEST_SEND_TIMEOUT="2").test_client()
+    inngest.fail_next(1, 429, retry_after="30")
+
+    started = time.monotonic()
+    response = client.post("/api", json={"name": "app/limited"})
+    elapsed = time.monotonic() - started
+
+    assert_envelope(response, 503, "upstream_unavailable")
+    retry_after(response)
+    assert elapsed < 1  # did not sleep towards a retry it could never make
+    assert [r.status for r in inngest.received] == [429]
+
+
+# -- refusals that end in 502, without retrying -----------------------------------------
+
+
+def test_wrong_event_key_is_502_and_the_log_says_why(
+    make_app: Callable[..., Flask], inngest: InngestStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    quiet_standin_access_log(caplog)
+    client = make_app(INNGEST_EVENT_KEY="wrong-key").test_client()
+
+    response = client.post("/api", json={"name": "app/x"})
+
+    assert_envelope(response, 502, "upstream_rejected")
+    assert len(inngest.received) == 1
+    assert inngest.received[0].key == "wrong-key"
+    assert inngest.received[0].status == 401
+    assert inngest.accepted == []
+    refusals = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("INNGEST_EVENT_KEY" in m and "401" in m for m in refusals), caplog.text
+    assert "wrong-key" not in caplog.text
+    assert "wrong-key" not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (400, {"ids": [], "status": 400, "error": "event name is required"}),
+        (404, {"status": 404, "error": "Not Found"}),
+        (403, {"status": 403, "error": "Forbidden"}),
+        (413, {"ids": [], "status": 413, "error": "request too large"}),
+    ],
+)
+def test_permanent_refusal_is_502_without_retry(
+    client: FlaskClient,
+    inngest: InngestStandIn,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+    body: dict[str, Any],
+) -> None:
+    quiet_standin_access_log(caplog)
+    inngest.fail_next(1, status, body=body)
+
+    started = time.monotonic()
+    response = client.post("/api", json={"name": "app/refused"})
+    elapsed = time.monotonic() - started
+
+    assert_envelope(response, 502, "upstream_rejected")
+    assert "Retry-After" not in response.headers
+    assert [r.status for r in inngest.received] == [status]
+    assert inngest.accepted == []
+    assert elapsed < 1
+    assert body["error"] in caplog.text  # the log says what Inngest said
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"ids": [], "status": 200, "error": "something went wrong"},
+        {"ids": [], "status": 400, "error": "event name is required"},
+    ],
+)
+def test_http_200_with_an_error_in_the_body_is_502(
+    client: FlaskClient, inngest: InngestStandIn, body: dict[str, Any]
+) -> None:
+    inngest.fail_next(1, 200, body=body)
+
+    response = client.post("/api", json={"name": "app/odd"})
+
+    assert_envelope(response, 502, "upstream_rejected")
+    assert [r.status for r in inngest.received] == [200]
+
+
+def test_partial_acceptance_of_a_batch_is_502(client: FlaskClient, inngest: InngestStandIn) -> None:
+    inngest.max_event_bytes = 2000
+    batch = [
+        {"name": "app/small", "id": "small-0"},
+        {"name": "app/big", "id": "big-1", "data": {"text": "x" * 5000}},
+        {"name": "app/small", "id": "small-2"},
+    ]
+
+    response = client.post("/api", json=batch)
+
+    assert_envelope(response, 502, "upstream_rejected")
+    assert len(inngest.received) == 1
+    assert inngest.received[0].status == 400
+    assert inngest.accepted_ids() == ["small-0"]
+
+
+# -- secrets ----------------------------------------------------------------------------
+
+EVENT_KEY = "evtkey-Zq8vX2mN4pL7rT1w"
+SESSION_SECRET = "session-secret-Hk3jW9sB6dF0yU5e"
+
+
+def assert_no_secret(response: TestResponse) -> None:
+    texts = [response.get_data(as_text=True)]
+    texts += [f"{name}: {value}" for name, value in response.headers.items()]
+    for text in texts:
+        assert EVENT_KEY not in text
+        assert SESSION_SECRET not in text
+
+
+def test_secrets_never_reach_responses_or_logs(
+    make_app: Callable[..., Flask], inngest: InngestStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    quiet_standin_access_log(caplog)
+    client = make_app(
+        INNGEST_EVENT_KEY=EVENT_KEY, SECRET_KEY=SESSION_SECRET, INNGEST_SEND_TIMEOUT="0.5"
+    ).test_client()
+    inngest.event_key = EVENT_KEY
+
+    delivered = client.post("/api", json={"name": "app/ok"})
+    ok_ids(delivered)
+    assert inngest.received[-1].key == EVENT_KEY
+
+    inngest.stop()
+    refused = client.post("/api", json={"name": "app/refused"})
+    assert_envelope(refused, 503, "upstream_unavailable")
+    # requests quotes the URL, and so the key, in connection errors: the log must not.
+    assert any("ConnectionError" in r.getMessage() for r in caplog.records), caplog.text
+
+    inngest.server.start()
+    inngest.event_key = "another-key"
+    rejected = client.post("/api", json={"name": "app/rejected"})
+    assert_envelope(rejected, 502, "upstream_rejected")
+
+    for response in (delivered, refused, rejected):
+        assert_no_secret(response)
+    assert EVENT_KEY not in caplog.text
+    assert SESSION_SECRET not in caplog.text
+    for record in caplog.records:
+        assert EVENT_KEY not in record.getMessage()
