@@ -8,8 +8,10 @@ Tests can make it fail for a while, answer slowly, or stop and start on the same
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import random
 import re
 import threading
 import time
@@ -97,6 +99,8 @@ class InngestStandIn:
         self.event_key = self.default_key = event_key
         self.max_event_bytes = self.default_max_event_bytes = max_event_bytes
         self.delay = 0.0
+        self.fail_ratio = 0.0
+        self._random = random.Random(1)
         self.received: list[Received] = []
         self.accepted: list[dict[str, Any]] = []
         self._faults: deque[Fault] = deque()
@@ -123,6 +127,7 @@ class InngestStandIn:
             self.accepted.clear()
             self._faults.clear()
         self.delay = 0.0
+        self.fail_ratio = 0.0
         self.event_key = self.default_key
         self.max_event_bytes = self.default_max_event_bytes
         if not self.server.is_running():
@@ -176,6 +181,8 @@ class InngestStandIn:
     def _respond(self, record: Received) -> Response:
         with self._lock:
             fault = self._faults.popleft() if self._faults else None
+            if fault is None and self.fail_ratio and self._random.random() < self.fail_ratio:
+                fault = Fault(500, None, {})
         if fault is not None:
             body = (
                 fault.body
@@ -209,3 +216,25 @@ class InngestStandIn:
     def _internal_id(seed: str | None, index: int) -> str:
         """Derived from the seed header and the index, as the server does."""
         return hashlib.sha1(f"{seed}:{index}".encode()).hexdigest()[:26].upper()
+
+
+def main() -> None:
+    """Serve the stand-in on its own, for benchmarks and manual tries."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8288)
+    parser.add_argument("--event-key", default="test-event-key")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--fail-ratio", type=float, default=0.0, help="share answered 500")
+    args = parser.parse_args()
+    standin = InngestStandIn(args.event_key, port=args.port)
+    standin.delay, standin.fail_ratio = args.delay, args.fail_ratio
+    standin.start()
+    print(f"stand-in Inngest on {standin.url} (key {args.event_key})", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        standin.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Crash safety under real gunicorn: SIGKILL the whole service mid-load, start it again,
+and every event it acknowledged still reaches Inngest, any repeat with the same id.
+
+Runs on SQLite, and on PostgreSQL when TEST_DATABASE_URL is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.processes import Server, free_port, start_gunicorn
+from tests.standin import InngestStandIn
+
+pytestmark = pytest.mark.slow
+
+TOTAL_EVENTS = 3000
+CLIENTS = 6
+OUTBOX_ENV = {
+    "DELIVERY_MODE": "outbox",
+    "OUTBOX_EMBEDDED_DELIVERER": "true",
+    "OUTBOX_RETRY_BASE": "50ms",
+    "OUTBOX_RETRY_MAX": "500ms",
+    "OUTBOX_POLL_SECONDS": "0.1",
+    "OUTBOX_LEASE_SECONDS": "2",
+    "INNGEST_SEND_TIMEOUT": "1",
+    "OUTBOX_DRAIN_SECONDS": "3",
+}
+
+
+class Load:
+    """Client threads posting batches of 1-5 events, keeping the ids of every 2xx answer."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.acknowledged: set[str] = set()
+        self.failed_posts = 0
+        self._sent = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._client, args=(n,), daemon=True) for n in range(CLIENTS)
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def acked(self) -> int:
+        with self._lock:
+            return len(self.acknowledged)
+
+    def _take(self, size: int) -> int:
+        with self._lock:
+            size = min(size, TOTAL_EVENTS - self._sent)
+            self._sent += size
+            return size
+
+    def _client(self, number: int) -> None:
+        sequence = 0
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                size = self._take(1 + sequence % 5)
+                if size <= 0:
+                    return
+                batch = [
+                    {"name": "app/load", "id": f"c{number}-{sequence}-{i}", "data": {"i": i}}
+                    for i in range(size)
+                ]
+                sequence += 1
+                try:
+                    response = session.post(self.url, json=batch, timeout=10)
+                except requests.RequestException:
+                    with self._lock:
+                        self.failed_posts += 1
+                    time.sleep(0.05)
+                    continue
+                with response:
+                    if 200 <= response.status_code < 300:
+                        with self._lock:
+                            self.acknowledged.update(response.json()["ids"])
+                    else:
+                        with self._lock:
+                            self.failed_posts += 1
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(timeout=max(0.1, deadline - time.monotonic()))
+        self._stop.set()
+
+
+def wait_for(condition: Any, timeout: float, message: Any) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(message())
+        time.sleep(0.1)
+
+
+def test_sigkill_midway_loses_no_acknowledged_event(
+    tmp_path: Path, inngest: InngestStandIn, database_url: str
+) -> None:
+    env = OUTBOX_ENV | {"DATABASE_URL": database_url}
+    port = free_port()
+    inngest.fail_ratio = 0.3  # Inngest fails part of the time throughout
+    server = start_gunicorn(tmp_path, inngest, port=port, env=env)
+    restarted: Server | None = None
+    load = Load(f"{server.url}/api")
+    try:
+        load.start()
+        wait_for(
+            lambda: load.acked() >= TOTAL_EVENTS // 2,
+            60,
+            lambda: f"only {load.acked()} acknowledged before the kill:\n{server.output()}",
+        )
+        os.killpg(server.process.pid, signal.SIGKILL)  # master and workers, no goodbye
+        server.process.wait(timeout=10)
+        acked_before_kill = load.acked()
+
+        restarted = start_gunicorn(tmp_path, inngest, port=port, env=env)
+        load.join(timeout=120)
+        assert load.acked() > acked_before_kill  # the load went on after the restart
+
+        wait_for(
+            lambda: load.acknowledged <= set(inngest.accepted_ids()),
+            90,
+            lambda: (
+                f"{len(load.acknowledged - set(inngest.accepted_ids()))} acknowledged events "
+                f"never reached Inngest:\n{restarted.output() if restarted else ''}"
+            ),
+        )
+    finally:
+        server.kill()
+        if restarted is not None:
+            restarted.kill()
+
+    copies: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for event in inngest.accepted:
+        copies[event["id"]].append(event)
+    assert load.acknowledged <= copies.keys()
+    for event_id, events in copies.items():
+        # A repeat is the same event, same id: Inngest runs functions once per id.
+        assert all(
+            json.dumps(e, sort_keys=True) == json.dumps(events[0], sort_keys=True) for e in events
+        ), event_id
+
+
+def test_sigterm_drains_the_outbox_before_exit(
+    tmp_path: Path, inngest: InngestStandIn, database_url: str
+) -> None:
+    inngest.fail_next(10_000, 503)  # Inngest is failing while the events come in
+    server = start_gunicorn(
+        tmp_path,
+        inngest,
+        env=OUTBOX_ENV | {"DATABASE_URL": database_url, "OUTBOX_DRAIN_SECONDS": "5"},
+    )
+    try:
+        with requests.Session() as session:
+            ids = []
+            for n in range(20):
+                with session.post(f"{server.url}/api", json={"id": f"drain-{n}"}, timeout=10) as r:
+                    assert r.status_code == 202
+                    ids += r.json()["ids"]
+        time.sleep(0.5)
+        inngest.reset()  # Inngest recovers just as the service is told to stop
+
+        os.killpg(server.process.pid, signal.SIGTERM)
+        assert server.process.wait(timeout=20) == 0
+    finally:
+        server.kill()
+
+    assert set(ids) <= set(inngest.accepted_ids())
+    assert "delivered" in server.output()
