@@ -24,6 +24,10 @@ run: $(VENV)/.runtime
 	INNGEST_DEV=$${INNGEST_DEV:-1} $(BIN)/flask --app wsgi run --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.dev
+	@if [ -z "$$TEST_DATABASE_URL" ]; then \
+	  echo "NOTE: TEST_DATABASE_URL is not set: the PostgreSQL variants of the outbox tests will be skipped."; \
+	  echo "      Set it (e.g. postgresql://postgres@127.0.0.1:5432/test) to run them."; \
+	fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev

@@ -36,9 +36,12 @@ def on_starting(server):  # type: ignore[no-untyped-def]
 
 
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
-    """Start the outbox deliverer in each worker, after the fork."""
+    """After the fork: leave the parent's database connections alone, start the deliverer."""
+    from service.db import db
     from service.outbox import start_delivery
 
+    with worker.wsgi.app_context():
+        db.engine.dispose(close=False)  # with preload_app, the pool holds the parent's sockets
     start_delivery(worker.wsgi)
 
 
