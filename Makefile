@@ -1,5 +1,6 @@
 # `make run` starts the service with embedded defaults; `make test` runs the whole suite.
-# Both create .venv and install what they need first.
+# Both create .venv and install what they need first. `make bench` runs the benchmark
+# (bench/bench.py, needs wrk; BENCH_ARGS passes flags, e.g. BENCH_ARGS="--duration 5").
 
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test lint format clean
+.PHONY: run test bench lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,14 +31,17 @@ test: $(VENV)/.dev
 	fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+bench: $(VENV)/.dev
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+
 lint: $(VENV)/.dev
-	$(BIN)/ruff check service tests wsgi.py gunicorn.conf.py
-	$(BIN)/ruff format --check service tests wsgi.py gunicorn.conf.py
+	$(BIN)/ruff check service tests bench wsgi.py gunicorn.conf.py
+	$(BIN)/ruff format --check service tests bench wsgi.py gunicorn.conf.py
 	$(BIN)/mypy
 
 format: $(VENV)/.dev
-	$(BIN)/ruff check --fix service tests wsgi.py gunicorn.conf.py
-	$(BIN)/ruff format service tests wsgi.py gunicorn.conf.py
+	$(BIN)/ruff check --fix service tests bench wsgi.py gunicorn.conf.py
+	$(BIN)/ruff format service tests bench wsgi.py gunicorn.conf.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

@@ -1,0 +1,53 @@
+-- wrk script for bench/bench.py.
+--
+--   wrk ... http://127.0.0.1:PORT/api -s bench/post.lua -- POST '{"name":"app/bench"}'
+--   wrk ... http://127.0.0.1:PORT/healthz -s bench/post.lua -- GET
+--
+-- The arguments after `--` are the method and, optionally, a JSON body (sent with
+-- Content-Type: application/json). Every answer's status is counted, and done() prints
+-- one line `BENCH_JSON {...}` with the totals, the latency percentiles (microseconds) and
+-- the count of each status code, so that no non-2xx answer goes unseen.
+
+local threads = {}
+
+function setup(thread)
+  -- Runs in the setup/done environment: keep each thread to read its counts at the end.
+  table.insert(threads, thread)
+end
+
+function init(args)
+  wrk.method = args[1] or "GET"
+  if args[2] then
+    wrk.body = args[2]
+    wrk.headers["Content-Type"] = "application/json"
+  end
+  statuses = {}
+end
+
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+
+function done(summary, latency, requests)
+  local counts = {}
+  for _, thread in ipairs(threads) do
+    for status, count in pairs(thread:get("statuses") or {}) do
+      counts[status] = (counts[status] or 0) + count
+    end
+  end
+  local parts = {}
+  for status, count in pairs(counts) do
+    table.insert(parts, string.format('"%d":%d', status, count))
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"duration_us":%d,"requests":%d,"bytes":%d,' ..
+    '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
+    '"latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d,"mean":%.1f},' ..
+    '"statuses":{%s}}\n',
+    summary.duration, summary.requests, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.max, latency.mean,
+    table.concat(parts, ",")))
+end
