@@ -1,10 +1,11 @@
 -- wrk script for bench/bench.py.
 --
---   wrk ... http://127.0.0.1:PORT/api -s bench/post.lua -- POST '{"name":"app/bench"}'
---   wrk ... http://127.0.0.1:PORT/healthz -s bench/post.lua -- GET
+--   wrk ... http://127.0.0.1:PORT/api -s bench/post.lua -- POST close '{"name":"app/bench"}'
+--   wrk ... http://127.0.0.1:PORT/healthz -s bench/post.lua -- GET keep-alive
 --
--- The arguments after `--` are the method and, optionally, a JSON body (sent with
--- Content-Type: application/json). Every answer's status is counted, and done() prints
+-- The arguments after `--` are the method, the connection mode (`close` sends
+-- `Connection: close`, as nginx does to its upstream by default) and, optionally, a JSON
+-- body (sent with Content-Type: application/json). Every answer's status is counted, and done() prints
 -- one line `BENCH_JSON {...}` with the totals, the latency percentiles (microseconds) and
 -- the count of each status code, so that no non-2xx answer goes unseen.
 
@@ -17,8 +18,11 @@ end
 
 function init(args)
   wrk.method = args[1] or "GET"
-  if args[2] then
-    wrk.body = args[2]
+  if args[2] == "close" then
+    wrk.headers["Connection"] = "close"
+  end
+  if args[3] then
+    wrk.body = args[3]
     wrk.headers["Content-Type"] = "application/json"
   end
   statuses = {}

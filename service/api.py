@@ -55,7 +55,7 @@ def post_events() -> Any:
     # Decide the answer before sending, so nothing can fail once Inngest has the events.
     target = _redirect_target(payload) if payload.form and not wants_json(request) else None
     if settings.delivery_mode == "outbox":
-        outbox.store(events, settings)
+        outbox.store(events)
         outbox.deliverer().notify()
         status = 202
     else:

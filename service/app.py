@@ -57,7 +57,11 @@ def register_extensions(app: Flask, settings: Settings) -> None:
     """Bind the extensions and our modules that need the app."""
     logs.init_app(app)
     app.before_request(payload.buffer_streamed_body)
-    db.init_app(app, db.database_url(settings.database_url, app.instance_path))
+    db.init_app(
+        app,
+        db.database_url(settings.database_url, app.instance_path),
+        sqlite_synchronous=settings.sqlite_synchronous,
+    )
     auth.init_app(app)
     csrf.init_app(app)
     inngest.init_app(app)

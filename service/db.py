@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Flask
@@ -21,14 +25,62 @@ class Base(DeclarativeBase):
 db = SQLAlchemy(model_class=Base)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """WAL lets readers and one writer work at once; FULL sync makes a commit survive a crash."""
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
+def _sqlite_pragmas(synchronous: str) -> Any:
+    """WAL lets readers and one writer work at once.
+
+    In WAL mode a committed transaction survives the process being killed with either
+    `synchronous` setting; FULL also makes it survive a power loss or an OS crash, at the
+    cost of an fsync per commit.
+    """
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.close()
+
+    return on_connect
+
+
+class _SQLiteWriteLock:
+    """One writer at a time across threads and processes, woken as soon as the lock frees.
+
+    SQLite's own busy handler polls with sleeps of up to 100 ms, which under concurrent
+    writers leaves the database idle while they sleep; an flock'd file queues them instead.
+    """
+
+    def __init__(self) -> None:
+        self._threads = threading.Lock()
+        self._files: dict[tuple[int, str], int] = {}
+
+    @contextlib.contextmanager
+    def hold(self, path: str) -> Iterator[None]:
+        with self._threads:
+            key = (os.getpid(), path)  # a child after fork opens its own description
+            fd = self._files.get(key)
+            if fd is None:
+                fd = self._files[key] = os.open(f"{path}.write-lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+_sqlite_lock = _SQLiteWriteLock()
+
+
+@contextlib.contextmanager
+def write_lock() -> Iterator[None]:
+    """Hold around a write transaction: serialises SQLite writers; nothing on other databases."""
+    url = db.engine.url
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        with _sqlite_lock.hold(str(url.database)):
+            yield
+    else:
+        yield
 
 
 def database_url(configured: str | None, instance_path: str) -> str:
@@ -71,14 +123,17 @@ def ping() -> None:
     db.session.execute(text("SELECT 1"))
 
 
-def init_app(app: Flask, url: str) -> None:
+def init_app(app: Flask, url: str, *, sqlite_synchronous: str = "NORMAL") -> None:
     """Bind the database to the app and make sure its tables exist."""
     app.config["SQLALCHEMY_DATABASE_URI"] = url
-    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+    # A server can drop idle connections; a SQLite file cannot.
+    app.config.setdefault(
+        "SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": not url.startswith("sqlite")}
+    )
     db.init_app(app)
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
-            event.listen(db.engine, "connect", _sqlite_pragmas)
+            event.listen(db.engine, "connect", _sqlite_pragmas(sqlite_synchronous))
             db.engine.dispose()  # connections opened before the listener lack the pragmas
         ensure_schema(app)
 

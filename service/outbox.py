@@ -10,6 +10,7 @@ retries so that Inngest can deduplicate a repeat.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import random
@@ -18,8 +19,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -34,7 +35,6 @@ from sqlalchemy import (
     and_,
     delete,
     func,
-    insert,
     or_,
     select,
     update,
@@ -42,7 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .db import db
+from .db import db, write_lock
 from .errors import APIError
 from .events import Event
 from .inngest import InngestClient, InngestRejected, InngestUnavailable, id_seed
@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 HOUSEKEEPING_SECONDS = 5.0
+BATCH_GATHER_SECONDS = 0.1
+COUNT_REFRESH_SECONDS = 0.25
 
 
 def now_ms() -> int:
@@ -85,6 +87,11 @@ class OutboxEvent(db.Model):  # type: ignore[name-defined,misc]
     finished_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
+# The deliverer's statements use the table, not the mapped class: it never needs ORM objects.
+_table = OutboxEvent.__table__
+_c = _table.c
+
+
 class OutboxFull(APIError):
     status_code, code = 503, "outbox_full"
     message = "Too many events are waiting for delivery; try again shortly."
@@ -93,6 +100,18 @@ class OutboxFull(APIError):
 class OutboxUnavailable(APIError):
     status_code, code = 503, "outbox_unavailable"
     message = "The event could not be stored; try again shortly."
+
+
+@contextlib.contextmanager
+def _transaction() -> Iterator[None]:
+    """Statements on the session, committed as one write under the database's write lock."""
+    with write_lock():
+        try:
+            yield
+            db.session.commit()
+        except BaseException:
+            db.session.rollback()
+            raise
 
 
 # -- the write path ------------------------------------------------------------------------
@@ -106,38 +125,156 @@ def pending_count() -> int:
     return int(count or 0)
 
 
-def store(events: Sequence[Event], settings: Settings) -> None:
-    """Commit the events, all or none, or raise a 503 error; nothing is half-accepted."""
-    retry = {"Retry-After": "5"}
-    try:
-        if pending_count() + len(events) > settings.outbox_max_pending:
-            raise OutboxFull(headers=retry)
+RETRY_LATER = {"Retry-After": "5"}
+_STORED_COLUMNS = (
+    "event_id",
+    "name",
+    "body",
+    "size",
+    "state",
+    "created_at",
+    "next_attempt_at",
+    "attempts",
+)
+STORE_TIMEOUT = 30.0
+
+
+@dataclass
+class _Store:
+    """One request's events, waiting for the writer's commit."""
+
+    rows: list[tuple[Any, ...]]
+    done: threading.Event = field(default_factory=threading.Event)
+    error: APIError | None = None
+
+
+class Writer:
+    """Commits the stores of all request threads of a process together (group commit).
+
+    The first request to find no commit under way leads: it commits its own events and
+    whatever other requests queued meanwhile, in one transaction, until the queue is
+    empty; the others wait for their item. Only one connection per process competes for
+    the database's write lock, and each request still answers only after its own commit.
+    """
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.settings: Settings = app.extensions["settings"]
+        self._lock = threading.Lock()
+        self._queue: list[_Store] = []
+        self._leading = False
+        self._known_pending = 0
+        self._counted_at = 0.0
+        self._insert = self._count = ""  # plain SQL, made for the dialect on first use
+
+    def store(self, events: Sequence[Event]) -> None:
+        """Commit the events, all or none, or raise a 503 error; nothing is half-accepted."""
         now = now_ms()
-        db.session.execute(
-            insert(OutboxEvent),
+        item = _Store(
             [
-                {
-                    "event_id": event.id,
-                    "name": event.name,
-                    "body": event.body.decode(),
-                    "size": len(event.body),
-                    "state": PENDING,
-                    "created_at": now,
-                    "next_attempt_at": now,
-                    "attempts": 0,
-                }
+                (event.id, event.name, event.body.decode(), len(event.body), PENDING, now, now, 0)
                 for event in events
-            ],
+            ]
         )
-        db.session.commit()
-    except SQLAlchemyError as exc:
-        db.session.rollback()
-        log.error("could not store %d event(s): %s", len(events), type(exc).__name__)
-        raise OutboxUnavailable(headers=retry) from None
-    except OutboxFull:
-        db.session.rollback()
-        log.warning("outbox full: refusing %d event(s)", len(events))
-        raise
+        with self._lock:
+            self._queue.append(item)
+            lead = not self._leading
+            self._leading = True
+        if lead:
+            self._lead()
+        elif not item.done.wait(STORE_TIMEOUT):
+            raise OutboxUnavailable(headers=RETRY_LATER)
+        if item.error is not None:
+            raise item.error
+
+    def _lead(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._queue = self._queue, []
+                if not batch:
+                    self._leading = False
+                    return
+            try:
+                self._commit(batch)
+            except Exception:  # never leave a request waiting
+                log.exception("outbox write failed")
+                for item in batch:
+                    item.error = item.error or OutboxUnavailable(headers=RETRY_LATER)
+            finally:
+                for item in batch:
+                    item.done.set()
+
+    def _pending(self, cursor: Any, adding: int) -> int:
+        """The backlog, counted again when the last count is old or the limit is near.
+
+        Deliverers only shrink it, so between counts our own inserts keep it an upper bound.
+        """
+        stale = time.monotonic() - self._counted_at > COUNT_REFRESH_SECONDS
+        near = self._known_pending + adding > self.settings.outbox_max_pending * 0.9
+        if stale or near:
+            cursor.execute(self._count, (PENDING,))
+            self._known_pending = int(cursor.fetchone()[0] or 0)
+            self._counted_at = time.monotonic()
+        return self._known_pending
+
+    def _prepare(self, paramstyle: str) -> None:
+        """The insert and count as plain SQL in the driver's parameter style."""
+        mark = "?" if paramstyle == "qmark" else "%s"
+        table = OutboxEvent.__tablename__
+        self._insert = (
+            f"INSERT INTO {table} ({', '.join(_STORED_COLUMNS)}) "
+            f"VALUES ({', '.join([mark] * len(_STORED_COLUMNS))})"
+        )
+        self._count = f"SELECT count(*) FROM {table} WHERE state = {mark}"
+
+    def _commit(self, batch: list[_Store]) -> None:
+        accepted: list[_Store] = []
+        driver_error = db.engine.dialect.loaded_dbapi.Error
+        if not self._insert:
+            self._prepare(db.engine.dialect.paramstyle)
+        connection = None
+        try:
+            with write_lock():
+                # The driver's own connection: SQLAlchemy's statement layer would cost
+                # more than the insert on this path.
+                connection = db.engine.raw_connection()
+                cursor = connection.cursor()
+                try:
+                    pending = self._pending(cursor, sum(len(item.rows) for item in batch))
+                    for item in batch:
+                        if pending + len(item.rows) > self.settings.outbox_max_pending:
+                            item.error = OutboxFull(headers=RETRY_LATER)
+                            log.warning("outbox full: refusing %d event(s)", len(item.rows))
+                        else:
+                            accepted.append(item)
+                            pending += len(item.rows)
+                    rows = [row for item in accepted for row in item.rows]
+                    if rows:
+                        cursor.executemany(self._insert, rows)
+                    connection.commit()
+                finally:
+                    cursor.close()
+                self._known_pending = pending
+        except (driver_error, SQLAlchemyError) as exc:
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    connection.invalidate()  # may be broken: the pool opens a fresh one
+            log.error(
+                "could not store %d event(s): %s",
+                sum(len(item.rows) for item in accepted),
+                type(exc).__name__,
+            )
+            for item in accepted:
+                item.error = OutboxUnavailable(headers=RETRY_LATER)
+        finally:
+            if connection is not None:
+                connection.close()  # back to the pool (rolled back if not committed)
+
+
+def store(events: Sequence[Event]) -> None:
+    """Commit the events through this process's writer; see `Writer.store`."""
+    writer: Writer = current_app.extensions["outbox_writer"]
+    writer.store(events)
 
 
 # -- delivery ------------------------------------------------------------------------------
@@ -155,10 +292,10 @@ class Claimed:
 def _free(now: int, *, due_only: bool = True) -> Any:
     """Pending, not leased to a live deliverer, and (unless draining) due."""
     free = and_(
-        OutboxEvent.state == PENDING,
-        or_(OutboxEvent.claim_expires_at.is_(None), OutboxEvent.claim_expires_at < now),
+        _c.state == PENDING,
+        or_(_c.claim_expires_at.is_(None), _c.claim_expires_at < now),
     )
-    return and_(free, OutboxEvent.next_attempt_at <= now) if due_only else free
+    return and_(free, _c.next_attempt_at <= now) if due_only else free
 
 
 class Deliverer:
@@ -192,40 +329,36 @@ class Deliverer:
         now = now_ms()
         free = _free(now, due_only=not ignore_schedule)
         head = db.session.execute(
-            select(OutboxEvent.id, OutboxEvent.batch_seed)
-            .where(free)
-            .order_by(OutboxEvent.id)
-            .limit(1)
+            select(_c.id, _c.batch_seed).where(free).order_by(_c.id).limit(1)
         ).first()
         db.session.commit()  # end the read, so the claim below starts a write at once
         if head is None:
             return None
         seed = head.batch_seed or id_seed()
         if head.batch_seed:
-            which = OutboxEvent.batch_seed == head.batch_seed
+            which = _c.batch_seed == head.batch_seed
         else:
             fresh = (
-                select(OutboxEvent.id)
-                .where(free, OutboxEvent.batch_seed.is_(None))
-                .order_by(OutboxEvent.id)
+                select(_c.id)
+                .where(free, _c.batch_seed.is_(None))
+                .order_by(_c.id)
                 .limit(self._max_batch)
                 .with_for_update(skip_locked=True)
             )
-            which = OutboxEvent.id.in_(fresh)
-        rows: list[Any] = list(
-            db.session.execute(
-                update(OutboxEvent)
-                .where(which, free)
-                .values(
-                    claimed_by=self.name,
-                    claim_expires_at=now + int(self.settings.outbox_lease_seconds * 1000),
-                    batch_seed=seed,
-                )
-                .returning(OutboxEvent.id, OutboxEvent.body, OutboxEvent.size),
-                execution_options={"synchronize_session": False},
-            ).all()
-        )
-        db.session.commit()
+            which = _c.id.in_(fresh)
+        with _transaction():
+            rows: list[Any] = list(
+                db.session.execute(
+                    update(_table)
+                    .where(which, free)
+                    .values(
+                        claimed_by=self.name,
+                        claim_expires_at=now + int(self.settings.outbox_lease_seconds * 1000),
+                        batch_seed=seed,
+                    )
+                    .returning(_c.id, _c.body, _c.size),
+                ).all()
+            )
         if not rows:
             return None  # another deliverer took it first
         rows.sort(key=lambda row: row.id)
@@ -270,72 +403,67 @@ class Deliverer:
     def _delivered(self, ids: list[int]) -> None:
         if not ids:
             return
-        where = OutboxEvent.id.in_(ids)
-        if self.settings.outbox_keep_delivered <= 0:
-            db.session.execute(delete(OutboxEvent).where(where))
-        else:
-            db.session.execute(
-                update(OutboxEvent)
-                .where(where)
-                .values(
-                    state=DELIVERED,
-                    finished_at=now_ms(),
-                    claimed_by=None,
-                    claim_expires_at=None,
-                    last_error=None,
+        where = _c.id.in_(ids)
+        with _transaction():
+            if self.settings.outbox_keep_delivered <= 0:
+                db.session.execute(delete(_table).where(where))
+            else:
+                db.session.execute(
+                    update(_table)
+                    .where(where)
+                    .values(
+                        state=DELIVERED,
+                        finished_at=now_ms(),
+                        claimed_by=None,
+                        claim_expires_at=None,
+                        last_error=None,
+                    )
                 )
-            )
-        db.session.commit()
 
     def _dead(self, ids: list[int], error: str) -> None:
         if not ids:
             return
-        db.session.execute(
-            update(OutboxEvent)
-            .where(OutboxEvent.id.in_(ids), OutboxEvent.state == PENDING)
-            .values(
-                state=DEAD,
-                finished_at=now_ms(),
-                claimed_by=None,
-                claim_expires_at=None,
-                last_error=error[:2000],
-                attempts=OutboxEvent.attempts + 1,
+        with _transaction():
+            db.session.execute(
+                update(_table)
+                .where(_c.id.in_(ids), _c.state == PENDING)
+                .values(
+                    state=DEAD,
+                    finished_at=now_ms(),
+                    claimed_by=None,
+                    claim_expires_at=None,
+                    last_error=error[:2000],
+                    attempts=_c.attempts + 1,
+                )
             )
-        )
-        db.session.commit()
         log.error("dead-lettered %d event(s): %s", len(ids), error)
 
     def _release(self, ids: list[int], *, forget_batch: bool = False) -> None:
         values: dict[str, Any] = {"claimed_by": None, "claim_expires_at": None}
         if forget_batch:
             values["batch_seed"] = None
-        db.session.execute(
-            update(OutboxEvent)
-            .where(OutboxEvent.id.in_(ids), OutboxEvent.claimed_by == self.name)
-            .values(**values)
-        )
-        db.session.commit()
+        with _transaction():
+            db.session.execute(
+                update(_table).where(_c.id.in_(ids), _c.claimed_by == self.name).values(**values)
+            )
 
     def _retry_later(self, ids: list[int], error: str, retry_after: float | None) -> None:
-        attempts = (
-            db.session.scalar(select(func.max(OutboxEvent.attempts)).where(OutboxEvent.id.in_(ids)))
-            or 0
-        )
+        attempts = db.session.scalar(select(func.max(_c.attempts)).where(_c.id.in_(ids))) or 0
         delay = self.backoff(attempts + 1)
         if retry_after is not None:
             delay = max(delay, retry_after)
-        db.session.execute(
-            update(OutboxEvent)
-            .where(OutboxEvent.id.in_(ids), OutboxEvent.claimed_by == self.name)
-            .values(
-                attempts=OutboxEvent.attempts + 1,
-                next_attempt_at=now_ms() + int(delay * 1000),
-                claimed_by=None,
-                claim_expires_at=None,
-                last_error=error[:2000],
+        with _transaction():
+            db.session.execute(
+                update(_table)
+                .where(_c.id.in_(ids), _c.claimed_by == self.name)
+                .values(
+                    attempts=_c.attempts + 1,
+                    next_attempt_at=now_ms() + int(delay * 1000),
+                    claimed_by=None,
+                    claim_expires_at=None,
+                    last_error=error[:2000],
+                )
             )
-        )
-        db.session.commit()
         log.warning(
             "could not deliver %d event(s), retrying in %.1fs (attempt %d): %s",
             len(ids),
@@ -367,29 +495,29 @@ class Deliverer:
         """Dead-letter events older than OUTBOX_MAX_AGE; forget delivered ones kept long enough."""
         self._last_housekeeping = time.monotonic()
         now = now_ms()
-        expired = db.session.execute(
-            update(OutboxEvent)
-            .where(
-                OutboxEvent.state == PENDING,
-                OutboxEvent.created_at < now - int(self.settings.outbox_max_age * 1000),
-                or_(OutboxEvent.claim_expires_at.is_(None), OutboxEvent.claim_expires_at < now),
-            )
-            .values(
-                state=DEAD,
-                finished_at=now,
-                claimed_by=None,
-                claim_expires_at=None,
-                last_error="not delivered within OUTBOX_MAX_AGE",
-            )
-        ).rowcount  # type: ignore[attr-defined]
-        if self.settings.outbox_keep_delivered > 0:
-            db.session.execute(
-                delete(OutboxEvent).where(
-                    OutboxEvent.state == DELIVERED,
-                    OutboxEvent.finished_at < now - int(self.settings.outbox_keep_delivered * 1000),
+        with _transaction():
+            expired = db.session.execute(
+                update(_table)
+                .where(
+                    _c.state == PENDING,
+                    _c.created_at < now - int(self.settings.outbox_max_age * 1000),
+                    or_(_c.claim_expires_at.is_(None), _c.claim_expires_at < now),
                 )
-            )
-        db.session.commit()
+                .values(
+                    state=DEAD,
+                    finished_at=now,
+                    claimed_by=None,
+                    claim_expires_at=None,
+                    last_error="not delivered within OUTBOX_MAX_AGE",
+                )
+            ).rowcount  # type: ignore[attr-defined]
+            if self.settings.outbox_keep_delivered > 0:
+                db.session.execute(
+                    delete(_table).where(
+                        _c.state == DELIVERED,
+                        _c.finished_at < now - int(self.settings.outbox_keep_delivered * 1000),
+                    )
+                )
         if expired:
             log.error("dead-lettered %d event(s) older than OUTBOX_MAX_AGE", expired)
 
@@ -418,15 +546,21 @@ class Deliverer:
         while not self._stopping.is_set():
             try:
                 with self.app.app_context():
-                    busy = self.run_once() > 0
+                    sent = self.run_once()
             except Exception:
                 log.exception("outbox deliverer step failed")
                 with self.app.app_context():
                     db.session.rollback()
-                busy = False
-            if not busy:
-                self._wake.wait(self.settings.outbox_poll_seconds)
-                self._wake.clear()
+                sent = 0
+            if sent >= self.settings.api_max_batch:
+                continue  # a backlog: keep going
+            if sent:
+                # Let a few more events arrive, so batches grow under load instead of
+                # every event costing its own claim, request and delete.
+                self._stopping.wait(BATCH_GATHER_SECONDS)
+                continue
+            self._wake.wait(self.settings.outbox_poll_seconds)
+            self._wake.clear()
 
     def stop(self, drain_seconds: float | None = None) -> int:
         """Stop the thread, try to deliver what is stored within the drain time, hand back claims.
@@ -447,12 +581,12 @@ class Deliverer:
             try:
                 delivered = self.drain(deadline)
             finally:
-                db.session.execute(
-                    update(OutboxEvent)
-                    .where(OutboxEvent.claimed_by == self.name, OutboxEvent.state == PENDING)
-                    .values(claimed_by=None, claim_expires_at=None)
-                )
-                db.session.commit()
+                with _transaction():
+                    db.session.execute(
+                        update(_table)
+                        .where(_c.claimed_by == self.name, _c.state == PENDING)
+                        .values(claimed_by=None, claim_expires_at=None)
+                    )
         log.info("outbox deliverer %s stopped; delivered %d while draining", self.name, delivered)
         return delivered
 
@@ -582,8 +716,8 @@ def retry_command(dead: bool) -> None:
         )
     else:
         statement = statement.where(OutboxEvent.state == PENDING)
-    count = db.session.execute(statement).rowcount  # type: ignore[attr-defined]
-    db.session.commit()
+    with _transaction():
+        count = db.session.execute(statement).rowcount  # type: ignore[attr-defined]
     click.echo(f"{count} event(s) due for delivery now")
 
 
@@ -599,10 +733,10 @@ def purge_command(dead: bool, older_than: str) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
     cutoff = now_ms() - int(seconds * 1000)
-    count = db.session.execute(
-        delete(OutboxEvent).where(OutboxEvent.state == DEAD, OutboxEvent.finished_at <= cutoff)
-    ).rowcount  # type: ignore[attr-defined]
-    db.session.commit()
+    with _transaction():
+        count = db.session.execute(
+            delete(OutboxEvent).where(OutboxEvent.state == DEAD, OutboxEvent.finished_at <= cutoff)
+        ).rowcount  # type: ignore[attr-defined]
     click.echo(f"purged {count} dead event(s)")
 
 
@@ -614,5 +748,6 @@ def init_app(app: Flask, client: InngestClient) -> None:
     each worker; elsewhere (`flask run`) the first request does.
     """
     app.extensions["outbox"] = Deliverer(app, client)
+    app.extensions["outbox_writer"] = Writer(app)
     app.cli.add_command(outbox_cli)
     app.before_request(lambda: start_delivery(app))

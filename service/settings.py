@@ -46,6 +46,7 @@ class Settings:
     log_level: str
     create_demo_user: bool
     delivery_mode: str
+    sqlite_synchronous: str
     outbox_max_pending: int
     outbox_max_age: float
     outbox_keep_delivered: float
@@ -144,6 +145,9 @@ class _SettingsSchema(Schema):
     )
     TRUSTED_ORIGINS = fields.String(load_default="")
     CREATE_DEMO_USER = _EnvBool(load_default=True)
+    SQLITE_SYNCHRONOUS = fields.String(
+        load_default="NORMAL", validate=validate.OneOf(["NORMAL", "FULL"])
+    )
     DELIVERY_MODE = fields.String(
         load_default="outbox", validate=validate.OneOf(["outbox", "sync"])
     )
@@ -209,6 +213,7 @@ class _SettingsSchema(Schema):
             log_level=raw["LOG_LEVEL"],
             create_demo_user=raw["CREATE_DEMO_USER"],
             delivery_mode=raw["DELIVERY_MODE"],
+            sqlite_synchronous=raw["SQLITE_SYNCHRONOUS"],
             outbox_max_pending=raw["OUTBOX_MAX_PENDING"],
             outbox_max_age=raw["OUTBOX_MAX_AGE"],
             outbox_keep_delivered=raw["OUTBOX_KEEP_DELIVERED"],

@@ -313,7 +313,13 @@ def test_concurrent_deliverers_send_each_event_once(app: Flask, inngest: Inngest
 def test_background_thread_delivers_and_stop_drains(
     make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    app = make_outbox_app(OUTBOX_EMBEDDED_DELIVERER="true", OUTBOX_POLL_SECONDS="0.05")
+    # After a failure the thread waits 10 s to retry, so only the drain can deliver it.
+    app = make_outbox_app(
+        OUTBOX_EMBEDDED_DELIVERER="true",
+        OUTBOX_POLL_SECONDS="0.05",
+        OUTBOX_RETRY_BASE="20s",
+        OUTBOX_RETRY_MAX="20s",
+    )
     client = app.test_client()
 
     client.post("/api", json={"id": "first"})  # the first request starts the thread
@@ -324,7 +330,10 @@ def test_background_thread_delivers_and_stop_drains(
 
     inngest.fail_next(1000, 503)  # Inngest falters; the event waits in the outbox
     client.post("/api", json={"id": "second"})
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while not inngest.received or inngest.received[-1].status != 503:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     inngest.reset()  # and recovers just as the service is told to stop
 
     delivered = outbox.deliverer(app).stop(drain_seconds=5)

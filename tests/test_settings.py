@@ -201,6 +201,7 @@ def test_defaults_match_the_spec() -> None:
         log_level="INFO",
         create_demo_user=True,
         delivery_mode="outbox",
+        sqlite_synchronous="NORMAL",
         outbox_max_pending=100_000,
         outbox_max_age=7 * 86400.0,
         outbox_keep_delivered=0.0,
