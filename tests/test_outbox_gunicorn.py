@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections import defaultdict
@@ -18,7 +19,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.processes import Server, free_port, start_gunicorn
+from tests.conftest import SECRET_KEY
+from tests.processes import BIN, ROOT, Server, clean_env, free_port, start_gunicorn
 from tests.standin import InngestStandIn
 
 pytestmark = pytest.mark.slow
@@ -181,3 +183,55 @@ def test_sigterm_drains_the_outbox_before_exit(
 
     assert set(ids) <= set(inngest.accepted_ids())
     assert "delivered" in server.output()
+
+
+def test_outbox_deliver_command_runs_alone_and_stops_on_sigterm(
+    tmp_path: Path, inngest: InngestStandIn, database_url: str
+) -> None:
+    """`flask outbox deliver`: the deliverer as its own process, web workers without one."""
+    env = clean_env(tmp_path) | {
+        "SECRET_KEY": SECRET_KEY,
+        "INNGEST_EVENT_KEY": inngest.event_key,
+        "INNGEST_BASE_URL": inngest.url,
+        "DATABASE_URL": database_url,
+        "CREATE_DEMO_USER": "false",
+        "OUTBOX_POLL_SECONDS": "0.1",
+    }
+    server = start_gunicorn(
+        tmp_path, inngest, env=OUTBOX_ENV | env | {"OUTBOX_EMBEDDED_DELIVERER": "false"}
+    )
+    try:
+        with requests.Session() as session:
+            for n in range(5):
+                with session.post(f"{server.url}/api", json={"id": f"alone-{n}"}, timeout=10) as r:
+                    assert r.status_code == 202
+        time.sleep(0.5)
+        assert inngest.accepted_ids() == []  # no deliverer in the web workers
+
+        with (tmp_path / "deliver.log").open("wb") as log:
+            deliverer = subprocess.Popen(
+                [str(BIN / "flask"), "--app", "wsgi", "outbox", "deliver"],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                wait_for(
+                    lambda: len(inngest.accepted_ids()) == 5,
+                    30,
+                    lambda: (tmp_path / "deliver.log").read_text(),
+                )
+                deliverer.send_signal(signal.SIGTERM)
+                assert deliverer.wait(timeout=20) == 0
+            finally:
+                if deliverer.poll() is None:
+                    os.killpg(deliverer.pid, signal.SIGKILL)
+                    deliverer.wait(timeout=5)
+    finally:
+        server.kill()
+
+    assert sorted(inngest.accepted_ids()) == [f"alone-{n}" for n in range(5)]
+    assert "running" in (tmp_path / "deliver.log").read_text()
