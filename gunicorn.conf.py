@@ -20,6 +20,9 @@ keepalive = int(_env("GUNICORN_KEEPALIVE", "5"))
 loglevel = _env("GUNICORN_LOG_LEVEL", "info")
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None  # the service logs each request
 errorlog = "-"
+# The service decides which forwarded headers to trust (TRUSTED_PROXIES); gunicorn trusts none.
+secure_scheme_headers: dict[str, str] = {}
+forwarded_allow_ips = "127.0.0.1"
 # Requests that gunicorn refuses outright, before the app sees them.
 limit_request_line = 8190
 limit_request_fields = 100

@@ -8,7 +8,22 @@ import click
 from flask import Flask
 from sqlalchemy.exc import IntegrityError
 
-from . import api, auth, csrf, db, errors, health, inngest, logs, outbox, pages, payload, users
+from . import (
+    api,
+    auth,
+    csrf,
+    db,
+    errors,
+    health,
+    inngest,
+    limits,
+    logs,
+    outbox,
+    pages,
+    payload,
+    security,
+    users,
+)
 from .settings import Settings, environment, instance_secret, load_settings
 
 
@@ -56,6 +71,7 @@ def configure_logger(settings: Settings, secret_key: str) -> None:
 def register_extensions(app: Flask, settings: Settings) -> None:
     """Bind the extensions and our modules that need the app."""
     logs.init_app(app)
+    security.init_app(app)
     app.before_request(payload.buffer_streamed_body)
     db.init_app(
         app,
@@ -69,10 +85,11 @@ def register_extensions(app: Flask, settings: Settings) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    """The views: the API, login, health checks and the demo pages."""
+    """The views: the API, login, health checks and the demo pages, and their rate limits."""
     api.init_app(app)
     health.init_app(app)
     pages.init_app(app)
+    limits.init_app(app)
 
 
 def register_errorhandlers(app: Flask) -> None:

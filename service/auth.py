@@ -44,7 +44,7 @@ def current() -> User | None:
 
 def _credentials() -> dict[str, Any]:
     if request.mimetype == JSON_TYPE:
-        body = strict_json(request.get_data(cache=False))
+        body = strict_json(request.get_data(cache=True))
         schema = LoginSchema()
     elif request.mimetype in FORM_TYPES:
         body = form_fields(request).to_dict()

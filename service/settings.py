@@ -12,7 +12,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
+from limits import parse_many
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates
 
 DEV_SERVER_ORIGIN = "http://127.0.0.1:8288"
 CLOUD_ORIGIN = "https://inn.gs"
@@ -57,6 +58,13 @@ class Settings:
     outbox_poll_seconds: float
     outbox_max_batch_bytes: int
     outbox_embedded_deliverer: bool
+    trusted_proxies: int
+    ratelimit_enabled: bool
+    ratelimit_storage_uri: str
+    ratelimit_key_prefix: str
+    ratelimit_api: str
+    ratelimit_login_ip: str
+    ratelimit_login_email: str
 
     @property
     def event_api_url(self) -> str:
@@ -163,6 +171,23 @@ class _SettingsSchema(Schema):
         load_default=1024 * 1024, validate=validate.Range(min=1024, max=64 * 1024 * 1024)
     )
     OUTBOX_EMBEDDED_DELIVERER = _EnvBool(load_default=True)
+    TRUSTED_PROXIES = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10))
+    RATELIMIT_ENABLED = _EnvBool(load_default=True)
+    RATELIMIT_STORAGE_URI = fields.String(load_default="memory://")
+    RATELIMIT_KEY_PREFIX = fields.String(load_default="inngest-gateway")
+    RATELIMIT_API = fields.String(load_default="300 per minute")
+    RATELIMIT_LOGIN_IP = fields.String(load_default="30 per minute")
+    RATELIMIT_LOGIN_EMAIL = fields.String(load_default="5 per minute;20 per hour")
+
+    @validates("RATELIMIT_API", "RATELIMIT_LOGIN_IP", "RATELIMIT_LOGIN_EMAIL")
+    def _limit(self, value: str, **_: Any) -> None:
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValidationError(
+                f"must be limits like '300 per minute' or '5/minute;20/hour', got {value!r}"
+            ) from None
+
     LOG_LEVEL = fields.String(
         load_default="INFO",
         validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]),
@@ -224,6 +249,13 @@ class _SettingsSchema(Schema):
             outbox_poll_seconds=raw["OUTBOX_POLL_SECONDS"],
             outbox_max_batch_bytes=raw["OUTBOX_MAX_BATCH_BYTES"],
             outbox_embedded_deliverer=raw["OUTBOX_EMBEDDED_DELIVERER"],
+            trusted_proxies=raw["TRUSTED_PROXIES"],
+            ratelimit_enabled=raw["RATELIMIT_ENABLED"],
+            ratelimit_storage_uri=raw["RATELIMIT_STORAGE_URI"],
+            ratelimit_key_prefix=raw["RATELIMIT_KEY_PREFIX"],
+            ratelimit_api=raw["RATELIMIT_API"],
+            ratelimit_login_ip=raw["RATELIMIT_LOGIN_IP"],
+            ratelimit_login_email=raw["RATELIMIT_LOGIN_EMAIL"],
         )
 
 

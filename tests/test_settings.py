@@ -212,6 +212,13 @@ def test_defaults_match_the_spec() -> None:
         outbox_poll_seconds=1.0,
         outbox_max_batch_bytes=1048576,
         outbox_embedded_deliverer=True,
+        trusted_proxies=0,
+        ratelimit_enabled=True,
+        ratelimit_storage_uri="memory://",
+        ratelimit_key_prefix="inngest-gateway",
+        ratelimit_api="300 per minute",
+        ratelimit_login_ip="30 per minute",
+        ratelimit_login_email="5 per minute;20 per hour",
     )
     assert 0 < settings.inngest_send_timeout <= 300
 

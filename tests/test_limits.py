@@ -1,0 +1,123 @@
+"""Rate limits on POST /api and POST /auth/login, on in-memory and on Redis storage."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.conftest import PASSWORD, assert_envelope
+from tests.standin import InngestStandIn
+
+
+@pytest.fixture(params=["memory", "redis"])
+def storage(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Settings for the limiter's storage; a fresh key prefix keeps tests apart on Redis."""
+    if request.param == "memory":
+        return {"RATELIMIT_STORAGE_URI": "memory://"}
+    url = os.environ.get("TEST_REDIS_URL")
+    if not url:
+        pytest.skip("TEST_REDIS_URL is not set: the Redis variant is skipped")
+    return {"RATELIMIT_STORAGE_URI": url, "RATELIMIT_KEY_PREFIX": f"test-{uuid.uuid4().hex}"}
+
+
+@pytest.fixture
+def limited(make_app: Callable[..., Flask], storage: dict[str, str]) -> Callable[..., Flask]:
+    def factory(**overrides: str) -> Flask:
+        return make_app(**storage, **overrides)
+
+    return factory
+
+
+def post(client: FlaskClient, ip: str = "198.51.100.1") -> Any:
+    return client.post("/api", json={"data": {}}, environ_base={"REMOTE_ADDR": ip})
+
+
+def login(client: FlaskClient, email: str, password: str, ip: str = "198.51.100.1") -> Any:
+    return client.post(
+        "/auth/login",
+        json={"email": email, "password": password},
+        environ_base={"REMOTE_ADDR": ip},
+    )
+
+
+def assert_limited(response: Any) -> None:
+    body = assert_envelope(response, 429, "rate_limited")
+    assert "try again in" in body["message"]
+    assert 1 <= int(response.headers["Retry-After"]) <= 61  # the window, rounded up
+
+
+def test_api_posts_are_limited_per_client_ip(
+    limited: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    client = limited(RATELIMIT_API="3 per minute").test_client()
+
+    assert [post(client).status_code for _ in range(3)] == [200, 200, 200]
+    assert_limited(post(client))
+    assert len(inngest.accepted) == 3  # the refused post sent nothing
+    assert post(client, ip="198.51.100.2").status_code == 200  # another client is not affected
+
+
+def test_api_posts_are_limited_per_user_not_per_ip(
+    limited: Callable[..., Flask], user: Any, inngest: InngestStandIn
+) -> None:
+    app = limited(RATELIMIT_API="2 per minute")
+    anonymous, ada = app.test_client(), app.test_client()
+    assert login(ada, "ada@example.com", PASSWORD).status_code == 200
+
+    assert [post(anonymous).status_code for _ in range(2)] == [200, 200]
+    assert_limited(post(anonymous))
+    # Ada posts from the same address, but counts against her own user.
+    assert [post(ada).status_code for _ in range(2)] == [200, 200]
+    assert_limited(post(ada))
+    assert post(ada, ip="198.51.100.9").status_code == 429  # a new address does not help her
+
+
+def test_logins_are_limited_per_client_ip(limited: Callable[..., Flask], user: Any) -> None:
+    client = limited(RATELIMIT_LOGIN_IP="3 per minute").test_client()
+
+    statuses = [login(client, f"nobody{n}@example.com", "x").status_code for n in range(3)]
+
+    assert statuses == [401, 401, 401]
+    assert_limited(login(client, "ada@example.com", PASSWORD))
+    assert login(client, "ada@example.com", PASSWORD, ip="198.51.100.7").status_code == 200
+
+
+def test_failed_logins_are_limited_per_email(limited: Callable[..., Flask], user: Any) -> None:
+    client = limited(RATELIMIT_LOGIN_EMAIL="2 per minute").test_client()
+
+    # Successful logins do not count against the e-mail.
+    assert [login(client, "ada@example.com", PASSWORD).status_code for _ in range(3)] == [200] * 3
+    assert login(client, "ADA@example.com", "wrong", ip="198.51.100.3").status_code == 401
+    assert login(client, "ada@example.com", "wrong", ip="198.51.100.4").status_code == 401
+
+    # Guessing from new addresses does not help, and now even the right password waits.
+    assert_limited(login(client, "ada@example.com", "guess", ip="198.51.100.5"))
+    assert_limited(login(client, "ada@example.com", PASSWORD, ip="198.51.100.6"))
+    assert login(client, "other@example.com", "wrong", ip="198.51.100.6").status_code == 401
+
+
+def test_form_login_is_limited_too(limited: Callable[..., Flask], user: Any) -> None:
+    client = limited(RATELIMIT_LOGIN_EMAIL="1 per minute").test_client()
+    form = {"email": "ada@example.com", "password": "wrong"}
+
+    assert client.post("/auth/login", data=form).status_code == 401
+    assert_limited(client.post("/auth/login", data=form))
+
+
+def test_limits_can_be_turned_off(limited: Callable[..., Flask], inngest: InngestStandIn) -> None:
+    client = limited(RATELIMIT_ENABLED="false", RATELIMIT_API="1 per minute").test_client()
+
+    assert [post(client).status_code for _ in range(3)] == [200, 200, 200]
+
+
+def test_health_and_pages_are_not_limited(limited: Callable[..., Flask]) -> None:
+    client = limited(RATELIMIT_API="1 per minute", RATELIMIT_LOGIN_IP="1 per minute").test_client()
+
+    assert {client.get("/healthz").status_code for _ in range(5)} == {200}
+    assert {client.get("/auth/login").status_code for _ in range(5)} == {200}
