@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test bench lint format clean
+.PHONY: run test system-deps bench lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,22 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 run: $(VENV)/.runtime
 	INNGEST_DEV=$${INNGEST_DEV:-1} $(BIN)/flask --app wsgi run --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.dev
+# The integration tests run real nginx and Chromium from Debian's packages.
+system-deps:
+	@missing=""; \
+	[ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing$$missing from Debian's packages for the integration tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "NOTE:$$missing not installed, and this cannot install it (needs root and apt-get):"; \
+	    echo "      the nginx and browser tests will fail until it is (apt-get install$$missing)."; \
+	  fi; \
+	fi
+
+test: $(VENV)/.dev system-deps
 	@if [ -z "$$TEST_DATABASE_URL" ]; then \
 	  echo "NOTE: TEST_DATABASE_URL is not set: the PostgreSQL variants of the outbox tests will be skipped."; \
 	  echo "      Set it (e.g. postgresql://postgres@127.0.0.1:5432/test) to run them."; \

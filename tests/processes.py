@@ -6,6 +6,7 @@ fails a test instead of hanging the suite.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -161,3 +162,130 @@ def wait_until_healthy(server: Server, timeout: float = 30) -> None:
                 pass  # not listening yet, or listening while the workers still boot
             time.sleep(0.1)
     pytest.fail(f"gunicorn did not answer /healthz within {timeout}s:\n{server.output()}")
+
+
+NGINX = "/usr/sbin/nginx"
+SITE = ROOT / "deploy" / "nginx.conf"
+
+
+@dataclass
+class Nginx:
+    """A real nginx serving deploy/nginx.conf on loopback ports."""
+
+    process: subprocess.Popen[bytes]
+    directory: Path
+    url: str
+    https_url: str
+    certificate: Path
+    stderr: IO[bytes]
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self.stderr.close()
+
+    def log(self) -> str:
+        parts = [(self.directory / name) for name in ("error.log", "access.log")]
+        return "\n".join(p.read_text(errors="replace") for p in parts if p.exists())
+
+
+def render_site(upstream_port: int, port: int, tls_port: int, directory: Path) -> str:
+    """deploy/nginx.conf as it is, but for loopback ports, plus the same server over TLS."""
+    site = SITE.read_text()
+    assert "listen 80;" in site and "server 127.0.0.1:8000;" in site
+    site = site.replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};")
+    server = site[site.index("server {") :]
+    plain = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
+    tls = server.replace(
+        "listen 80;",
+        f"listen 127.0.0.1:{tls_port} ssl;\n"
+        f"    ssl_certificate {directory / 'cert.pem'};\n"
+        f"    ssl_certificate_key {directory / 'key.pem'};",
+    )
+    return plain + "\n" + tls
+
+
+def start_nginx(directory: Path, upstream_port: int) -> Nginx:
+    """nginx in the foreground, in its own process group, with its files under `directory`."""
+    if not Path(NGINX).exists():
+        pytest.fail(f"{NGINX} is missing: `make test` installs it (apt-get install nginx)")
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(directory / "key.pem"),
+            "-out",
+            str(directory / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    port, tls_port = free_port(), free_port()
+    (directory / "site.conf").write_text(render_site(upstream_port, port, tls_port, directory))
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (directory / sub).mkdir(exist_ok=True)
+    user = "user root;" if os.geteuid() == 0 else ""
+    (directory / "nginx.conf").write_text(
+        f"""{user}
+worker_processes 1;
+daemon off;
+pid {directory / "nginx.pid"};
+error_log {directory / "error.log"} warn;
+events {{ worker_connections 512; }}
+http {{
+    access_log {directory / "access.log"};
+    client_body_temp_path {directory / "body"};
+    proxy_temp_path {directory / "proxy"};
+    fastcgi_temp_path {directory / "fastcgi"};
+    uwsgi_temp_path {directory / "uwsgi"};
+    scgi_temp_path {directory / "scgi"};
+    include {directory / "site.conf"};
+}}
+"""
+    )
+    check = subprocess.run(
+        [NGINX, "-t", "-c", str(directory / "nginx.conf"), "-p", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert check.returncode == 0, check.stderr
+    stderr = (directory / "stderr.log").open("wb")
+    process = subprocess.Popen(
+        [NGINX, "-c", str(directory / "nginx.conf"), "-p", str(directory)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        start_new_session=True,
+    )
+    server = Nginx(
+        process,
+        directory,
+        f"http://127.0.0.1:{port}",
+        f"https://127.0.0.1:{tls_port}",
+        directory / "cert.pem",
+        stderr,
+    )
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return server
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"nginx did not start:\n{server.log()}")
+            time.sleep(0.05)
