@@ -76,7 +76,8 @@ def init_app(app: Flask) -> None:
         app=app,
         storage_uri=settings.ratelimit_storage_uri,
         key_prefix=settings.ratelimit_key_prefix,
-        strategy="moving-window",
+        # Two counters per key, whatever the rate: a moving window keeps every hit.
+        strategy="sliding-window-counter",
         # Its headers would put a Retry-After on every answer; ours goes on the 429 only.
         headers_enabled=False,
         enabled=settings.ratelimit_enabled,

@@ -40,7 +40,12 @@ def stack(
     inngest_server: InngestStandIn, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     directory = tmp_path_factory.mktemp("nginx-stack")
-    env = {"TRUSTED_PROXIES": "1", "DELIVERY_MODE": "sync", "GUNICORN_GRACEFUL_TIMEOUT": "10"}
+    env = {
+        "TRUSTED_PROXIES": "1",
+        "DELIVERY_MODE": "sync",
+        "GUNICORN_GRACEFUL_TIMEOUT": "10",
+        "RATELIMIT_API": "100000 per minute",  # the reload test's load comes from one address
+    }
     gunicorn = start_gunicorn(directory, inngest_server, env=env)
     nginx: Nginx | None = None
     try:
