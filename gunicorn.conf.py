@@ -2,7 +2,9 @@
 
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 
 
 def _env(name: str, default: str) -> str:
@@ -36,6 +38,43 @@ def on_starting(server):  # type: ignore[no-untyped-def]
         load_settings(environment())
     except ConfigError as exc:
         sys.exit(f"inngest-gateway: configuration error: {exc}")
+    _metrics_directory()
+
+
+_CREATED_METRICS_DIR = "INNGEST_GATEWAY_CREATED_METRICS_DIR"
+
+
+def _metrics_directory() -> None:
+    """prometheus-client's multiprocess mode: each worker's values go to files in one directory.
+
+    Set before the workers fork (and import prometheus-client), so they all see it. An
+    operator's PROMETHEUS_MULTIPROC_DIR is emptied of the last run's files; without one, a
+    fresh temporary directory is made, and removed when gunicorn exits.
+    """
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for name in os.listdir(path):
+            if name.endswith(".db"):
+                os.remove(os.path.join(path, name))
+    else:
+        path = tempfile.mkdtemp(prefix="inngest-gateway-metrics-")
+        os.environ[_CREATED_METRICS_DIR] = path
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    """A worker is gone: drop its live gauges (its counters still count)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    """Remove the metrics directory made in on_starting (not one the operator named)."""
+    path = os.environ.get(_CREATED_METRICS_DIR)
+    if path and path == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def post_worker_init(worker):  # type: ignore[no-untyped-def]

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, current_app, flash, g, jsonify, redirect, request, url_for
 
-from . import csrf, inngest, outbox
+from . import csrf, inngest, metrics, outbox
 from .auth import current
 from .errors import LoginRequired
 from .events import build_events
@@ -60,7 +60,9 @@ def post_events() -> Any:
         status = 202
     else:
         inngest.client().send([event.body for event in events])
+        metrics.events_delivered(len(events))
         status = 200
+    metrics.events_accepted(len(events))
     ids = [event.id for event in events]
     if target is not None:
         flash(", ".join(ids), "sent")

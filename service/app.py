@@ -18,6 +18,8 @@ from . import (
     inngest,
     limits,
     logs,
+    metrics,
+    openapi,
     outbox,
     pages,
     payload,
@@ -65,7 +67,7 @@ def configure_logger(settings: Settings, secret_key: str) -> None:
     secrets: tuple[str, ...] = (secret_key,)
     if settings.inngest_event_key != "NO_EVENT_KEY_SET":
         secrets += (settings.inngest_event_key,)
-    logs.configure_logging(settings.log_level, secrets)
+    logs.configure_logging(settings.log_level, secrets, json_lines=settings.log_format == "json")
 
 
 def register_extensions(app: Flask, settings: Settings) -> None:
@@ -82,6 +84,7 @@ def register_extensions(app: Flask, settings: Settings) -> None:
     csrf.init_app(app)
     inngest.init_app(app)
     outbox.init_app(app, app.extensions["inngest"])
+    metrics.init_app(app)
 
 
 def register_blueprints(app: Flask) -> None:
@@ -89,6 +92,7 @@ def register_blueprints(app: Flask) -> None:
     api.init_app(app)
     health.init_app(app)
     pages.init_app(app)
+    openapi.init_app(app)
     limits.init_app(app)
 
 

@@ -74,6 +74,7 @@ def build_events(
     }
     if refused:
         raise EventNotAllowed(errors=_errors(refused, batch))
+    _check_data(loaded, batch, settings)
 
     events: list[Event] = []
     too_large: dict[int, Any] = {}
@@ -98,6 +99,22 @@ def build_events(
     if too_large:
         raise EventTooLarge(errors=_errors(too_large, batch))
     return events
+
+
+def _check_data(loaded: list[dict[str, Any]], batch: bool, settings: Settings) -> None:
+    """Check each event's data, before the server adds its keys, against EVENT_SCHEMAS."""
+    schemas = settings.event_schemas
+    if schemas is None:
+        return
+    invalid: dict[int, Any] = {}
+    for index, item in enumerate(loaded):
+        failing = schemas.errors(item.get("name") or settings.api_default_event, item["data"])
+        if failing:
+            invalid[index] = {"data": failing}
+    if invalid:
+        raise ValidationFailed(
+            "The event data does not match its schema.", errors=_errors(invalid, batch)
+        )
 
 
 def _default_id(idempotency_key: str | None, index: int, batch: bool) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import requests
 from flask import Flask, current_app
 
-from . import __version__
+from . import __version__, metrics
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,7 @@ class InngestClient:
                         retry_after=min(max(delay, 1.0), 60.0),
                         upstream_retry_after=exc.retry_after,
                     ) from None
+                metrics.events_retried(len(events))
                 log.info(
                     "retrying Inngest send in %.2fs (attempt %d failed: %s)",
                     delay,
@@ -205,11 +206,26 @@ class InngestClient:
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
+            failure = "timeout" if isinstance(exc, requests.Timeout) else "connection_error"
+            metrics.upstream_response(failure, time.monotonic() - began)
             reason = self.redact(f"{type(exc).__name__}: {exc}")
-            log.warning("Inngest send attempt %d: %s", attempt, reason)
+            log.warning(
+                "Inngest send attempt %d: %s",
+                attempt,
+                reason,
+                extra={
+                    "fields": {
+                        "batch_size": count,
+                        "upstream_status": type(exc).__name__,
+                        "latency_ms": round((time.monotonic() - began) * 1000, 1),
+                        "attempt": attempt,
+                    }
+                },
+            )
             raise _Retryable(type(exc).__name__) from None
         elapsed_ms = (time.monotonic() - began) * 1000
         status = response.status_code
+        metrics.upstream_response(status, elapsed_ms / 1000)
         parsed = _body(response)
         log.info(
             "Inngest send attempt %d: HTTP %d, %d event(s), %.0f ms",
@@ -217,6 +233,14 @@ class InngestClient:
             status,
             count,
             elapsed_ms,
+            extra={
+                "fields": {
+                    "batch_size": count,
+                    "upstream_status": status,
+                    "latency_ms": round(elapsed_ms, 1),
+                    "attempt": attempt,
+                }
+            },
         )
         if status >= 500 or status == 429:
             raise _Retryable(

@@ -1,12 +1,19 @@
-"""Request ids and logging: every log line about a request carries that request's id."""
+"""Request ids and logging: one line per event worth telling, with the request's id.
+
+In production each line is a JSON object (one per request, one per delivery attempt, and
+the rest); in dev mode the same lines are plain text for people.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
+from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
 
@@ -24,17 +31,57 @@ class RequestContextFilter(logging.Filter):
         super().__init__()
         self.secrets = tuple(s for s in secrets if s)
 
+    def _redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = g.get("request_id", "-") if has_request_context() else "-"
         if self.secrets:
-            message = record.getMessage()
-            for secret in self.secrets:
-                message = message.replace(secret, "***")
-            record.msg, record.args = message, None
+            record.msg, record.args = self._redact(record.getMessage()), None
+            fields = getattr(record, "fields", None)
+            if isinstance(fields, dict):
+                record.fields = {
+                    k: self._redact(v) if isinstance(v, str) else v for k, v in fields.items()
+                }
         return True
 
 
-def configure_logging(level: str, secrets: tuple[str, ...]) -> None:
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, request id, message, and the fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", "-"),
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            line.update(fields)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str, separators=(",", ":"))
+
+
+class TextFormatter(logging.Formatter):
+    """The same lines for people: the message, then the fields as key=value."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict) and fields:
+            text += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        return text
+
+
+def configure_logging(level: str, secrets: tuple[str, ...], json_lines: bool = True) -> None:
     """Send the service's logs to stderr, one line each, with the request id."""
     logger = logging.getLogger("service")
     logger.setLevel(level)
@@ -42,10 +89,8 @@ def configure_logging(level: str, secrets: tuple[str, ...]) -> None:
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.set_name(_HANDLER_NAME)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
-        )
         logger.addHandler(handler)
+    handler.setFormatter(JSONFormatter() if json_lines else TextFormatter())
     for old in list(handler.filters):
         handler.removeFilter(old)
     handler.addFilter(RequestContextFilter(secrets))
@@ -60,16 +105,35 @@ def _start() -> None:
     g.received_ms = int(time.time() * 1000)
 
 
+def _user_id() -> int | None:
+    """The user this request acted for, if it looked one up; never a database query here."""
+    user = g.get("_login_user")  # where Flask-Login keeps the user it loaded
+    return user.id if user is not None and user.is_authenticated else None
+
+
 def _finish(response: Response) -> Response:
     response.headers[REQUEST_ID_HEADER] = g.request_id
+    if not log.isEnabledFor(logging.INFO):
+        return response
     elapsed_ms = (time.monotonic() - g.started) * 1000
     log.info(
-        "%s %s %d %.1fms events=%s",
+        "%s %s %d %.1fms",
         request.method,
         request.path,
         response.status_code,
         elapsed_ms,
-        g.get("event_count", 0),
+        extra={
+            "fields": {
+                "method": request.method,
+                "route": request.url_rule.rule if request.url_rule else None,
+                "path": request.path,
+                "status": response.status_code,
+                "latency_ms": round(elapsed_ms, 1),
+                "events": g.get("event_count", 0),
+                "user_id": _user_id(),
+                "client_ip": request.remote_addr,
+            }
+        },
     )
     return response
 

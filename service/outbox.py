@@ -42,6 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
+from . import metrics
 from .db import db, write_lock
 from .errors import APIError
 from .events import Event
@@ -419,6 +420,7 @@ class Deliverer:
                         last_error=None,
                     )
                 )
+        metrics.events_delivered(len(ids))
 
     def _dead(self, ids: list[int], error: str) -> None:
         if not ids:
@@ -436,6 +438,7 @@ class Deliverer:
                     attempts=_c.attempts + 1,
                 )
             )
+        metrics.events_dead(len(ids))
         log.error("dead-lettered %d event(s): %s", len(ids), error)
 
     def _release(self, ids: list[int], *, forget_batch: bool = False) -> None:
@@ -464,6 +467,7 @@ class Deliverer:
                     last_error=error[:2000],
                 )
             )
+        metrics.events_retried(len(ids))
         log.warning(
             "could not deliver %d event(s), retrying in %.1fs (attempt %d): %s",
             len(ids),
@@ -519,6 +523,7 @@ class Deliverer:
                     )
                 )
         if expired:
+            metrics.events_dead(expired)
             log.error("dead-lettered %d event(s) older than OUTBOX_MAX_AGE", expired)
 
     # -- the background thread ---------------------------------------------------------

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, request
-from flask_login import current_user
+from flask import Flask, Response, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .settings import Settings
@@ -34,7 +33,8 @@ def _headers(response: Response) -> Response:
         headers.setdefault("X-Frame-Options", "DENY")
     if request.is_secure:
         headers.setdefault("Strict-Transport-Security", "max-age=31536000")
-    if current_user.is_authenticated or "Set-Cookie" in headers:
+    user = g.get("_login_user")  # set when the request looked up its user; no query here
+    if (user is not None and user.is_authenticated) or "Set-Cookie" in headers:
         # A user's own answers, and any answer that sets a cookie, stay out of shared caches.
         headers["Cache-Control"] = "no-store"
         response.vary.add("Cookie")

@@ -6,7 +6,7 @@ import os
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 from limits import parse_many
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates
+
+from .event_schemas import EventSchemas, EventSchemasError, load_event_schemas
 
 DEV_SERVER_ORIGIN = "http://127.0.0.1:8288"
 CLOUD_ORIGIN = "https://inn.gs"
@@ -45,6 +47,7 @@ class Settings:
     api_max_batch: int
     trusted_origins: tuple[str, ...]
     log_level: str
+    log_format: str
     create_demo_user: bool
     delivery_mode: str
     sqlite_synchronous: str
@@ -59,12 +62,15 @@ class Settings:
     outbox_max_batch_bytes: int
     outbox_embedded_deliverer: bool
     trusted_proxies: int
+    event_schemas: EventSchemas | None
     ratelimit_enabled: bool
     ratelimit_storage_uri: str
     ratelimit_key_prefix: str
     ratelimit_api: str
     ratelimit_login_ip: str
     ratelimit_login_email: str
+    metrics_token: str | None = field(repr=False)
+    metrics_internal_only: bool
 
     @property
     def event_api_url(self) -> str:
@@ -172,12 +178,15 @@ class _SettingsSchema(Schema):
     )
     OUTBOX_EMBEDDED_DELIVERER = _EnvBool(load_default=True)
     TRUSTED_PROXIES = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10))
+    EVENT_SCHEMAS = fields.String(load_default=None)
     RATELIMIT_ENABLED = _EnvBool(load_default=True)
     RATELIMIT_STORAGE_URI = fields.String(load_default="memory://")
     RATELIMIT_KEY_PREFIX = fields.String(load_default="inngest-gateway")
     RATELIMIT_API = fields.String(load_default="300 per minute")
     RATELIMIT_LOGIN_IP = fields.String(load_default="30 per minute")
     RATELIMIT_LOGIN_EMAIL = fields.String(load_default="5 per minute;20 per hour")
+    METRICS_TOKEN = fields.String(load_default=None)
+    METRICS_INTERNAL_ONLY = _EnvBool(load_default=True)
 
     @validates("RATELIMIT_API", "RATELIMIT_LOGIN_IP", "RATELIMIT_LOGIN_EMAIL")
     def _limit(self, value: str, **_: Any) -> None:
@@ -188,6 +197,7 @@ class _SettingsSchema(Schema):
                 f"must be limits like '300 per minute' or '5/minute;20/hour', got {value!r}"
             ) from None
 
+    LOG_FORMAT = fields.String(load_default=None, validate=validate.OneOf(["json", "text"]))
     LOG_LEVEL = fields.String(
         load_default="INFO",
         validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]),
@@ -236,6 +246,7 @@ class _SettingsSchema(Schema):
             api_max_batch=raw["API_MAX_BATCH"],
             trusted_origins=trusted,
             log_level=raw["LOG_LEVEL"],
+            log_format=raw["LOG_FORMAT"] or ("text" if dev else "json"),
             create_demo_user=raw["CREATE_DEMO_USER"],
             delivery_mode=raw["DELIVERY_MODE"],
             sqlite_synchronous=raw["SQLITE_SYNCHRONOUS"],
@@ -250,13 +261,26 @@ class _SettingsSchema(Schema):
             outbox_max_batch_bytes=raw["OUTBOX_MAX_BATCH_BYTES"],
             outbox_embedded_deliverer=raw["OUTBOX_EMBEDDED_DELIVERER"],
             trusted_proxies=raw["TRUSTED_PROXIES"],
+            event_schemas=_event_schemas(raw["EVENT_SCHEMAS"]),
             ratelimit_enabled=raw["RATELIMIT_ENABLED"],
             ratelimit_storage_uri=raw["RATELIMIT_STORAGE_URI"],
             ratelimit_key_prefix=raw["RATELIMIT_KEY_PREFIX"],
             ratelimit_api=raw["RATELIMIT_API"],
             ratelimit_login_ip=raw["RATELIMIT_LOGIN_IP"],
             ratelimit_login_email=raw["RATELIMIT_LOGIN_EMAIL"],
+            metrics_token=raw["METRICS_TOKEN"] or None,
+            metrics_internal_only=raw["METRICS_INTERNAL_ONLY"],
         )
+
+
+def _event_schemas(path: str | None) -> EventSchemas | None:
+    """The EVENT_SCHEMAS file, read and checked now so that a bad one stops the start."""
+    if path is None:
+        return None
+    try:
+        return load_event_schemas(path)
+    except EventSchemasError as exc:
+        raise ValidationError(str(exc), "EVENT_SCHEMAS") from None
 
 
 def _first_error(messages: Any, prefix: str = "") -> str:

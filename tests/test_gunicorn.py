@@ -6,6 +6,7 @@ bounded, so a hung server fails the test instead of hanging the suite.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import threading
@@ -70,7 +71,21 @@ def test_json_post_reaches_inngest(gunicorn: Server, inngest: InngestStandIn) ->
     assert event["data"]["request"]["ip"] == "127.0.0.1"
     assert event["data"]["request"]["user_agent"] == "pytest-gunicorn"
     log = gunicorn.output()
-    assert "[gunicorn-1] service.access: POST /api 200" in log
+    # Production logs are JSON lines: one per request, with its id, route, status and latency.
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    (access,) = [
+        line
+        for line in lines
+        if line.get("request_id") == "gunicorn-1" and line["logger"] == "service.access"
+    ]
+    assert {k: access[k] for k in ("method", "route", "status", "events", "client_ip")} == {
+        "method": "POST",
+        "route": "/api",
+        "status": 200,
+        "events": 1,
+        "client_ip": "127.0.0.1",
+    }
+    assert access["latency_ms"] >= 0 and access["user_id"] is None
     assert inngest.event_key not in log
     assert SECRET_KEY not in log
 

@@ -199,6 +199,7 @@ def test_defaults_match_the_spec() -> None:
         api_max_batch=100,
         trusted_origins=(),
         log_level="INFO",
+        log_format="text",
         create_demo_user=True,
         delivery_mode="outbox",
         sqlite_synchronous="NORMAL",
@@ -213,12 +214,15 @@ def test_defaults_match_the_spec() -> None:
         outbox_max_batch_bytes=1048576,
         outbox_embedded_deliverer=True,
         trusted_proxies=0,
+        event_schemas=None,
         ratelimit_enabled=True,
         ratelimit_storage_uri="memory://",
         ratelimit_key_prefix="inngest-gateway",
         ratelimit_api="300 per minute",
         ratelimit_login_ip="30 per minute",
         ratelimit_login_email="5 per minute;20 per hour",
+        metrics_token=None,
+        metrics_internal_only=True,
     )
     assert 0 < settings.inngest_send_timeout <= 300
 
