@@ -285,7 +285,9 @@ def _paths(settings: Settings, checked: bool) -> dict[str, dict[str, Any]]:
                 "responses": {
                     "200": _ok("Logged in; the session cookie is set", "LoggedIn"),
                     "303": _see_other("A form post from a page: logged in, to `next` or /"),
-                    "400": _error("The body cannot be parsed", "invalid_json", "invalid_form"),
+                    "400": _error(
+                        "The body cannot be parsed", "invalid_json", "invalid_form", "empty_body"
+                    ),
                     "401": {
                         **_error("The e-mail or password is incorrect", "invalid_credentials"),
                         "content": {
@@ -323,6 +325,21 @@ def _paths(settings: Settings, checked: bool) -> dict[str, dict[str, Any]]:
                     "401": _error("Nobody is logged in", "login_required"),
                     "500": _UNEXPECTED,
                     "503": _DATABASE,
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (see METRICS_TOKEN, METRICS_INTERNAL_ONLY)",
+                "responses": {
+                    "200": {
+                        "description": "The Prometheus text exposition format",
+                        "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": _error("The metrics token is missing or wrong", "unauthorized"),
+                    "403": _error("Not an internal address", "forbidden"),
+                    "500": _UNEXPECTED,
                 },
             }
         },
