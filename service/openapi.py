@@ -374,6 +374,18 @@ def _paths(settings: Settings, checked: bool) -> dict[str, dict[str, Any]]:
                 },
             }
         },
+        "/": {
+            "get": {
+                "summary": "The demo page: a form and a fetch button posting to /api",
+                "responses": {"200": _page("The page"), "500": _UNEXPECTED, "503": _DATABASE},
+            }
+        },
+        "/sent": {
+            "get": {
+                "summary": "Where a form post lands when it names no page; shows the sent ids",
+                "responses": {"200": _page("The page"), "500": _UNEXPECTED, "503": _DATABASE},
+            }
+        },
         "/docs": {
             "get": {
                 "summary": "This document as a page",

@@ -30,6 +30,9 @@ PATHS = {
     "/readyz": {"get"},
     "/openapi.json": {"get"},
     "/docs": {"get"},
+    "/metrics": {"get"},
+    "/": {"get"},
+    "/sent": {"get"},
 }
 ORDER = {
     "type": "object",
