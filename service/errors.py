@@ -97,6 +97,7 @@ def envelope(
     status: int, code: str, message: str, errors: dict[str, Any] | None = None
 ) -> Response:
     """The error body every part of the service answers with."""
+    g.error_code = code  # for the metrics of refused posts
     response = jsonify(
         status="error",
         code=code,

@@ -130,8 +130,8 @@ def _start_timer() -> None:
 
 
 def _refusal_reason(response: Response) -> str:
-    body = response.get_json(silent=True) if response.is_json else None
-    code = body.get("code") if isinstance(body, dict) else None
+    """The error envelope's code, as `envelope` recorded it; no need to parse the body again."""
+    code = g.get("error_code")
     return code if isinstance(code, str) and code else f"http_{response.status_code}"
 
 

@@ -598,15 +598,16 @@ class Deliverer:
     def drain(self, deadline: float) -> int:
         """Deliver stored events until none is left, a send fails, or the deadline passes."""
         delivered = 0
+        before = pending_count()
         while time.monotonic() < deadline:
-            before = pending_count()
             claimed = self.claim(ignore_schedule=True)
             if claimed is None:
                 break
             self.deliver(claimed, deadline=deadline)
-            if pending_count() >= before:
+            after = pending_count()
+            if after >= before:
                 break  # Inngest is not taking them: leave the rest for the next start
-            delivered += before - pending_count()
+            delivered, before = delivered + before - after, after
         return delivered
 
 
