@@ -32,10 +32,15 @@ def inngest_server() -> Iterator[InngestStandIn]:
 
 
 @pytest.fixture
-def inngest(inngest_server: InngestStandIn) -> InngestStandIn:
-    """Inngest's event API, served for real on a loopback port, fresh for each test."""
+def inngest(inngest_server: InngestStandIn) -> Iterator[InngestStandIn]:
+    """Inngest's event API, served for real on a loopback port, fresh for each test.
+
+    Afterwards, no request of the test may have broken the contract (wrong Content-Type or
+    seed header, a field of the wrong type): the service must always send them right.
+    """
     inngest_server.reset()
-    return inngest_server
+    yield inngest_server
+    assert inngest_server.violations == [], "requests Inngest would refuse"
 
 
 def reset_postgres(url: str) -> None:
