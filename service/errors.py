@@ -130,7 +130,8 @@ def _unavailable(exc: InngestUnavailable) -> Response:
     response = envelope(
         503,
         "upstream_unavailable",
-        "Inngest could not be reached in time; try again shortly.",
+        "Inngest did not confirm the events in time; it may or may not have received them. "
+        "Retry with the same Idempotency-Key (or event ids) so that Inngest drops a repeat.",
     )
     response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     return response

@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import random
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -16,7 +18,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import requests
+import urllib3
 from flask import Flask, current_app
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from . import __version__, metrics
 from .settings import Settings
@@ -35,7 +41,7 @@ class InngestError(Exception):
 
 
 class InngestUnavailable(InngestError):
-    """Inngest could not be reached, or kept failing, until the send's time ran out."""
+    """Inngest could not be reached, kept failing or answered too slowly within the send's time."""
 
     def __init__(
         self, message: str, retry_after: float, upstream_retry_after: float | None = None
@@ -96,6 +102,129 @@ def backoff(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) 
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
+def lease_deadline(
+    expires_at_ms: int, lease_seconds: float, deadline: float | None = None
+) -> float:
+    """When a send under a lease ending at `expires_at_ms` (epoch ms) must be over.
+
+    A tenth of the lease before it ends, as a `time.monotonic()` value, so the outcome is
+    recorded while the lease still holds and no other deliverer can have taken the batch
+    over; never later than `deadline`.
+    """
+    left = expires_at_ms / 1000 - time.time() - lease_seconds / 10
+    until = time.monotonic() + left
+    return until if deadline is None else min(until, deadline)
+
+
+# -- the time budget on the socket ----------------------------------------------------------
+#
+# requests' read timeout bounds each socket read, so an answer that trickles in a byte at a
+# time never trips it. While a send runs, its thread carries the send's deadline; every
+# recv and send on the sender's sockets first sets the socket's timeout to the time left,
+# so the budget holds for the whole exchange however many reads it takes (status line,
+# headers, body), and a read past it fails as a timeout. urllib3 closes a connection that
+# failed mid-answer, so a half-read one never goes back to the pool. Connecting (and a TLS
+# handshake) is bounded per step by the connect timeout, itself within the time left.
+
+_sending = threading.local()
+
+
+def _arm(sock: socket.socket) -> None:
+    deadline: float | None = getattr(_sending, "deadline", None)
+    if deadline is None:
+        return
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the send's time budget ran out")
+    sock.settimeout(left)
+
+
+class _DeadlineSocket(socket.socket):
+    """A TCP socket whose every send and receive ends by the sending thread's deadline."""
+
+    __slots__ = ()
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        _arm(self)
+        return super().recv(bufsize, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        _arm(self)
+        return super().recv_into(buffer, nbytes, flags)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        _arm(self)
+        return super().send(data, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        _arm(self)
+        super().sendall(data, flags)
+
+
+class _DeadlineSSLSocket(ssl.SSLSocket):
+    """The same for a TLS socket (its sendall loops over send, its recv_into over read)."""
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        _arm(self)
+        return super().recv(buflen, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        _arm(self)
+        return super().recv_into(buffer, nbytes, flags)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        _arm(self)
+        return super().send(data, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        _arm(self)
+        super().sendall(data, flags)
+
+
+def _bind_deadline(sock: Any) -> None:
+    # Same memory layout, so the live socket can take the subclass as it is. Anything
+    # else (TLS inside a TLS proxy) keeps requests' per-read timeout.
+    if type(sock) is socket.socket:
+        sock.__class__ = _DeadlineSocket
+    elif type(sock) is ssl.SSLSocket:
+        sock.__class__ = _DeadlineSSLSocket
+
+
+class _DeadlineHTTPConnection(HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _bind_deadline(self.sock)
+
+
+class _DeadlineHTTPSConnection(HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _bind_deadline(self.sock)
+
+
+class _DeadlineHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _DeadlineHTTPConnection
+
+
+class _DeadlineHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _DeadlineHTTPSConnection
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """requests' adapter, with connections whose sockets keep the send's deadline."""
+
+    _pools = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = self._pools
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.PoolManager:
+        manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = self._pools
+        return manager
+
+
 class _Retryable(Exception):
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
@@ -135,9 +264,7 @@ class InngestClient:
         with self._lock:
             if self._session is None or self._pid != os.getpid():
                 session = requests.Session()
-                adapter = requests.adapters.HTTPAdapter(
-                    pool_connections=1, pool_maxsize=32, max_retries=0
-                )
+                adapter = _DeadlineAdapter(pool_connections=1, pool_maxsize=32, max_retries=0)
                 session.mount("http://", adapter)
                 session.mount("https://", adapter)
                 self._session, self._pid = session, os.getpid()
@@ -157,21 +284,23 @@ class InngestClient:
     ) -> SendResult:
         """Send events, retrying connection errors, 5xx and 429 until the deadline.
 
-        The same body and `x-inngest-event-id-seed` go out on every attempt, so Inngest
-        derives the same internal ids and the events' own ids deduplicate any repeat.
-        With `retry=False` one attempt is made and its failure raised, for callers that
-        keep the events and schedule their own retries.
+        The whole send, retries included, ends within INNGEST_SEND_TIMEOUT, or by
+        `deadline` (a `time.monotonic()` value) when that comes first, however slowly
+        Inngest answers. The same body and `x-inngest-event-id-seed` go out on every
+        attempt, so Inngest derives the same internal ids and the events' own ids
+        deduplicate any repeat. With `retry=False` one attempt is made and its failure
+        raised, for callers that keep the events and schedule their own retries.
         """
         body = encode_batch(events)
         headers = {**self._headers, "x-inngest-event-id-seed": seed or id_seed()}
         start = time.monotonic()
-        deadline = start + self._timeout if deadline is None else deadline
+        budget = start + self._timeout
+        deadline = budget if deadline is None else min(budget, deadline)
         attempt = 0
         while True:
             attempt += 1
-            remaining = deadline - time.monotonic()
             try:
-                return self._attempt(body, headers, len(events), attempt, remaining)
+                return self._attempt(body, headers, len(events), attempt, deadline)
             except _Retryable as exc:
                 delay = exc.retry_after if exc.retry_after is not None else backoff(attempt - 1)
                 remaining = deadline - time.monotonic()
@@ -192,13 +321,16 @@ class InngestClient:
                 time.sleep(delay)
 
     def _attempt(
-        self, body: bytes, headers: dict[str, str], count: int, attempt: int, remaining: float
+        self, body: bytes, headers: dict[str, str], count: int, attempt: int, deadline: float
     ) -> SendResult:
+        began = time.monotonic()
+        remaining = deadline - began
         if remaining <= 0:
             raise _Retryable("no time left")
-        began = time.monotonic()
+        session = self.session
+        _sending.deadline = deadline
         try:
-            response = self.session.post(
+            response = session.post(
                 self._url,
                 data=body,
                 headers=headers,
@@ -206,7 +338,9 @@ class InngestClient:
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
-            failure = "timeout" if isinstance(exc, requests.Timeout) else "connection_error"
+            # A read that ran out of budget in the body surfaces as a ConnectionError.
+            timed_out = isinstance(exc, requests.Timeout) or time.monotonic() >= deadline
+            failure = "timeout" if timed_out else "connection_error"
             metrics.upstream_response(failure, time.monotonic() - began)
             reason = self.redact(f"{type(exc).__name__}: {exc}")
             log.warning(
@@ -222,7 +356,9 @@ class InngestClient:
                     }
                 },
             )
-            raise _Retryable(type(exc).__name__) from None
+            raise _Retryable("timed out" if timed_out else type(exc).__name__) from None
+        finally:
+            _sending.deadline = None
         elapsed_ms = (time.monotonic() - began) * 1000
         status = response.status_code
         metrics.upstream_response(status, elapsed_ms / 1000)

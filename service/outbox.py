@@ -46,7 +46,13 @@ from . import metrics
 from .db import db, write_lock
 from .errors import APIError
 from .events import Event
-from .inngest import InngestClient, InngestRejected, InngestUnavailable, id_seed
+from .inngest import (
+    InngestClient,
+    InngestRejected,
+    InngestUnavailable,
+    id_seed,
+    lease_deadline,
+)
 from .settings import Settings, parse_duration
 
 log = logging.getLogger(__name__)
@@ -288,6 +294,7 @@ class Claimed:
     ids: list[int]
     bodies: list[bytes]
     seed: str
+    lease_expires_at: int  # epoch ms, as stored in claim_expires_at
 
 
 def _free(now: int, *, due_only: bool = True) -> Any:
@@ -347,6 +354,7 @@ class Deliverer:
                 .with_for_update(skip_locked=True)
             )
             which = _c.id.in_(fresh)
+        expires = now + int(self.settings.outbox_lease_seconds * 1000)
         with _transaction():
             rows: list[Any] = list(
                 db.session.execute(
@@ -354,7 +362,7 @@ class Deliverer:
                     .where(which, free)
                     .values(
                         claimed_by=self.name,
-                        claim_expires_at=now + int(self.settings.outbox_lease_seconds * 1000),
+                        claim_expires_at=expires,
                         batch_seed=seed,
                     )
                     .returning(_c.id, _c.body, _c.size),
@@ -365,7 +373,7 @@ class Deliverer:
         rows.sort(key=lambda row: row.id)
         if not head.batch_seed:
             rows = self._fit(rows)
-        return Claimed([r.id for r in rows], [r.body.encode() for r in rows], seed)
+        return Claimed([r.id for r in rows], [r.body.encode() for r in rows], seed, expires)
 
     @property
     def _max_batch(self) -> int:
@@ -387,7 +395,14 @@ class Deliverer:
         """Send one claimed batch and record what Inngest said."""
         began = time.monotonic()
         try:
-            self.client.send(claimed.bodies, seed=claimed.seed, deadline=deadline, retry=False)
+            self.client.send(
+                claimed.bodies,
+                seed=claimed.seed,
+                deadline=lease_deadline(
+                    claimed.lease_expires_at, self.settings.outbox_lease_seconds, deadline
+                ),
+                retry=False,
+            )
         except InngestUnavailable as exc:
             self._retry_later(claimed.ids, str(exc), exc.upstream_retry_after)
         except InngestRejected as exc:

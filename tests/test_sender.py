@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
+import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -331,3 +334,141 @@ def test_secrets_never_reach_responses_or_logs(
     assert SESSION_SECRET not in caplog.text
     for record in caplog.records:
         assert EVENT_KEY not in record.getMessage()
+
+
+# -- the time budget, and answers that are not what Inngest sends -----------------------
+
+MAYBE_RECEIVED = "may or may not have received"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("part", ["headers", "body"])
+def test_a_trickled_answer_is_503_within_the_send_timeout(
+    make_app: Callable[..., Flask], inngest: InngestStandIn, part: str
+) -> None:
+    """A byte every 0.2 s never trips a per-read timeout; the budget is for the whole send."""
+    client = make_app(INNGEST_SEND_TIMEOUT="1").test_client()
+    inngest.trickle_next(10, part, seconds=6)
+
+    started = time.monotonic()
+    response = client.post("/api", json={"name": "app/slow", "id": "slow-1"})
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 1 + 1, f"{elapsed:.1f}s for a 1 s budget"
+    body = assert_envelope(response, 503, "upstream_unavailable")
+    assert MAYBE_RECEIVED in body["message"]  # Inngest did take them, before trickling
+    retry_after(response)
+    assert inngest.accepted_ids() == ["slow-1"]
+    assert_identical_attempts(inngest, ["slow-1"])
+
+    # The half-read connection was not pooled: the next send reads a whole, fresh answer.
+    inngest.reset()
+    assert ok_ids(client.post("/api", json={"name": "app/next", "id": "next-1"})) == ["next-1"]
+    assert inngest.accepted_ids() == ["next-1"]
+
+
+@pytest.mark.timeout(30)
+def test_a_read_timeout_after_acceptance_is_503_and_a_keyed_retry_is_a_repeat(
+    make_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    """Inngest took the events but its answer never came: the client cannot tell, so the
+    503 says so, and a retry with the same Idempotency-Key sends the same event id again."""
+    client = make_app(INNGEST_SEND_TIMEOUT="1").test_client()
+    inngest.stall_next(1, 5)
+    key = {"Idempotency-Key": "order-77"}
+
+    started = time.monotonic()
+    first = client.post("/api", json={"name": "app/order"}, headers=key)
+    elapsed = time.monotonic() - started
+
+    body = assert_envelope(first, 503, "upstream_unavailable")
+    assert MAYBE_RECEIVED in body["message"]
+    assert "Idempotency-Key" in body["message"]
+    assert elapsed < 1 + 1
+    assert inngest.accepted_ids() == ["order-77"]  # it did arrive
+
+    again = client.post("/api", json={"name": "app/order"}, headers=key)
+
+    assert ok_ids(again) == ["order-77"]
+    # Inngest sees the same event id twice and runs its functions once.
+    assert inngest.accepted_ids() == ["order-77", "order-77"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type"),
+    [
+        (b"", None),
+        (b"<html><body>Welcome to the proxy</body></html>", "text/html"),
+        (b"OK", "text/plain"),
+    ],
+    ids=["empty", "html", "text"],
+)
+def test_a_2xx_that_is_not_inngests_json_is_retried_with_the_same_events(
+    client: FlaskClient, inngest: InngestStandIn, raw: bytes, content_type: str | None
+) -> None:
+    """Only Inngest's JSON says the events were taken; anything else is an unknown outcome."""
+    inngest.answer_next_raw(1, 200, raw, content_type)
+
+    response = client.post("/api", json={"name": "app/proxied", "id": "p-1"})
+
+    assert ok_ids(response) == ["p-1"]
+    assert [r.status for r in inngest.received] == [200, 200]
+    assert_identical_attempts(inngest, ["p-1"])
+    assert inngest.accepted_ids() == ["p-1"]
+
+
+def test_a_2xx_that_is_never_inngests_json_ends_in_503(
+    make_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    client = make_app(INNGEST_SEND_TIMEOUT="1").test_client()
+    inngest.answer_next_raw(1000, 200, b"<html>maintenance</html>", "text/html")
+
+    started = time.monotonic()
+    response = client.post("/api", json={"name": "app/proxied", "id": "p-2"})
+    elapsed = time.monotonic() - started
+
+    body = assert_envelope(response, 503, "upstream_unavailable")
+    assert MAYBE_RECEIVED in body["message"]
+    assert elapsed < 1 + 1
+    assert len(inngest.received) >= 2  # retried within the budget
+    assert_identical_attempts(inngest, ["p-2"])
+
+
+@pytest.fixture
+def tls_inngest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InngestStandIn]:
+    """The stand-in over TLS, with a certificate for 127.0.0.1 that requests is told to trust."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    standin = InngestStandIn(ssl_context=context).start()
+    yield standin
+    standin.reset()  # ends a trickle still running
+    standin.stop()
+    assert standin.violations == []
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("part", ["headers", "body"])
+def test_the_send_timeout_holds_over_tls_too(
+    make_app: Callable[..., Flask], tls_inngest: InngestStandIn, part: str
+) -> None:
+    client = make_app(INNGEST_SEND_TIMEOUT="1", INNGEST_BASE_URL=tls_inngest.url).test_client()
+    assert ok_ids(client.post("/api", json={"name": "app/tls", "id": "t-0"})) == ["t-0"]
+    tls_inngest.trickle_next(10, part, seconds=6)
+
+    started = time.monotonic()
+    response = client.post("/api", json={"name": "app/tls", "id": "t-1"})
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 1 + 1, f"{elapsed:.1f}s for a 1 s budget"
+    assert_envelope(response, 503, "upstream_unavailable")
+    assert tls_inngest.accepted_ids() == ["t-0", "t-1"]
