@@ -15,9 +15,9 @@ from marshmallow import Schema, fields, validate
 
 from . import __version__
 from .auth import current
-from .event_schemas import SERVER_KEYS, glob_regex
+from .event_schemas import glob_regex
 from .events import RESERVED_PREFIX
-from .schemas import MAX_ID_LENGTH, TS_MAX, EventSchema, LoginSchema
+from .schemas import MAX_ID_LENGTH, SERVER_KEYS, TS_MAX, EventSchema, LoginSchema
 from .settings import Settings
 
 bp = Blueprint("openapi", __name__)
@@ -181,7 +181,8 @@ def _post_api(settings: Settings, checked: bool) -> dict[str, Any]:
         "description": (
             "One event object, or an array of them, as JSON; or an HTML form (its fields "
             "become `data`). The server sets `data.user` (the logged-in user, else null) and "
-            "`data.request`; clients may not send them. Event names must match "
+            "`data.request`; clients may not send them, nor `data._inngest` (Inngest's own). "
+            "Event names must match "
             f"API_ALLOWED_EVENTS ({', '.join(settings.api_allowed_events)}) and never start "
             f"with `{RESERVED_PREFIX}`; a post without a name sends "
             f"`{settings.api_default_event}`. JSON must be strict: UTF-8, finite numbers, "
@@ -466,7 +467,9 @@ def _refine_event(event: dict[str, Any]) -> None:
     properties = event["properties"]
     properties["data"] = {
         "description": 'Any JSON value; a non-object arrives as `{"value": ...}`, null or '
-        "absent as `{}`. `user` and `request` are the server's.",
+        "absent as `{}`. Reserved keys, refused with a 422: "
+        + ", ".join(f"`{key}`" for key in SERVER_KEYS)
+        + " (the server sets `user` and `request`; Inngest owns `_inngest`).",
         "properties": {key: False for key in SERVER_KEYS},
     }
     ts = properties["ts"]

@@ -232,3 +232,20 @@ def test_every_answer_carries_a_request_id(client: FlaskClient, inngest: Inngest
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
     assert ids[0] != ids[1]
     assert [r.events[0]["data"]["request"]["id"] for r in inngest.received] == ids
+
+
+@pytest.mark.parametrize("key", ["user", "request", "_inngest"])
+@pytest.mark.parametrize("batch", [False, True])
+def test_keys_the_server_and_inngest_own_are_refused(
+    client: FlaskClient, inngest: InngestStandIn, key: str, batch: bool
+) -> None:
+    item = {"name": "app/x", "data": {"plan": "pro", key: {"id": "forged"}}}
+
+    response = client.post("/api", json=[{}, item] if batch else item)
+
+    assert response.status_code == 422
+    body = response.get_json()
+    assert body["code"] == "validation_failed"
+    errors = body["errors"]["1"] if batch else body["errors"]
+    assert errors == {"data": {key: ["This key is set by the server."]}}
+    assert inngest.received == []
