@@ -20,6 +20,7 @@ def request_meta() -> dict[str, Any]:
     """What the server knows about the request, added to every event as `data.request`."""
     return {
         "id": g.request_id,
+        "client_request_id": g.client_request_id,
         "received_at": g.received_ms,
         "ip": request.remote_addr,
         "user_agent": request.user_agent.string or None,

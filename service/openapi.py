@@ -440,7 +440,11 @@ def build_spec(settings: Settings) -> dict[str, Any]:
         )
     spec.components.header(
         "X-Request-ID",
-        {"description": "The request's id, also in logs and events.", "schema": {"type": "string"}},
+        {
+            "description": "The request's id, always made by the server (32 hex digits); also "
+            "in the logs, the error envelope and events' `data.request.id`.",
+            "schema": {"type": "string"},
+        },
     )
     spec.components.header(
         "Retry-After",
@@ -451,8 +455,11 @@ def build_spec(settings: Settings) -> dict[str, Any]:
         "header",
         {
             "required": False,
-            "description": "The client's request id, kept when well-formed.",
-            "schema": {"type": "string"},
+            "description": "The client's own id for the request, for correlation only: kept "
+            "as `data.request.client_request_id` and `client_request_id` in the access log "
+            "when it is 1 to 128 of `A-Za-z0-9._:@/+=-`, else ignored. It never replaces "
+            "the server's request id.",
+            "schema": {"type": "string", "maxLength": 128},
         },
     )
     for path, operations in _paths(settings, bool(conditions)).items():

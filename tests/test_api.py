@@ -39,7 +39,8 @@ def test_original_route_body_is_sent_anonymously(
     assert body["status"] == "ok"
     (event_id,) = body["ids"]
     assert uuid.UUID(event_id)
-    assert response.headers["X-Request-ID"] == "req-123"
+    request_id = response.headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id)  # the server's, not the client's
 
     event = only_event(inngest)
     assert set(event) == {"name", "data", "id", "ts"}
@@ -50,7 +51,8 @@ def test_original_route_body_is_sent_anonymously(
         "value": "example data",
         "user": None,
         "request": {
-            "id": "req-123",
+            "id": request_id,
+            "client_request_id": "req-123",
             "received_at": event["ts"],
             "ip": "203.0.113.9",
             "user_agent": UA,
@@ -232,6 +234,40 @@ def test_every_answer_carries_a_request_id(client: FlaskClient, inngest: Inngest
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
     assert ids[0] != ids[1]
     assert [r.events[0]["data"]["request"]["id"] for r in inngest.received] == ids
+    assert [r.events[0]["data"]["request"]["client_request_id"] for r in inngest.received] == [
+        None,
+        None,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ("req-123", "req-123"),
+        ("a.b:c@d/e+f=g_h-i", "a.b:c@d/e+f=g_h-i"),
+        ("x" * 128, "x" * 128),
+        ("x" * 129, None),
+        ("two words", None),
+        ('x"}, "evil', None),
+        ("caf\u00e9", None),
+        ("back\\slash", None),
+    ],
+)
+def test_the_request_id_is_the_servers_and_the_clients_is_kept_aside(
+    client: FlaskClient, inngest: InngestStandIn, sent: str, kept: str | None
+) -> None:
+    first = client.post("/api", json={}, headers={"X-Request-ID": sent})
+    second = client.post("/api", json={}, headers={"X-Request-ID": sent})
+    refused = client.post("/api", json={"ts": 1}, headers={"X-Request-ID": sent})
+
+    ids = [r.headers["X-Request-ID"] for r in (first, second, refused)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    assert len(set(ids)) == 3
+    assert refused.status_code == 422
+    assert refused.get_json()["request_id"] == ids[2]
+    requests = [r.events[0]["data"]["request"] for r in inngest.received]
+    assert [r["id"] for r in requests] == ids[:2]
+    assert [r["client_request_id"] for r in requests] == [kept, kept]
 
 
 @pytest.mark.parametrize("key", ["user", "request", "_inngest"])
