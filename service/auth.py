@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, Flask, Response, jsonify, redirect, render_template, request
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+)
 from flask_login import LoginManager, current_user, login_user, logout_user
 from marshmallow import EXCLUDE, ValidationError
 
@@ -19,7 +29,8 @@ from .payload import (
     wants_json,
 )
 from .schemas import LoginSchema
-from .users import User, authenticate, load_user
+from .settings import Settings
+from .users import User, authenticate, end_session, load_user, start_session
 
 login_manager = LoginManager()
 login_manager.session_protection = "basic"
@@ -27,8 +38,8 @@ bp = Blueprint("auth", __name__, url_prefix="/auth")
 
 
 @login_manager.user_loader
-def _load_user(session_token: str) -> User | None:
-    return load_user(session_token)
+def _load_user(token: str) -> User | None:
+    return load_user(token)
 
 
 @login_manager.unauthorized_handler
@@ -88,7 +99,14 @@ def login() -> Any:
             )
             return page, 401
         raise InvalidCredentials()
-    login_user(user, remember=credentials["remember"])
+    previous = current()
+    if previous is not None:  # a new login on this client replaces the one it had
+        end_session(previous.get_id())
+    settings: Settings = current_app.extensions["settings"]
+    remember = credentials["remember"]
+    lifetime = settings.remember_cookie_duration if remember else settings.session_lifetime
+    start_session(user, lifetime, remember=remember)
+    login_user(user, remember=remember)
     if _navigation():
         return redirect(same_origin_path(credentials["next"]) or "/", 303)
     return jsonify(status="ok", user=user.public())
@@ -97,7 +115,10 @@ def login() -> Any:
 @bp.post("/logout")
 @csrf.protect
 def logout() -> Any:
-    """End the session."""
+    """End this login on the server, so copies of its cookies stop working too."""
+    user = current()
+    if user is not None:
+        end_session(user.get_id())
     logout_user()
     if _navigation():
         return redirect("/", 303)
@@ -115,5 +136,7 @@ def me() -> Response:
 
 def init_app(app: Flask) -> None:
     """Bind Flask-Login and register the `/auth` views."""
+    settings: Settings = app.extensions["settings"]
+    app.config["REMEMBER_COOKIE_DURATION"] = timedelta(seconds=settings.remember_cookie_duration)
     login_manager.init_app(app)
     app.register_blueprint(bp)

@@ -307,7 +307,7 @@ def _paths(settings: Settings, checked: bool) -> dict[str, dict[str, Any]]:
         },
         "/auth/logout": {
             "post": {
-                "summary": "Log out",
+                "summary": "Log out: end this login on the server",
                 "responses": {
                     "200": _ok("The session has ended", "Ok"),
                     "303": _see_other("A form post from a page: to /"),
