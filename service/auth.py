@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import timedelta
 from typing import Any
 
@@ -14,6 +15,7 @@ from flask import (
     redirect,
     render_template,
     request,
+    session,
 )
 from flask_login import LoginManager, current_user, login_user, logout_user
 from marshmallow import EXCLUDE, ValidationError
@@ -31,6 +33,9 @@ from .payload import (
 from .schemas import LoginSchema
 from .settings import Settings
 from .users import User, authenticate, end_session, load_user, start_session
+
+# Where an anonymous poster's scope for event ids lives in the (signed) session cookie.
+ANONYMOUS_SCOPE_KEY = "anonymous_scope"
 
 login_manager = LoginManager()
 login_manager.session_protection = "basic"
@@ -51,6 +56,20 @@ def current() -> User | None:
     """The logged-in user, or None for an anonymous request."""
     user: User | None = current_user if current_user.is_authenticated else None
     return user
+
+
+def poster_scope(user: User | None) -> str:
+    """Who is posting, as the namespace of their event ids: the user, else this browser.
+
+    An anonymous poster gets a random id kept in the session cookie, made on first need; a
+    client that does not keep the cookie gets a new one with every post.
+    """
+    if user is not None:
+        return f"user:{user.id}"
+    anonymous = session.get(ANONYMOUS_SCOPE_KEY)
+    if not isinstance(anonymous, str):
+        anonymous = session[ANONYMOUS_SCOPE_KEY] = secrets.token_urlsafe(16)
+    return f"anonymous:{anonymous}"
 
 
 def _credentials() -> dict[str, Any]:
@@ -107,6 +126,7 @@ def login() -> Any:
     lifetime = settings.remember_cookie_duration if remember else settings.session_lifetime
     start_session(user, lifetime, remember=remember)
     login_user(user, remember=remember)
+    session.pop(ANONYMOUS_SCOPE_KEY, None)
     if _navigation():
         return redirect(same_origin_path(credentials["next"]) or "/", 303)
     return jsonify(status="ok", user=user.public())
@@ -120,6 +140,7 @@ def logout() -> Any:
     if user is not None:
         end_session(user.get_id())
     logout_user()
+    session.pop(ANONYMOUS_SCOPE_KEY, None)  # the next visitor of this browser is someone else
     if _navigation():
         return redirect("/", 303)
     return jsonify(status="ok")

@@ -194,7 +194,8 @@ def _post_api(settings: Settings, checked: bool) -> dict[str, Any]:
                 "name": "Idempotency-Key",
                 "in": "header",
                 "required": False,
-                "description": "The event id (suffixed `:index` in a batch) when none is given.",
+                "description": "The client key of an event that names no `id` (suffixed "
+                "`:index` in a batch); the event id is derived from it and the poster.",
                 "schema": {"type": "string", "maxLength": MAX_ID_LENGTH - 8},
             },
             _REQUEST_ID,
@@ -483,7 +484,11 @@ def _refine_event(event: dict[str, Any]) -> None:
     ts.pop("maximum", None)
     ts["exclusiveMaximum"] = TS_MAX
     ts["description"] = "Milliseconds since the epoch; default: when the post was received."
-    properties["id"]["description"] = "Default: from Idempotency-Key, else a new UUID."
+    properties["id"]["description"] = (
+        "The client's deduplication key (default: from Idempotency-Key). The event id is a "
+        "UUID derived from it and the poster (the user, else the browser's session), so "
+        "one poster's key never deduplicates another's; a new random UUID without a key."
+    )
 
 
 # -- views -------------------------------------------------------------------------------

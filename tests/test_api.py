@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from service.auth import ANONYMOUS_SCOPE_KEY
+from service.events import scoped_id
 from tests.conftest import AuthActions
 from tests.standin import SEED, InngestStandIn
 
@@ -21,6 +23,12 @@ def only_event(inngest: InngestStandIn) -> dict[str, Any]:
     assert len(inngest.received) == 1
     (event,) = inngest.received[0].events
     return event
+
+
+def anonymous_id(client: FlaskClient, key: str) -> str:
+    """The event id a client key gets from this anonymous client (its scope is in its cookie)."""
+    with client.session_transaction() as session:
+        return scoped_id(f"anonymous:{session[ANONYMOUS_SCOPE_KEY]}", key)
 
 
 def test_original_route_body_is_sent_anonymously(
@@ -79,7 +87,9 @@ def test_logged_in_post_carries_the_session_user(
     }
 
 
-def test_client_id_ts_and_v_pass_through(client: FlaskClient, inngest: InngestStandIn) -> None:
+def test_client_id_is_scoped_and_ts_and_v_pass_through(
+    client: FlaskClient, inngest: InngestStandIn
+) -> None:
     sent = {
         "name": "app/x",
         "data": {"a": [1, 2.5, None, True]},
@@ -90,11 +100,11 @@ def test_client_id_ts_and_v_pass_through(client: FlaskClient, inngest: InngestSt
 
     response = client.post("/api", json=sent)
 
-    assert response.get_json() == {"status": "ok", "ids": ["order-42"]}
+    assert response.get_json() == {"status": "ok", "ids": [anonymous_id(client, "order-42")]}
     event = only_event(inngest)
     assert {k: event[k] for k in ("name", "id", "ts", "v")} == {
         "name": "app/x",
-        "id": "order-42",
+        "id": anonymous_id(client, "order-42"),
         "ts": 1700000000000,
         "v": "2024-01",
     }
@@ -106,8 +116,8 @@ def test_idempotency_key_sets_the_id_of_a_single_event(
 ) -> None:
     response = client.post("/api", json={"data": {}}, headers={"Idempotency-Key": "click-7"})
 
-    assert response.get_json()["ids"] == ["click-7"]
-    assert only_event(inngest)["id"] == "click-7"
+    assert response.get_json()["ids"] == [anonymous_id(client, "click-7")]
+    assert only_event(inngest)["id"] == anonymous_id(client, "click-7")
 
 
 def test_batch_goes_upstream_in_one_request(client: FlaskClient, inngest: InngestStandIn) -> None:
@@ -118,7 +128,8 @@ def test_batch_goes_upstream_in_one_request(client: FlaskClient, inngest: Innges
     response = client.post("/api", json=batch, headers={"Idempotency-Key": "k"})
 
     assert response.status_code == 200
-    assert response.get_json()["ids"] == ["k:0", "k:1", "k:2", "fixed"]
+    keys = ["k:0", "k:1", "k:2", "fixed"]
+    assert response.get_json()["ids"] == [anonymous_id(client, key) for key in keys]
     assert len(inngest.received) == 1
     events = inngest.received[0].events
     assert [e["name"] for e in events] == ["app/a", "app/a", "app/a", "app/b"]
