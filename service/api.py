@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, flash, g, jsonify, redirect, request, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    current_app,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    request,
+    url_for,
+)
 
 from . import csrf, inngest, metrics, outbox
-from .auth import current
+from .auth import current, poster_scope
 from .errors import LoginRequired
 from .events import build_events
 from .payload import Payload, read_payload, referrer_path, same_origin_path, wants_json
@@ -20,6 +30,7 @@ def request_meta() -> dict[str, Any]:
     """What the server knows about the request, added to every event as `data.request`."""
     return {
         "id": g.request_id,
+        "client_request_id": g.client_request_id,
         "received_at": g.received_ms,
         "ip": request.remote_addr,
         "user_agent": request.user_agent.string or None,
@@ -49,6 +60,7 @@ def post_events() -> Any:
         settings=settings,
         user=user.public() if user else None,
         request_meta=request_meta(),
+        scope=lambda: poster_scope(user),
         idempotency_key=request.headers.get("Idempotency-Key") or None,
     )
     g.event_count = len(events)

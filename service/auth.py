@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import secrets
+from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, Flask, Response, jsonify, redirect, render_template, request
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+)
 from flask_login import LoginManager, current_user, login_user, logout_user
 from marshmallow import EXCLUDE, ValidationError
 
@@ -19,7 +31,11 @@ from .payload import (
     wants_json,
 )
 from .schemas import LoginSchema
-from .users import User, authenticate, load_user
+from .settings import Settings
+from .users import User, authenticate, end_session, load_user, start_session
+
+# Where an anonymous poster's scope for event ids lives in the (signed) session cookie.
+ANONYMOUS_SCOPE_KEY = "anonymous_scope"
 
 login_manager = LoginManager()
 login_manager.session_protection = "basic"
@@ -27,8 +43,8 @@ bp = Blueprint("auth", __name__, url_prefix="/auth")
 
 
 @login_manager.user_loader
-def _load_user(session_token: str) -> User | None:
-    return load_user(session_token)
+def _load_user(token: str) -> User | None:
+    return load_user(token)
 
 
 @login_manager.unauthorized_handler
@@ -40,6 +56,20 @@ def current() -> User | None:
     """The logged-in user, or None for an anonymous request."""
     user: User | None = current_user if current_user.is_authenticated else None
     return user
+
+
+def poster_scope(user: User | None) -> str:
+    """Who is posting, as the namespace of their event ids: the user, else this browser.
+
+    An anonymous poster gets a random id kept in the session cookie, made on first need; a
+    client that does not keep the cookie gets a new one with every post.
+    """
+    if user is not None:
+        return f"user:{user.id}"
+    anonymous = session.get(ANONYMOUS_SCOPE_KEY)
+    if not isinstance(anonymous, str):
+        anonymous = session[ANONYMOUS_SCOPE_KEY] = secrets.token_urlsafe(16)
+    return f"anonymous:{anonymous}"
 
 
 def _credentials() -> dict[str, Any]:
@@ -88,7 +118,15 @@ def login() -> Any:
             )
             return page, 401
         raise InvalidCredentials()
-    login_user(user, remember=credentials["remember"])
+    previous = current()
+    if previous is not None:  # a new login on this client replaces the one it had
+        end_session(previous.get_id())
+    settings: Settings = current_app.extensions["settings"]
+    remember = credentials["remember"]
+    lifetime = settings.remember_cookie_duration if remember else settings.session_lifetime
+    start_session(user, lifetime, remember=remember)
+    login_user(user, remember=remember)
+    session.pop(ANONYMOUS_SCOPE_KEY, None)
     if _navigation():
         return redirect(same_origin_path(credentials["next"]) or "/", 303)
     return jsonify(status="ok", user=user.public())
@@ -97,8 +135,12 @@ def login() -> Any:
 @bp.post("/logout")
 @csrf.protect
 def logout() -> Any:
-    """End the session."""
+    """End this login on the server, so copies of its cookies stop working too."""
+    user = current()
+    if user is not None:
+        end_session(user.get_id())
     logout_user()
+    session.pop(ANONYMOUS_SCOPE_KEY, None)  # the next visitor of this browser is someone else
     if _navigation():
         return redirect("/", 303)
     return jsonify(status="ok")
@@ -115,5 +157,7 @@ def me() -> Response:
 
 def init_app(app: Flask) -> None:
     """Bind Flask-Login and register the `/auth` views."""
+    settings: Settings = app.extensions["settings"]
+    app.config["REMEMBER_COOKIE_DURATION"] = timedelta(seconds=settings.remember_cookie_duration)
     login_manager.init_app(app)
     app.register_blueprint(bp)

@@ -4,8 +4,8 @@ The file maps event names or glob patterns (as in API_ALLOWED_EVENTS) to a JSON 
 event's data must match every entry whose pattern matches its name; names no entry matches
 are not checked. The schema sees the data as the event will carry it, before the server adds
 `user` and `request`: an object (other JSON values arrive as `{"value": ...}`, a missing or
-null `data` as `{}`). Clients can never send `user` or `request` themselves, whatever a schema
-says: the event schema refuses them before any data schema runs.
+null `data` as `{}`). Clients can never send `user`, `request` or `_inngest` themselves,
+whatever a schema says: the event schema refuses them before any data schema runs.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from jsonschema import Draft202012Validator, SchemaError
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 
-SERVER_KEYS = ("user", "request")
+from .schemas import SERVER_KEYS
+
 MAX_MESSAGE = 200
 MAX_ERRORS = 50
 _SYNTAX = set("^$\\.*+?()[]{}|/")

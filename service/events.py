@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,8 @@ from .schemas import MAX_ID_LENGTH, EventSchema
 from .settings import Settings
 
 RESERVED_PREFIX = "inngest/"
+# The namespace of the uuid5 event ids derived from a poster's scope and a client's key.
+EVENT_ID_NAMESPACE = uuid.UUID("6d1c2f4e-9a47-5b0e-8c3d-2f7a1e5b9c40")
 _schema = EventSchema(many=True)
 
 
@@ -54,9 +56,13 @@ def build_events(
     settings: Settings,
     user: dict[str, Any] | None,
     request_meta: dict[str, Any],
+    scope: Callable[[], str],
     idempotency_key: str | None = None,
 ) -> list[Event]:
-    """Validate items and turn them into events, or raise the error that explains why not."""
+    """Validate items and turn them into events, or raise the error that explains why not.
+
+    `scope` names the poster (see `scoped_id`); it is asked for only when a client key is used.
+    """
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_ID_LENGTH - 8:
         raise ValidationFailed(
             errors={"Idempotency-Key": [f"Must have 1 to {MAX_ID_LENGTH - 8} characters."]}
@@ -79,7 +85,8 @@ def build_events(
     events: list[Event] = []
     too_large: dict[int, Any] = {}
     for index, item in enumerate(loaded):
-        event_id = item.get("id") or _default_id(idempotency_key, index, batch)
+        client_key = item.get("id") or _client_key(idempotency_key, index, batch)
+        event_id = scoped_id(scope(), client_key) if client_key else str(uuid.uuid4())
         event: dict[str, Any] = {
             "name": item.get("name") or settings.api_default_event,
             "data": {**item["data"], "user": user, "request": request_meta},
@@ -117,8 +124,19 @@ def _check_data(loaded: list[dict[str, Any]], batch: bool, settings: Settings) -
         )
 
 
-def _default_id(idempotency_key: str | None, index: int, batch: bool) -> str:
-    """The client's `Idempotency-Key` (suffixed by index in a batch), else a new UUID."""
+def _client_key(idempotency_key: str | None, index: int, batch: bool) -> str | None:
+    """The client's `Idempotency-Key` (suffixed by index in a batch), if it sent one."""
     if idempotency_key:
         return f"{idempotency_key}:{index}" if batch else idempotency_key
-    return str(uuid.uuid4())
+    return None
+
+
+def scoped_id(scope: str, client_key: str) -> str:
+    """The event id for a client's key, in the poster's own namespace.
+
+    Inngest deduplicates on the event id, so a client's key is never sent as it is: anyone
+    could then make another poster's event a duplicate. The same poster sending the same key
+    gets the same id (retries stay idempotent); another poster never does. The scope holds no
+    newline, so the name is unambiguous.
+    """
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{scope}\n{client_key}"))

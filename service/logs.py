@@ -98,9 +98,19 @@ def configure_logging(level: str, secrets: tuple[str, ...], json_lines: bool = T
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
-def _start() -> None:
+def client_request_id() -> str | None:
+    """The `X-Request-ID` the client sent, when it is a plain token of at most 128 characters.
+
+    Only for correlating with the client's own logs: it is never the request's id.
+    """
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    g.request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    return incoming if _VALID_REQUEST_ID.fullmatch(incoming) else None
+
+
+def _start() -> None:
+    # Always the server's own: a client-chosen id could collide with, or impersonate, others'.
+    g.request_id = uuid.uuid4().hex
+    g.client_request_id = client_request_id()
     g.started = time.monotonic()
     g.received_ms = int(time.time() * 1000)
 
@@ -127,6 +137,7 @@ def _finish(response: Response) -> Response:
                 "method": request.method,
                 "route": request.url_rule.rule if request.url_rule else None,
                 "path": request.path,
+                "client_request_id": g.client_request_id,
                 "status": response.status_code,
                 "latency_ms": round(elapsed_ms, 1),
                 "events": g.get("event_count", 0),
@@ -139,6 +150,6 @@ def _finish(response: Response) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    """Give each request an id (the client's `X-Request-ID` when it is well-formed)."""
+    """Give each request the server's own id, and keep a well-formed client `X-Request-ID` aside."""
     app.before_request(_start)
     app.after_request(_finish)

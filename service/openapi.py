@@ -15,9 +15,9 @@ from marshmallow import Schema, fields, validate
 
 from . import __version__
 from .auth import current
-from .event_schemas import SERVER_KEYS, glob_regex
+from .event_schemas import glob_regex
 from .events import RESERVED_PREFIX
-from .schemas import MAX_ID_LENGTH, TS_MAX, EventSchema, LoginSchema
+from .schemas import MAX_ID_LENGTH, SERVER_KEYS, TS_MAX, EventSchema, LoginSchema
 from .settings import Settings
 
 bp = Blueprint("openapi", __name__)
@@ -181,7 +181,8 @@ def _post_api(settings: Settings, checked: bool) -> dict[str, Any]:
         "description": (
             "One event object, or an array of them, as JSON; or an HTML form (its fields "
             "become `data`). The server sets `data.user` (the logged-in user, else null) and "
-            "`data.request`; clients may not send them. Event names must match "
+            "`data.request`; clients may not send them, nor `data._inngest` (Inngest's own). "
+            "Event names must match "
             f"API_ALLOWED_EVENTS ({', '.join(settings.api_allowed_events)}) and never start "
             f"with `{RESERVED_PREFIX}`; a post without a name sends "
             f"`{settings.api_default_event}`. JSON must be strict: UTF-8, finite numbers, "
@@ -193,7 +194,8 @@ def _post_api(settings: Settings, checked: bool) -> dict[str, Any]:
                 "name": "Idempotency-Key",
                 "in": "header",
                 "required": False,
-                "description": "The event id (suffixed `:index` in a batch) when none is given.",
+                "description": "The client key of an event that names no `id` (suffixed "
+                "`:index` in a batch); the event id is derived from it and the poster.",
                 "schema": {"type": "string", "maxLength": MAX_ID_LENGTH - 8},
             },
             _REQUEST_ID,
@@ -306,7 +308,7 @@ def _paths(settings: Settings, checked: bool) -> dict[str, dict[str, Any]]:
         },
         "/auth/logout": {
             "post": {
-                "summary": "Log out",
+                "summary": "Log out: end this login on the server",
                 "responses": {
                     "200": _ok("The session has ended", "Ok"),
                     "303": _see_other("A form post from a page: to /"),
@@ -439,7 +441,11 @@ def build_spec(settings: Settings) -> dict[str, Any]:
         )
     spec.components.header(
         "X-Request-ID",
-        {"description": "The request's id, also in logs and events.", "schema": {"type": "string"}},
+        {
+            "description": "The request's id, always made by the server (32 hex digits); also "
+            "in the logs, the error envelope and events' `data.request.id`.",
+            "schema": {"type": "string"},
+        },
     )
     spec.components.header(
         "Retry-After",
@@ -450,8 +456,11 @@ def build_spec(settings: Settings) -> dict[str, Any]:
         "header",
         {
             "required": False,
-            "description": "The client's request id, kept when well-formed.",
-            "schema": {"type": "string"},
+            "description": "The client's own id for the request, for correlation only: kept "
+            "as `data.request.client_request_id` and `client_request_id` in the access log "
+            "when it is 1 to 128 of `A-Za-z0-9._:@/+=-`, else ignored. It never replaces "
+            "the server's request id.",
+            "schema": {"type": "string", "maxLength": 128},
         },
     )
     for path, operations in _paths(settings, bool(conditions)).items():
@@ -466,14 +475,20 @@ def _refine_event(event: dict[str, Any]) -> None:
     properties = event["properties"]
     properties["data"] = {
         "description": 'Any JSON value; a non-object arrives as `{"value": ...}`, null or '
-        "absent as `{}`. `user` and `request` are the server's.",
+        "absent as `{}`. Reserved keys, refused with a 422: "
+        + ", ".join(f"`{key}`" for key in SERVER_KEYS)
+        + " (the server sets `user` and `request`; Inngest owns `_inngest`).",
         "properties": {key: False for key in SERVER_KEYS},
     }
     ts = properties["ts"]
     ts.pop("maximum", None)
     ts["exclusiveMaximum"] = TS_MAX
     ts["description"] = "Milliseconds since the epoch; default: when the post was received."
-    properties["id"]["description"] = "Default: from Idempotency-Key, else a new UUID."
+    properties["id"]["description"] = (
+        "The client's deduplication key (default: from Idempotency-Key). The event id is a "
+        "UUID derived from it and the poster (the user, else the browser's session), so "
+        "one poster's key never deduplicates another's; a new random UUID without a key."
+    )
 
 
 # -- views -------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, valid
 # Inngest refuses timestamps outside [1980-01-01, 2100-01-01).
 TS_MIN = int(datetime(1980, 1, 1, tzinfo=UTC).timestamp() * 1000)
 TS_MAX = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
-SERVER_KEYS = ("user", "request")
+# Keys of `data` clients may not send: the server sets `user` and `request`, and Inngest
+# treats `_inngest` as its own.
+SERVER_KEYS = ("user", "request", "_inngest")
 MAX_NAME_LENGTH = 256
 MAX_ID_LENGTH = 256
 

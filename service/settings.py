@@ -21,6 +21,8 @@ DEV_SERVER_ORIGIN = "http://127.0.0.1:8288"
 CLOUD_ORIGIN = "https://inn.gs"
 DEV_EVENT_KEY = "NO_EVENT_KEY_SET"
 INNGEST_MAX_EVENTS_PER_REQUEST = 5000
+DEFAULT_SESSION_LIFETIME = 14 * 86400.0
+DEFAULT_REMEMBER_COOKIE_DURATION = 30 * 86400.0
 _FALSY = {"", "0", "false"}
 
 
@@ -71,6 +73,8 @@ class Settings:
     ratelimit_login_email: str
     metrics_token: str | None = field(repr=False)
     metrics_internal_only: bool
+    session_lifetime: float = DEFAULT_SESSION_LIFETIME
+    remember_cookie_duration: float = DEFAULT_REMEMBER_COOKIE_DURATION
 
     @property
     def event_api_url(self) -> str:
@@ -187,6 +191,14 @@ class _SettingsSchema(Schema):
     RATELIMIT_LOGIN_EMAIL = fields.String(load_default="5 per minute;20 per hour")
     METRICS_TOKEN = fields.String(load_default=None)
     METRICS_INTERNAL_ONLY = _EnvBool(load_default=True)
+    # Browsers keep cookies at most 400 days.
+    SESSION_LIFETIME = _Duration(
+        load_default=DEFAULT_SESSION_LIFETIME, validate=validate.Range(min=1, max=400 * 86400)
+    )
+    REMEMBER_COOKIE_DURATION = _Duration(
+        load_default=DEFAULT_REMEMBER_COOKIE_DURATION,
+        validate=validate.Range(min=1, max=400 * 86400),
+    )
 
     @validates("RATELIMIT_API", "RATELIMIT_LOGIN_IP", "RATELIMIT_LOGIN_EMAIL")
     def _limit(self, value: str, **_: Any) -> None:
@@ -270,6 +282,8 @@ class _SettingsSchema(Schema):
             ratelimit_login_email=raw["RATELIMIT_LOGIN_EMAIL"],
             metrics_token=raw["METRICS_TOKEN"] or None,
             metrics_internal_only=raw["METRICS_INTERNAL_ONLY"],
+            session_lifetime=raw["SESSION_LIFETIME"],
+            remember_cookie_duration=raw["REMEMBER_COOKIE_DURATION"],
         )
 
 

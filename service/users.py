@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import secrets
+import time
 from datetime import UTC, datetime
 
 import click
@@ -11,7 +13,7 @@ from flask import Flask
 from flask.cli import AppGroup
 from flask_login import UserMixin
 from marshmallow import ValidationError, validate
-from sqlalchemy import String, func, select
+from sqlalchemy import BigInteger, ForeignKey, String, delete, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -39,18 +41,32 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _token_hash(token: str) -> str:
+    """What the table keeps of a login token: a copy of the table cannot be used as cookies."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 class User(UserMixin, db.Model):  # type: ignore[name-defined,misc]
-    """A person who can log in; the session holds their `session_token`, not their id."""
+    """A person who can log in; sessions hold the token of one login, never the user's id."""
 
     __tablename__ = "users"
+    __allow_unmapped__ = True
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(254), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     password_hash: Mapped[str] = mapped_column(String(256))
     active: Mapped[bool] = mapped_column(default=True)
+    # No longer read (logins are `login_sessions` rows); kept so that databases created
+    # before those still take new users.
     session_token: Mapped[str] = mapped_column(String(64), unique=True, default=_new_token)
     created_at: Mapped[datetime] = mapped_column(default=_now)
+    # The token of the login this request acts for; set by `start_session` and `load_user`.
+    login_token: str | None = None
 
     @property
     def is_active(self) -> bool:
@@ -58,12 +74,26 @@ class User(UserMixin, db.Model):  # type: ignore[name-defined,misc]
         return self.active
 
     def get_id(self) -> str:
-        """Flask-Login's session key: rotating it logs the user out everywhere."""
-        return self.session_token
+        """Flask-Login's session key (and the remember cookie's): this login's token."""
+        if self.login_token is None:
+            raise RuntimeError("the user has no login session")
+        return self.login_token
 
     def public(self) -> dict[str, object]:
         """The user as events and `/auth/me` show them."""
         return {"id": self.id, "email": self.email, "name": self.name}
+
+
+class LoginSession(db.Model):  # type: ignore[name-defined,misc]
+    """One login: logout deletes it, `users disable` deletes all of a user's, and it expires."""
+
+    __tablename__ = "login_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    remember: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
 
 
 def normalize_email(email: str) -> str:
@@ -106,20 +136,57 @@ def authenticate(email: str, password: str) -> User | None:
     return user
 
 
-def load_user(session_token: str) -> User | None:
-    """Flask-Login's loader: the active user holding this session token."""
-    return db.session.scalar(
-        select(User).where(User.session_token == session_token, User.active.is_(True))
+def start_session(user: User, lifetime: float, *, remember: bool = False) -> str:
+    """Record a new login of this user, lasting `lifetime` seconds, and return its token.
+
+    Expired logins of every user are removed on the way, so the table stays small.
+    """
+    token = secrets.token_urlsafe(32)
+    now = _now_ms()
+    db.session.execute(delete(LoginSession).where(LoginSession.expires_at <= now))
+    db.session.add(
+        LoginSession(
+            token_hash=_token_hash(token),
+            user_id=user.id,
+            remember=remember,
+            created_at=now,
+            expires_at=now + int(lifetime * 1000),
+        )
     )
+    db.session.commit()
+    user.login_token = token
+    return token
+
+
+def load_user(token: str) -> User | None:
+    """Flask-Login's loader: the active user of this unexpired login, in one indexed lookup."""
+    user = db.session.scalar(
+        select(User)
+        .join(LoginSession, LoginSession.user_id == User.id)
+        .where(
+            LoginSession.token_hash == _token_hash(token),
+            LoginSession.expires_at > _now_ms(),
+            User.active.is_(True),
+        )
+    )
+    if user is not None:
+        user.login_token = token
+    return user
+
+
+def end_session(token: str) -> None:
+    """End one login: its cookies, and every copy of them, stop working."""
+    db.session.execute(delete(LoginSession).where(LoginSession.token_hash == _token_hash(token)))
+    db.session.commit()
 
 
 def disable_user(email: str) -> User:
-    """Stop a user from logging in and end their sessions."""
+    """Stop a user from logging in and end all their logins."""
     user = find_user(email)
     if user is None:
         raise UserError(f"no user with the e-mail {normalize_email(email)}")
     user.active = False
-    user.session_token = _new_token()
+    db.session.execute(delete(LoginSession).where(LoginSession.user_id == user.id))
     db.session.commit()
     return user
 

@@ -47,7 +47,9 @@ def reset_postgres(url: str) -> None:
     """Drop the service's tables, so each test starts from an empty database."""
     engine = create_engine(normalize_url(url, ""))
     with engine.begin() as connection:
-        connection.execute(text("DROP TABLE IF EXISTS outbox_events, users CASCADE"))
+        connection.execute(
+            text("DROP TABLE IF EXISTS outbox_events, login_sessions, users CASCADE")
+        )
     engine.dispose()
 
 

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from service.auth import ANONYMOUS_SCOPE_KEY
+from service.events import scoped_id
 from tests.conftest import AuthActions
 from tests.standin import SEED, InngestStandIn
 
@@ -21,6 +23,12 @@ def only_event(inngest: InngestStandIn) -> dict[str, Any]:
     assert len(inngest.received) == 1
     (event,) = inngest.received[0].events
     return event
+
+
+def anonymous_id(client: FlaskClient, key: str) -> str:
+    """The event id a client key gets from this anonymous client (its scope is in its cookie)."""
+    with client.session_transaction() as session:
+        return scoped_id(f"anonymous:{session[ANONYMOUS_SCOPE_KEY]}", key)
 
 
 def test_original_route_body_is_sent_anonymously(
@@ -39,7 +47,8 @@ def test_original_route_body_is_sent_anonymously(
     assert body["status"] == "ok"
     (event_id,) = body["ids"]
     assert uuid.UUID(event_id)
-    assert response.headers["X-Request-ID"] == "req-123"
+    request_id = response.headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id)  # the server's, not the client's
 
     event = only_event(inngest)
     assert set(event) == {"name", "data", "id", "ts"}
@@ -50,7 +59,8 @@ def test_original_route_body_is_sent_anonymously(
         "value": "example data",
         "user": None,
         "request": {
-            "id": "req-123",
+            "id": request_id,
+            "client_request_id": "req-123",
             "received_at": event["ts"],
             "ip": "203.0.113.9",
             "user_agent": UA,
@@ -77,7 +87,9 @@ def test_logged_in_post_carries_the_session_user(
     }
 
 
-def test_client_id_ts_and_v_pass_through(client: FlaskClient, inngest: InngestStandIn) -> None:
+def test_client_id_is_scoped_and_ts_and_v_pass_through(
+    client: FlaskClient, inngest: InngestStandIn
+) -> None:
     sent = {
         "name": "app/x",
         "data": {"a": [1, 2.5, None, True]},
@@ -88,11 +100,11 @@ def test_client_id_ts_and_v_pass_through(client: FlaskClient, inngest: InngestSt
 
     response = client.post("/api", json=sent)
 
-    assert response.get_json() == {"status": "ok", "ids": ["order-42"]}
+    assert response.get_json() == {"status": "ok", "ids": [anonymous_id(client, "order-42")]}
     event = only_event(inngest)
     assert {k: event[k] for k in ("name", "id", "ts", "v")} == {
         "name": "app/x",
-        "id": "order-42",
+        "id": anonymous_id(client, "order-42"),
         "ts": 1700000000000,
         "v": "2024-01",
     }
@@ -104,8 +116,8 @@ def test_idempotency_key_sets_the_id_of_a_single_event(
 ) -> None:
     response = client.post("/api", json={"data": {}}, headers={"Idempotency-Key": "click-7"})
 
-    assert response.get_json()["ids"] == ["click-7"]
-    assert only_event(inngest)["id"] == "click-7"
+    assert response.get_json()["ids"] == [anonymous_id(client, "click-7")]
+    assert only_event(inngest)["id"] == anonymous_id(client, "click-7")
 
 
 def test_batch_goes_upstream_in_one_request(client: FlaskClient, inngest: InngestStandIn) -> None:
@@ -116,7 +128,8 @@ def test_batch_goes_upstream_in_one_request(client: FlaskClient, inngest: Innges
     response = client.post("/api", json=batch, headers={"Idempotency-Key": "k"})
 
     assert response.status_code == 200
-    assert response.get_json()["ids"] == ["k:0", "k:1", "k:2", "fixed"]
+    keys = ["k:0", "k:1", "k:2", "fixed"]
+    assert response.get_json()["ids"] == [anonymous_id(client, key) for key in keys]
     assert len(inngest.received) == 1
     events = inngest.received[0].events
     assert [e["name"] for e in events] == ["app/a", "app/a", "app/a", "app/b"]
@@ -232,3 +245,54 @@ def test_every_answer_carries_a_request_id(client: FlaskClient, inngest: Inngest
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
     assert ids[0] != ids[1]
     assert [r.events[0]["data"]["request"]["id"] for r in inngest.received] == ids
+    assert [r.events[0]["data"]["request"]["client_request_id"] for r in inngest.received] == [
+        None,
+        None,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ("req-123", "req-123"),
+        ("a.b:c@d/e+f=g_h-i", "a.b:c@d/e+f=g_h-i"),
+        ("x" * 128, "x" * 128),
+        ("x" * 129, None),
+        ("two words", None),
+        ('x"}, "evil', None),
+        ("caf\u00e9", None),
+        ("back\\slash", None),
+    ],
+)
+def test_the_request_id_is_the_servers_and_the_clients_is_kept_aside(
+    client: FlaskClient, inngest: InngestStandIn, sent: str, kept: str | None
+) -> None:
+    first = client.post("/api", json={}, headers={"X-Request-ID": sent})
+    second = client.post("/api", json={}, headers={"X-Request-ID": sent})
+    refused = client.post("/api", json={"ts": 1}, headers={"X-Request-ID": sent})
+
+    ids = [r.headers["X-Request-ID"] for r in (first, second, refused)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    assert len(set(ids)) == 3
+    assert refused.status_code == 422
+    assert refused.get_json()["request_id"] == ids[2]
+    requests = [r.events[0]["data"]["request"] for r in inngest.received]
+    assert [r["id"] for r in requests] == ids[:2]
+    assert [r["client_request_id"] for r in requests] == [kept, kept]
+
+
+@pytest.mark.parametrize("key", ["user", "request", "_inngest"])
+@pytest.mark.parametrize("batch", [False, True])
+def test_keys_the_server_and_inngest_own_are_refused(
+    client: FlaskClient, inngest: InngestStandIn, key: str, batch: bool
+) -> None:
+    item = {"name": "app/x", "data": {"plan": "pro", key: {"id": "forged"}}}
+
+    response = client.post("/api", json=[{}, item] if batch else item)
+
+    assert response.status_code == 422
+    body = response.get_json()
+    assert body["code"] == "validation_failed"
+    errors = body["errors"]["1"] if batch else body["errors"]
+    assert errors == {"data": {key: ["This key is set by the server."]}}
+    assert inngest.received == []

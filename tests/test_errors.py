@@ -582,8 +582,9 @@ def test_longest_idempotency_key_is_accepted(client: FlaskClient, inngest: Innge
     response = client.post("/api", json=[{}, {}], headers={"Idempotency-Key": key})
 
     assert response.status_code == 200, response.get_data(as_text=True)
-    assert response.get_json()["ids"] == [f"{key}:0", f"{key}:1"]
-    assert inngest.accepted_ids() == [f"{key}:0", f"{key}:1"]
+    ids = response.get_json()["ids"]  # derived from the key (tests/test_event_ids.py)
+    assert len(set(ids)) == 2
+    assert inngest.accepted_ids() == ids
 
 
 @pytest.mark.parametrize("content_type", [FORM, MULTIPART])

@@ -130,7 +130,7 @@ def test_batches_get_errors_per_index(checked: FlaskClient, inngest: InngestStan
     assert inngest.received == []
 
 
-@pytest.mark.parametrize("key", ["user", "request"])
+@pytest.mark.parametrize("key", ["user", "request", "_inngest"])
 def test_server_keys_stay_refused_whatever_the_schema_says(
     make_app: Callable[..., Flask], tmp_path: Path, inngest: InngestStandIn, key: str
 ) -> None:

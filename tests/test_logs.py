@@ -48,7 +48,8 @@ def test_one_json_line_per_request(
 
     assert response.status_code == 200
     (access,) = lines(caplog, "service.access")
-    assert access["request_id"] == "log-1"
+    assert access["request_id"] == response.headers["X-Request-ID"] != "log-1"
+    assert access["client_request_id"] == "log-1"
     assert access["level"] == "info"
     assert {
         k: access[k] for k in ("method", "route", "status", "events", "user_id", "client_ip")

@@ -98,7 +98,9 @@ def test_it_comes_from_the_marshmallow_schemas(client: FlaskClient) -> None:
     event = schemas["Event"]
     assert set(event["properties"]) == {"name", "data", "id", "ts", "v"}
     assert event["additionalProperties"] is False
-    assert event["properties"]["data"]["properties"] == {"user": False, "request": False}
+    data = event["properties"]["data"]
+    assert data["properties"] == {"user": False, "request": False, "_inngest": False}
+    assert all(f"`{key}`" in data["description"] for key in ("user", "request", "_inngest"))
     assert schemas["Login"]["required"] == ["email", "password"]
     assert set(schemas["Error"]["required"]) == {
         "status",
@@ -107,6 +109,18 @@ def test_it_comes_from_the_marshmallow_schemas(client: FlaskClient) -> None:
         "errors",
         "request_id",
     }
+
+
+@pytest.mark.parametrize("key", ["user", "request", "_inngest"])
+def test_the_document_refuses_the_reserved_data_keys(client: FlaskClient, key: str) -> None:
+    doc = document(client)
+    event = validator(doc, {"$ref": "#/components/schemas/Event"})
+
+    assert event.is_valid({"name": "app/x", "data": {"plan": "pro"}})
+    assert not event.is_valid({"name": "app/x", "data": {key: {}}})
+    response = client.post("/api", json={"name": "app/x", "data": {key: {}}})
+    assert response.status_code == 422
+    assert list(response.get_json()["errors"]["data"]) == [key]
 
 
 def test_every_error_answer_of_post_api_is_the_envelope(client: FlaskClient) -> None:

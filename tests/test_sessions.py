@@ -1,0 +1,250 @@
+"""Login sessions that really end: logout, `users disable` and lifetimes, checked by the server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from service.settings import ConfigError, load_settings
+from service.users import create_user
+from tests.conftest import PASSWORD, SECRET_KEY, assert_envelope
+from tests.standin import InngestStandIn
+
+ADA = {"email": "ada@example.com", "password": PASSWORD}
+
+
+def login(client: FlaskClient, remember: bool = False) -> None:
+    response = client.post("/auth/login", json={**ADA, "remember": remember})
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def copy_of(app: Flask, client: FlaskClient, *names: str) -> FlaskClient:
+    """Another client holding copies of these cookies, as a thief (or a backup) would."""
+    thief = app.test_client()
+    for name in names:
+        cookie = client.get_cookie(name)
+        assert cookie is not None, f"no {name} cookie to copy"
+        thief.set_cookie(name, cookie.value)
+    return thief
+
+
+def is_ada(client: FlaskClient) -> bool:
+    """Whether this client is logged in as Ada; anything else must be the 401 envelope."""
+    response = client.get("/auth/me")
+    if response.status_code == 200:
+        assert response.get_json()["email"] == "ada@example.com"
+        return True
+    assert_envelope(response, 401, "login_required")
+    return False
+
+
+def posted_user(client: FlaskClient, inngest: InngestStandIn) -> Any:
+    """The `data.user` of the event this client posts."""
+    inngest.reset()
+    assert client.post("/api", json={"name": "app/x"}).status_code == 200
+    return inngest.received[0].events[0]["data"]["user"]
+
+
+def test_a_session_cookie_copied_before_logout_stops_working(
+    app: Flask, client: FlaskClient, user: dict[str, Any], inngest: InngestStandIn
+) -> None:
+    login(client)
+    copy = copy_of(app, client, "session")
+    assert is_ada(copy)
+    assert posted_user(copy, inngest)["id"] == user["id"]
+
+    assert client.post("/auth/logout").status_code == 200
+
+    assert not is_ada(client)
+    assert not is_ada(copy)
+    assert posted_user(copy, inngest) is None
+
+
+def test_a_copied_cookie_gets_401_where_login_is_required(
+    make_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_app(API_REQUIRE_LOGIN="true")
+    with app.app_context():
+        create_user("ada@example.com", "Ada Lovelace", PASSWORD)
+    client = app.test_client()
+    login(client)
+    copy = copy_of(app, client, "session")
+    assert copy.post("/api", json={}).status_code == 200
+
+    client.post("/auth/logout")
+
+    assert_envelope(copy.post("/api", json={}), 401, "login_required")
+
+
+def test_a_remember_cookie_copied_before_logout_stops_working(
+    app: Flask, client: FlaskClient, user: dict[str, Any]
+) -> None:
+    login(client, remember=True)
+    copy = copy_of(app, client, "remember_token")
+    both = copy_of(app, client, "session", "remember_token")
+    assert is_ada(copy)  # the remember cookie alone logs in
+
+    assert client.post("/auth/logout").status_code == 200
+
+    assert not is_ada(copy)
+    assert not is_ada(both)
+
+
+def test_logout_leaves_the_users_other_logins(
+    app: Flask, user: dict[str, Any], inngest: InngestStandIn
+) -> None:
+    laptop, phone, tablet = app.test_client(), app.test_client(), app.test_client()
+    login(laptop)
+    login(phone)
+    login(tablet, remember=True)
+    tablet_remembered = copy_of(app, tablet, "remember_token")
+
+    assert laptop.post("/auth/logout").status_code == 200
+
+    assert not is_ada(laptop)
+    assert is_ada(phone)
+    assert is_ada(tablet_remembered)
+    assert posted_user(phone, inngest)["id"] == user["id"]
+
+
+def test_logging_in_again_ends_the_clients_previous_login(
+    app: Flask, client: FlaskClient, user: dict[str, Any]
+) -> None:
+    login(client)
+    before = copy_of(app, client, "session")
+
+    login(client)
+
+    assert is_ada(client)
+    assert not is_ada(before)
+
+
+def test_disable_ends_every_login_of_the_user(
+    app: Flask, user: dict[str, Any], inngest: InngestStandIn
+) -> None:
+    with app.app_context():
+        create_user("bob@example.com", "Bob", PASSWORD)
+    laptop, phone, bob = app.test_client(), app.test_client(), app.test_client()
+    login(laptop)
+    login(phone, remember=True)
+    laptop_copy = copy_of(app, laptop, "session")
+    phone_remembered = copy_of(app, phone, "remember_token")
+    assert bob.post("/auth/login", json={"email": "bob@example.com", "password": PASSWORD}).json
+
+    result = app.test_cli_runner().invoke(args=["users", "disable", "ada@example.com"])
+
+    assert result.exit_code == 0, result.output
+    for client in (laptop, phone, laptop_copy, phone_remembered):
+        assert not is_ada(client)
+    assert posted_user(laptop_copy, inngest) is None
+    assert bob.get("/auth/me").get_json()["email"] == "bob@example.com"
+
+
+def test_logins_end_on_each_database(
+    make_app: Callable[..., Flask], database_url: str, inngest: InngestStandIn
+) -> None:
+    app = make_app(DATABASE_URL=database_url)
+    with app.app_context():
+        create_user("ada@example.com", "Ada Lovelace", PASSWORD)
+    laptop, phone = app.test_client(), app.test_client()
+    login(laptop)
+    login(phone, remember=True)
+    laptop_copy = copy_of(app, laptop, "session")
+    phone_remembered = copy_of(app, phone, "remember_token")
+
+    laptop.post("/auth/logout")
+
+    assert not is_ada(laptop_copy)
+    assert is_ada(phone_remembered)
+    result = app.test_cli_runner().invoke(args=["users", "disable", "ada@example.com"])
+    assert result.exit_code == 0, result.output
+    assert not is_ada(phone)
+    assert not is_ada(phone_remembered)
+
+
+@pytest.mark.timeout(30)
+def test_a_login_ends_after_session_lifetime_even_if_the_cookie_is_replayed(
+    make_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_app(SESSION_LIFETIME="1s")
+    with app.app_context():
+        create_user("ada@example.com", "Ada Lovelace", PASSWORD)
+    client = app.test_client()
+    login(client)
+    assert is_ada(client)
+
+    time.sleep(1.5)
+
+    assert not is_ada(client)
+    assert not is_ada(copy_of(app, client, "session"))
+
+
+@pytest.mark.timeout(30)
+def test_a_remember_cookie_ends_after_its_duration_even_if_replayed(
+    make_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_app(REMEMBER_COOKIE_DURATION="1s", SESSION_LIFETIME="1h")
+    with app.app_context():
+        create_user("ada@example.com", "Ada Lovelace", PASSWORD)
+    client = app.test_client()
+    login(client, remember=True)
+    replayed = copy_of(app, client, "remember_token")  # without the cookie's own expiry
+    assert is_ada(replayed)
+
+    time.sleep(1.5)
+
+    assert not is_ada(copy_of(app, client, "remember_token"))
+    assert not is_ada(replayed)
+
+
+def test_the_remember_cookie_lasts_remember_cookie_duration(
+    make_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_app()
+    with app.app_context():
+        create_user("ada@example.com", "Ada Lovelace", PASSWORD)
+    response = app.test_client().post("/auth/login", json={**ADA, "remember": True})
+
+    (cookie,) = [
+        header
+        for header in response.headers.getlist("Set-Cookie")
+        if header.startswith("remember_token=")
+    ]
+    expires = parsedate_to_datetime(cookie.split("Expires=")[1].split(";")[0])
+    expected = datetime.now(UTC) + timedelta(days=30)
+    assert abs(expires - expected) < timedelta(minutes=5)
+
+
+@pytest.mark.parametrize(
+    ("env", "session_lifetime", "remember"),
+    [
+        ({}, 14 * 86400.0, 30 * 86400.0),
+        ({"SESSION_LIFETIME": "8h", "REMEMBER_COOKIE_DURATION": "7d"}, 8 * 3600.0, 7 * 86400.0),
+    ],
+)
+def test_lifetime_settings(env: dict[str, str], session_lifetime: float, remember: float) -> None:
+    settings = load_settings({"SECRET_KEY": SECRET_KEY, "INNGEST_DEV": "1", **env})
+
+    assert settings.session_lifetime == session_lifetime
+    assert settings.remember_cookie_duration == remember
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"SESSION_LIFETIME": "forever"},
+        {"SESSION_LIFETIME": "0"},
+        {"REMEMBER_COOKIE_DURATION": "-1d"},
+        {"REMEMBER_COOKIE_DURATION": "0s"},
+    ],
+)
+def test_invalid_lifetimes_stop_the_start(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match=next(iter(env))):
+        load_settings({"SECRET_KEY": SECRET_KEY, "INNGEST_DEV": "1", **env})
