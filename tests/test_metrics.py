@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
+import string
 import threading
 import time
 from collections.abc import Callable
@@ -184,6 +186,63 @@ def test_requests_are_counted_by_route_not_path(app: Flask) -> None:
 
     assert delta(HTTP, route="<unmatched>", method="GET", status="404") == 1
     assert delta(HTTP, route="/healthz", method="GET", status="200") == 1
+
+
+def http_series(client: FlaskClient) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    """Every label set of the per-request metrics (histogram buckets left out)."""
+    return {
+        (name, labels)
+        for name, labels in scrape(client)
+        if name.startswith(("inngest_gateway_http_", "inngest_gateway_events_refused"))
+        and not name.endswith("_bucket")
+    }
+
+
+def test_made_up_methods_and_paths_add_no_series(app: Flask) -> None:
+    client = app.test_client()
+    rng = random.Random(20261128)
+
+    def token(size: int) -> str:
+        return "".join(rng.choice(string.ascii_uppercase) for _ in range(size))
+
+    # One of each kind first: a made-up method on a route, and on no route.
+    assert client.open("/api", method="FROBNICATE").status_code == 405
+    assert client.open("/no/such/page", method="FROBNICATE").status_code == 404
+    assert client.open("/also/not/here", method="GET").status_code == 404
+    assert client.post("/api", json={"name": "evil/x"}).status_code == 403
+    before = http_series(client)
+
+    statuses = set()
+    for n in range(50):
+        method = token(rng.randint(3, 12))
+        path = f"/{token(6).lower()}/{n}" if n % 2 else "/api"
+        statuses.add(client.open(path, method=method).status_code)
+        statuses.add(client.open(f"/{token(8)}", method="GET").status_code)
+    assert statuses == {404, 405}
+
+    after = http_series(client)
+    assert after - before == set(), sorted(after - before)
+    samples = scrape(client)
+    assert value(samples, HTTP, route="<unmatched>", method="other", status="405") >= 26
+    assert value(samples, HTTP, route="<unmatched>", method="other", status="404") >= 26
+
+
+def test_unknown_upstream_statuses_add_no_series(app: Flask, inngest: InngestStandIn) -> None:
+    client = app.test_client()
+    inngest.fail_next(1, 499)
+    assert_envelope(client.post("/api", json={}), 502, "upstream_rejected")
+    before = {labels for name, labels in scrape(client) if name == UPSTREAM}
+    delta = Delta(client)
+
+    made_up = [440, 450, 460, 470, 480, 490, 494, 497]
+    for status in made_up:
+        inngest.fail_next(1, status)
+        assert_envelope(client.post("/api", json={}), 502, "upstream_rejected")
+
+    after = {labels for name, labels in scrape(client) if name == UPSTREAM}
+    assert after == before, sorted(after - before)
+    assert delta(UPSTREAM, status="4xx") == len(made_up)
+    assert delta(UPSTREAM, status="440") == 0
 
 
 def test_token_restricts_the_scrape(make_app: Callable[..., Flask]) -> None:
