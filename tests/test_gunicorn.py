@@ -6,6 +6,7 @@ bounded, so a hung server fails the test instead of hanging the suite.
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import pytest
 import requests
@@ -233,6 +235,42 @@ def test_concurrent_posts_all_arrive(gunicorn: Server, inngest: InngestStandIn) 
     expected = {f"c-{n}-{i}" for n in range(threads) for i in range(per_thread)}
     assert {body["ids"][0] for _, body in results} == expected
     assert sorted(inngest.accepted_ids()) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("path", "header", "value"),
+    [
+        ("//evil.example/api", "SCRIPT_NAME", "//evil.example"),
+        ("/api", "PATH_INFO", "//evil.example/api"),
+        ("/api", "REMOTE_USER", "admin"),
+    ],
+)
+def test_forwarder_headers_from_loopback_are_not_trusted(
+    gunicorn: Server, inngest: InngestStandIn, path: str, header: str, value: str
+) -> None:
+    """A form post from 127.0.0.1 cannot move the app's root (and its redirects) elsewhere."""
+    host, port = gunicorn.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=15)
+    try:
+        connection.request(
+            "POST",
+            path,
+            body=urlencode({"name": "app/forwarder", "note": "hi"}),
+            headers={"Content-Type": "application/x-www-form-urlencoded", header: value},
+        )
+        response = connection.getresponse()
+        status, location = response.status, response.getheader("Location")
+        response.read()
+    finally:
+        connection.close()
+
+    assert status < 500, (status, gunicorn.output()[-2000:])
+    if location is not None:
+        target = urlsplit(urljoin(gunicorn.url + path, location))
+        assert (target.scheme, target.netloc) == ("http", f"{host}:{port}"), location
+        assert not location.startswith("//"), location
+    if inngest.accepted:  # the post went through: it lands on the service's own page
+        assert (status, location) == (303, "/sent")
 
 
 def test_sigterm_finishes_the_request_in_flight_and_stops(
