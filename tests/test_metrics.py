@@ -299,8 +299,11 @@ def test_gunicorn_makes_and_removes_a_metrics_directory(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # no .env here
     monkeypatch.setenv("INNGEST_DEV", "1")
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    monkeypatch.delenv("INNGEST_GATEWAY_CREATED_METRICS_DIR", raising=False)
+    # on_starting sets these in os.environ; setting them here first makes monkeypatch put
+    # back what was there before, so no later test or subprocess inherits a removed directory.
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "INNGEST_GATEWAY_CREATED_METRICS_DIR"):
+        monkeypatch.setenv(name, "unset by the test")
+        monkeypatch.delenv(name)
     conf = _gunicorn_conf()
 
     conf.on_starting(None)
