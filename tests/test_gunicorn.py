@@ -24,7 +24,10 @@ from tests.conftest import SECRET_KEY
 from tests.processes import BIN, ROOT, Server, clean_env, free_port, start_gunicorn
 from tests.standin import InngestStandIn
 
-pytestmark = pytest.mark.slow
+# Above each test's own waits: the shared server's start (30 s, and 10 s to kill one that
+# failed) plus the test's (requests of 15 s, the SIGTERM test's ~45 s), so a slow failure
+# reports the test's own message rather than pytest-timeout's.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 MAX_BODY = 65536
 
@@ -225,8 +228,9 @@ def test_concurrent_posts_all_arrive(gunicorn: Server, inngest: InngestStandIn) 
     pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
     for thread in pool:
         thread.start()
+    deadline = time.monotonic() + 30  # for all of them, not 30 s each
     for thread in pool:
-        thread.join(30)
+        thread.join(max(0.0, deadline - time.monotonic()))
 
     assert failures == []
     assert not any(thread.is_alive() for thread in pool)

@@ -336,6 +336,9 @@ def accepted_by_pid(directory: Path) -> dict[int, float]:
 
 
 @pytest.mark.slow
+# Above the test's own waits: gunicorn's start (30 s), the rounds (60 s, and 15 s for the last),
+# delivery (20 s), the scrapes (10 s each) and the kill (10 s).
+@pytest.mark.timeout(240)
 def test_counters_add_up_across_gunicorn_workers(tmp_path: Path, inngest: InngestStandIn) -> None:
     metrics_dir = tmp_path / "prometheus"
     server = start_gunicorn(
@@ -353,23 +356,32 @@ def test_counters_add_up_across_gunicorn_workers(tmp_path: Path, inngest: Innges
     errors: list[str] = []
 
     def client(number: int) -> None:
-        response = requests.post(
-            f"{server.url}/api",
-            json=[{"name": "app/m", "data": {"c": number}}, {"name": "app/m"}],
-            headers={"Connection": "close"},  # a new connection: either worker may take it
-            timeout=10,
-        )
+        try:
+            response = requests.post(
+                f"{server.url}/api",
+                json=[{"name": "app/m", "data": {"c": number}}, {"name": "app/m"}],
+                headers={"Connection": "close"},  # a new connection: either worker may take it
+                timeout=10,
+            )
+        except requests.RequestException as exc:
+            errors.append(repr(exc))
+            return
         if response.status_code != 202:
             errors.append(response.text)
 
     try:
-        # Rounds of concurrent posts until both workers have served some (the kernel decides).
-        for _ in range(50):
+        # Rounds of concurrent posts until both workers have served some (the kernel decides),
+        # for at most a minute.
+        rounds_until = time.monotonic() + 60
+        by_pid: dict[int, float] = {}
+        while time.monotonic() < rounds_until:
             workers = [threading.Thread(target=client, args=(n,)) for n in range(threads)]
             for worker in workers:
                 worker.start()
+            round_until = time.monotonic() + 15  # for the whole round, not 15 s per post
             for worker in workers:
-                worker.join(timeout=30)
+                worker.join(timeout=max(0.0, round_until - time.monotonic()))
+            assert not any(worker.is_alive() for worker in workers), "a post took over 15 s"
             posted += threads
             assert errors == []
             by_pid = accepted_by_pid(metrics_dir)
