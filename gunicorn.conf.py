@@ -22,9 +22,13 @@ keepalive = int(_env("GUNICORN_KEEPALIVE", "5"))
 loglevel = _env("GUNICORN_LOG_LEVEL", "info")
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None  # the service logs each request
 errorlog = "-"
-# The service decides which forwarded headers to trust (TRUSTED_PROXIES); gunicorn trusts none.
+# The service decides which forwarded headers to trust (TRUSTED_PROXIES); gunicorn trusts none:
+# no scheme headers, and no forwarder headers either (gunicorn's default takes SCRIPT_NAME and
+# PATH_INFO from 127.0.0.1, so any local process could move the app's root, and with it every
+# redirect, to `//other.host`). nginx (deploy/nginx.conf) sends none of them.
 secure_scheme_headers: dict[str, str] = {}
-forwarded_allow_ips = "127.0.0.1"
+forwarder_headers = ""
+forwarded_allow_ips = ""
 # Requests that gunicorn refuses outright, before the app sees them.
 limit_request_line = 8190
 limit_request_fields = 100

@@ -15,6 +15,9 @@ from .settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Marks a view `protect` wrapped; decorators that use functools.wraps (the rate limits) keep it.
+_PROTECTED = "csrf_protected"
+
 
 def _origin_of(url: str) -> str:
     parts = urlsplit(url)
@@ -41,18 +44,39 @@ def check_request() -> None:
 
 
 def protect(view: F) -> F:
-    """Refuse cross-site requests to this view."""
+    """Refuse cross-site requests to this view, before anything else counts or reads them.
+
+    `init_app` checks marked views before the view and its decorators run, so a refused
+    request never reaches the rate limits (another site could otherwise spend a visitor's
+    quota, or lock the visitor's address out of logging in); the check in the view itself
+    stays, in case the view is ever called without that hook.
+    """
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         check_request()
         return view(*args, **kwargs)
 
+    setattr(wrapper, _PROTECTED, True)
     return wrapper  # type: ignore[return-value]
 
 
+def _check_protected_view() -> None:
+    rule = request.url_rule
+    if request.method == "OPTIONS" and getattr(rule, "provide_automatic_options", False):
+        return  # Flask answers a preflight itself, without the view (CORS decides its headers)
+    view = current_app.view_functions.get(request.endpoint or "")
+    if view is not None and getattr(view, _PROTECTED, False):
+        check_request()
+
+
 def init_app(app: Flask) -> None:
-    """Let trusted origins call `/api` from their pages with cookies (CORS)."""
+    """Refuse cross-site requests to protected views up front; CORS for trusted origins.
+
+    The hook runs before Flask-Limiter's checks, which happen later (its own hook is added
+    when the limits are set up, after this one, and the per-view limits run inside the view).
+    """
+    app.before_request(_check_protected_view)
     settings: Settings = app.extensions["settings"]
     if settings.trusted_origins:
         CORS(

@@ -13,8 +13,10 @@ import hmac
 import ipaddress
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator
+from http import HTTPStatus
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
@@ -39,6 +41,16 @@ PREFIX = "inngest_gateway"
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 POST_ENDPOINT = "api.post_events"
 UNMATCHED = "<unmatched>"
+# Every label takes its value from a fixed set, so no request (nor a misbehaving upstream)
+# can add series: a made-up method is "other", a path no rule matches is UNMATCHED, a status
+# code outside the registered ones is its class ("4xx").
+METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
+)
+OTHER = "other"
+STATUSES = frozenset(str(status.value) for status in HTTPStatus)
+# The service's own names for a refusal (error codes) or a failed send (connection_error).
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 # The service's own metrics; with MULTIPROCESS their values go to files, not to this registry.
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -116,9 +128,26 @@ def events_dead(count: int) -> None:
         EVENTS_DEAD.inc(count)
 
 
+def method_label(method: str) -> str:
+    """The request's method if it is a standard one, else "other"."""
+    return method if method in METHODS else OTHER
+
+
+def status_label(status: int | str) -> str:
+    """A registered HTTP status code as it is, any other its class ("4xx"), or a failure's name.
+
+    Names are the service's own (`connection_error`, `timeout`); anything else is "other".
+    """
+    if isinstance(status, int):
+        if str(status) in STATUSES:
+            return str(status)
+        return f"{status // 100}xx" if 100 <= status <= 599 else OTHER
+    return status if _NAME.match(status) else OTHER
+
+
 def upstream_response(status: int | str, seconds: float) -> None:
     """One request to Inngest: its HTTP status (or `connection_error`) and how long it took."""
-    UPSTREAM_RESPONSES.labels(status=str(status)).inc()
+    UPSTREAM_RESPONSES.labels(status=status_label(status)).inc()
     UPSTREAM_DURATION.observe(seconds)
 
 
@@ -132,18 +161,21 @@ def _start_timer() -> None:
 def _refusal_reason(response: Response) -> str:
     """The error envelope's code, as `envelope` recorded it; no need to parse the body again."""
     code = g.get("error_code")
-    return code if isinstance(code, str) and code else f"http_{response.status_code}"
+    if isinstance(code, str) and _NAME.match(code):
+        return code
+    return f"http_{status_label(response.status_code)}"
 
 
 def _record(response: Response) -> Response:
     rule = request.url_rule
-    route = rule.rule if rule is not None else UNMATCHED
-    HTTP_REQUESTS.labels(route=route, method=request.method, status=str(response.status_code)).inc()
+    route = rule.rule if rule is not None else UNMATCHED  # the rule's template, not the path
+    method = method_label(request.method)
+    HTTP_REQUESTS.labels(
+        route=route, method=method, status=status_label(response.status_code)
+    ).inc()
     started = g.get("metrics_started")
     if started is not None:
-        HTTP_DURATION.labels(route=route, method=request.method).observe(
-            time.perf_counter() - started
-        )
+        HTTP_DURATION.labels(route=route, method=method).observe(time.perf_counter() - started)
     if request.endpoint == POST_ENDPOINT and response.status_code >= 400:
         EVENTS_REFUSED.labels(reason=_refusal_reason(response)).inc()
     return response

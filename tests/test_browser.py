@@ -41,7 +41,10 @@ from tests.conftest import SECRET_KEY
 from tests.processes import BIN, ROOT, Server, clean_env, free_port, start_gunicorn
 from tests.standin import InngestStandIn
 
-pytestmark = pytest.mark.slow
+# Above each test's own waits: the service's start (`flask users create` 60 s, gunicorn 30 s),
+# Chromium's launch (30 s) when a test is the first to need them, and the test's Playwright
+# waits (5 s each), so a slow failure reports the test's own message.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -1,5 +1,10 @@
-"""No input breaks the service: schemathesis against the running service's OpenAPI document,
-and Hypothesis on the validation. Either a 4xx envelope comes back, or a valid event goes out.
+"""No input breaks the service, and every valid event arrives as it was sent.
+
+schemathesis runs against the service under gunicorn (outbox mode, the default, logged in)
+through its OpenAPI document. Hypothesis posts valid events, which must be accepted and reach
+the stand-in intact, in outbox and sync mode, anonymous and logged in; and arbitrary JSON and
+bytes, which get a 4xx envelope (nothing sent) or valid events out. Examples are derandomized
+and no example database is kept, so every run tries the same inputs.
 """
 
 from __future__ import annotations
@@ -7,20 +12,33 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from werkzeug.datastructures import MultiDict
 
+from service import outbox
+from service.app import create_app
+from service.db import db
+from service.schemas import TS_MAX, TS_MIN
+from service.users import create_user
+from tests.conftest import PASSWORD, SECRET_KEY
 from tests.processes import BIN, ROOT, Server, start_gunicorn
 from tests.standin import InngestStandIn, _event_error, _strict_loads
 
 CONTRACT_MAX_EVENT_BYTES = 3 * 1024 * 1024
+DEFAULT_EVENT = "app/api.posted"  # API_DEFAULT_EVENT's default
+SERVER_KEYS = {"user", "request"}
+RESERVED_KEYS = {"user", "request", "_inngest"}  # set by the server or Inngest: refused
 OPERATIONS = [  # every operation the document describes
     "POST /api",
     "GET /auth/login",
@@ -35,6 +53,13 @@ OPERATIONS = [  # every operation the document describes
     "GET /",
     "GET /sent",
 ]
+# Fixed inputs: the same examples on every run and machine, nothing read from .hypothesis/.
+FUZZ = settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def assert_valid_upstream(inngest: InngestStandIn) -> None:
@@ -45,19 +70,47 @@ def assert_valid_upstream(inngest: InngestStandIn) -> None:
         assert isinstance(payload, list) and payload
         for event in payload:
             assert _event_error(event, CONTRACT_MAX_EVENT_BYTES) is None, event
-            assert set(event["data"]) >= {"user", "request"}
+            assert set(event["data"]) >= SERVER_KEYS
+
+
+# -- schemathesis against gunicorn -------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def fuzz_server(
     inngest_server: InngestStandIn, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    # Sync mode, so events reach the stand-in within the run; no rate limits, since every
-    # generated request comes from one address.
+    """gunicorn in outbox mode (the default) with each worker's deliverer, as in production.
+
+    No rate limits, since every generated request comes from one address; one user, so the
+    run can be logged in.
+    """
+    directory = tmp_path_factory.mktemp("fuzz")
+    database = f"sqlite:///{directory / 'gateway.db'}"
+    app = create_app(
+        {
+            "SECRET_KEY": SECRET_KEY,
+            "INNGEST_EVENT_KEY": inngest_server.default_key,
+            "DATABASE_URL": database,
+            "OUTBOX_EMBEDDED_DELIVERER": "false",
+        },
+        instance_path=str(directory / "instance"),
+    )
+    with app.app_context():
+        create_user("fuzz@example.com", "Fuzz", PASSWORD)
+        db.session.remove()
+        db.engine.dispose()
     server = start_gunicorn(
-        tmp_path_factory.mktemp("fuzz"),
+        directory,
         inngest_server,
-        env={"DELIVERY_MODE": "sync", "RATELIMIT_ENABLED": "false", "LOG_LEVEL": "WARNING"},
+        env={
+            "DATABASE_URL": database,
+            "DELIVERY_MODE": "outbox",
+            "OUTBOX_EMBEDDED_DELIVERER": "true",
+            "OUTBOX_POLL_SECONDS": "0.1",
+            "RATELIMIT_ENABLED": "false",
+            "LOG_LEVEL": "WARNING",
+        },
     )
     try:
         yield server
@@ -65,10 +118,35 @@ def fuzz_server(
         server.kill()
 
 
+def metric_total(server: Server, name: str) -> float:
+    """A counter's value summed over its labels, as a scrape of the running service shows it."""
+    with requests.get(f"{server.url}/metrics", timeout=10) as response:
+        assert response.status_code == 200, response.text
+        lines = response.text.splitlines()
+    return sum(float(line.split()[-1]) for line in lines if re.match(rf"{name}(\{{| )", line))
+
+
+def outbox_depth(server: Server) -> dict[str, Any]:
+    with requests.get(f"{server.url}/readyz", timeout=10) as response:
+        assert response.status_code == 200, response.text
+        depth: dict[str, Any] = response.json()["outbox"]
+    return depth
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(420)  # above the run's own limit (300 s) and the drain wait (30 s)
 def test_schemathesis_finds_nothing(
     fuzz_server: Server, inngest: InngestStandIn, tmp_path: Path
 ) -> None:
+    with requests.post(
+        f"{fuzz_server.url}/auth/login",
+        json={"email": "fuzz@example.com", "password": PASSWORD},
+        timeout=10,
+    ) as login:
+        assert login.status_code == 200, login.text
+        cookie = "; ".join(f"{name}={value}" for name, value in login.cookies.items())
+    assert "session=" in cookie
+
     result = subprocess.run(
         [
             str(BIN / "schemathesis"),
@@ -78,18 +156,20 @@ def test_schemathesis_finds_nothing(
             "not_a_server_error,status_code_conformance,content_type_conformance,"
             "response_schema_conformance,response_headers_conformance",
             "--max-examples",
-            "100",
+            "40",
             "--seed",
             "20261128",
             "--workers",
             "2",
+            "--header",
+            f"Cookie: {cookie}",
             "--report-dir",
             str(tmp_path / "report"),
         ],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=300,
     )
 
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
@@ -100,14 +180,189 @@ def test_schemathesis_finds_nothing(
     selected = re.search(r"Selected: (\d+)/(\d+)", result.stdout)
     assert selected and selected.group(1) == selected.group(2) == str(tested)
     assert f"Tested: {tested}" in result.stdout
-    assert inngest.received, "the fuzzing sent no event at all"
+
+    # Every event the service accepted reaches Inngest: none left behind, none refused.
+    accepted = metric_total(fuzz_server, "inngest_gateway_events_accepted_total")
+    assert accepted > 0, "the fuzzing got no event accepted at all"
+    deadline = time.monotonic() + 30
+    while outbox_depth(fuzz_server)["pending"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    depth = outbox_depth(fuzz_server)
+    assert depth["pending"] == 0 and depth["dead"] == 0, depth
+    assert len(inngest.accepted) == accepted
     assert_valid_upstream(inngest)
 
 
-@pytest.fixture
-def client(make_app: Callable[..., Flask]) -> FlaskClient:
-    """The app without rate limits: every example comes from the same address."""
-    return make_app(RATELIMIT_ENABLED="false").test_client()
+# -- Hypothesis against the app, with the stand-in as Inngest ------------------------------
+
+
+TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=12)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | TEXT
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(TEXT, children, max_size=4),
+    max_leaves=16,
+)
+CLIENT_DATA = st.dictionaries(TEXT.filter(lambda key: key not in RESERVED_KEYS), VALUES, max_size=6)
+TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+VALID_EVENTS = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.builds("app/{}".format, TEXT),
+        # An object as it is; null (or no data) as {}; anything else as {"value": ...}.
+        "data": CLIENT_DATA | VALUES,
+        "id": TOKEN.filter(bool),
+        "ts": st.integers(min_value=TS_MIN, max_value=TS_MAX - 1),
+        "v": TEXT.filter(bool),
+    },
+)
+VALID_BODIES = VALID_EVENTS | st.lists(VALID_EVENTS, min_size=1, max_size=4)
+FORM_NAME = st.builds("app/{}".format, TOKEN)
+FORM_FIELDS = st.dictionaries(
+    TOKEN.filter(lambda key: bool(key) and key not in RESERVED_KEYS | {"name", "next"}),
+    st.lists(TEXT, min_size=1, max_size=3),
+    max_size=5,
+)
+
+
+@dataclass
+class Poster:
+    """A client of one app (outbox or sync mode), anonymous or logged in."""
+
+    app: Flask
+    client: FlaskClient
+    mode: str
+    user: dict[str, Any] | None
+
+    @property
+    def accepted_status(self) -> int:
+        return 202 if self.mode == "outbox" else 200
+
+    def deliver(self, inngest: InngestStandIn) -> None:
+        """Outbox mode: run the deliverer until nothing is due (sync mode has sent already)."""
+        if self.mode != "outbox":
+            return
+        with self.app.app_context():
+            deliverer = outbox.deliverer(self.app)
+            for _ in range(20):
+                if deliverer.run_once() == 0:
+                    break
+            status = outbox.status()
+        assert status["pending"] == 0 and status["dead"] == 0, (status, inngest.received)
+
+
+@pytest.fixture(
+    params=[
+        ("outbox", False),
+        ("outbox", True),
+        ("sync", False),
+        ("sync", True),
+    ],
+    ids=["outbox-anonymous", "outbox-logged-in", "sync-anonymous", "sync-logged-in"],
+)
+def poster(request: pytest.FixtureRequest, make_app: Callable[..., Flask]) -> Poster:
+    """Without rate limits: every example comes from the same address."""
+    mode, logged_in = request.param
+    app = make_app(RATELIMIT_ENABLED="false", DELIVERY_MODE=mode, OUTBOX_EMBEDDED_DELIVERER="false")
+    client = app.test_client()
+    user = None
+    if logged_in:
+        with app.app_context():
+            user = create_user("ada@example.com", "Ada Lovelace", PASSWORD).public()
+        login = client.post("/auth/login", json={"email": "ada@example.com", "password": PASSWORD})
+        assert login.status_code == 200, login.get_data(as_text=True)
+    return Poster(app, client, mode, user)
+
+
+def expected(item: dict[str, Any]) -> dict[str, Any]:
+    """What Inngest must get for one posted event, the server's own keys and the id aside."""
+    data = item.get("data")
+    event: dict[str, Any] = {
+        "name": item.get("name") or DEFAULT_EVENT,
+        "data": {} if data is None else data if isinstance(data, dict) else {"value": data},
+    }
+    for key in ("ts", "v"):
+        if key in item:
+            event[key] = item[key]
+    return event
+
+
+def assert_arrived_intact(
+    poster: Poster, inngest: InngestStandIn, items: list[dict[str, Any]], answer: Any
+) -> None:
+    """Each posted event reached the stand-in once, in order, as sent plus the server's keys.
+
+    Ids are not compared with the client's: the server derives the ids it sends.
+    """
+    poster.deliver(inngest)
+    assert_valid_upstream(inngest)
+    arrived = [event for received in inngest.received for event in received.events]
+    assert len(arrived) == len(items) == len(answer["ids"]), (items, arrived)
+    for item, event in zip(items, arrived, strict=True):
+        want = expected(item)
+        client_data = {k: v for k, v in event["data"].items() if k not in SERVER_KEYS}
+        assert event["name"] == want["name"]
+        assert client_data == want["data"]
+        assert set(event["data"]) == set(want["data"]) | SERVER_KEYS
+        assert event["data"]["user"] == poster.user
+        request = event["data"]["request"]
+        assert isinstance(request["id"], str) and request["id"]
+        assert isinstance(request["received_at"], int)
+        assert request["ip"] == "127.0.0.1"
+        assert event["ts"] == want.get("ts", request["received_at"])
+        assert event.get("v") == want.get("v")
+        assert isinstance(event["id"], str) and event["id"]
+    # The ids the server made up are all different (a client may repeat its own).
+    made = [event["id"] for item, event in zip(items, arrived, strict=True) if "id" not in item]
+    assert len(set(made)) == len(made), made
+
+
+@settings(FUZZ, max_examples=50)
+@given(body=VALID_BODIES)
+def test_valid_json_events_are_accepted_and_arrive_intact(
+    poster: Poster, inngest: InngestStandIn, body: Any
+) -> None:
+    inngest.reset()
+
+    response = poster.client.post("/api", json=body)
+
+    answer = response.get_json()
+    assert response.status_code == poster.accepted_status, answer
+    assert answer["status"] == "ok"
+    assert_arrived_intact(poster, inngest, body if isinstance(body, list) else [body], answer)
+
+
+@settings(FUZZ, max_examples=30)
+@given(name=st.none() | FORM_NAME, fields=FORM_FIELDS)
+def test_valid_forms_are_accepted_and_arrive_intact(
+    poster: Poster, inngest: InngestStandIn, name: str | None, fields: dict[str, list[str]]
+) -> None:
+    inngest.reset()
+    form = MultiDict([(key, value) for key, values in fields.items() for value in values])
+    if name is not None:
+        form.add("name", name)
+
+    response = poster.client.post(
+        "/api",
+        data=form,
+        content_type="application/x-www-form-urlencoded",  # as browsers send even an empty form
+        headers={"Accept": "application/json"},
+    )
+
+    answer = response.get_json()
+    assert response.status_code == poster.accepted_status, answer
+    item: dict[str, Any] = {
+        "data": {key: values[0] if len(values) == 1 else values for key, values in fields.items()}
+    }
+    if name is not None:
+        item["name"] = name
+    assert_arrived_intact(poster, inngest, [item], answer)
 
 
 JSON_VALUES = st.recursive(
@@ -137,43 +392,50 @@ EVENTS = st.fixed_dictionaries(
 BODIES = st.one_of(EVENTS, st.lists(EVENTS, max_size=4), JSON_VALUES)
 
 
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@pytest.fixture(params=["outbox", "sync"])
+def anonymous(request: pytest.FixtureRequest, make_app: Callable[..., Flask]) -> Poster:
+    app = make_app(
+        RATELIMIT_ENABLED="false", DELIVERY_MODE=request.param, OUTBOX_EMBEDDED_DELIVERER="false"
+    )
+    return Poster(app, app.test_client(), request.param, None)
+
+
+@settings(FUZZ, max_examples=100)
 @given(body=BODIES)
 def test_any_json_is_a_4xx_envelope_or_valid_events(
-    client: FlaskClient, inngest: InngestStandIn, body: Any
+    anonymous: Poster, inngest: InngestStandIn, body: Any
 ) -> None:
     inngest.reset()
     raw = json.dumps(body, allow_nan=True)  # NaN and Infinity too: the parser must refuse them
 
-    response = client.post("/api", data=raw, content_type="application/json")
+    response = anonymous.client.post("/api", data=raw, content_type="application/json")
 
     answer = response.get_json()
-    if response.status_code == 200:
+    if response.status_code == anonymous.accepted_status:
         assert answer["status"] == "ok"
-        assert len(inngest.received) == 1
-        assert_valid_upstream(inngest)
-        assert [e["id"] for e in inngest.received[0].events] == answer["ids"]
+        assert_arrived_intact(
+            anonymous, inngest, body if isinstance(body, list) else [body], answer
+        )
     else:
         assert 400 <= response.status_code < 500, (response.status_code, answer)
         assert answer["status"] == "error" and answer["code"] and answer["message"]
+        anonymous.deliver(inngest)
         assert inngest.received == []
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(FUZZ, max_examples=100)
 @given(raw=st.binary(max_size=300))
 def test_any_bytes_are_refused_cleanly_or_accepted(
-    client: FlaskClient, inngest: InngestStandIn, raw: bytes
+    anonymous: Poster, inngest: InngestStandIn, raw: bytes
 ) -> None:
     inngest.reset()
 
-    response = client.post("/api", data=raw, content_type="application/json")
+    response = anonymous.client.post("/api", data=raw, content_type="application/json")
 
     assert response.status_code < 500
-    if response.status_code == 200:
+    anonymous.deliver(inngest)
+    if response.status_code == anonymous.accepted_status:
         assert_valid_upstream(inngest)
+        assert len(inngest.accepted) == len(response.get_json()["ids"])
     else:
         assert inngest.received == []

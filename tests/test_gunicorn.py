@@ -6,6 +6,7 @@ bounded, so a hung server fails the test instead of hanging the suite.
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import pytest
 import requests
@@ -22,7 +24,10 @@ from tests.conftest import SECRET_KEY
 from tests.processes import BIN, ROOT, Server, clean_env, free_port, start_gunicorn
 from tests.standin import InngestStandIn
 
-pytestmark = pytest.mark.slow
+# Above each test's own waits: the shared server's start (30 s, and 10 s to kill one that
+# failed) plus the test's (requests of 15 s, the SIGTERM test's ~45 s), so a slow failure
+# reports the test's own message rather than pytest-timeout's.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 MAX_BODY = 65536
 
@@ -226,8 +231,9 @@ def test_concurrent_posts_all_arrive(gunicorn: Server, inngest: InngestStandIn) 
     pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
     for thread in pool:
         thread.start()
+    deadline = time.monotonic() + 30  # for all of them, not 30 s each
     for thread in pool:
-        thread.join(30)
+        thread.join(max(0.0, deadline - time.monotonic()))
 
     assert failures == []
     assert not any(thread.is_alive() for thread in pool)
@@ -236,6 +242,42 @@ def test_concurrent_posts_all_arrive(gunicorn: Server, inngest: InngestStandIn) 
     expected = {body["ids"][0] for _, body in results}  # derived from c-<n>-<i>, all distinct
     assert len(expected) == threads * per_thread
     assert sorted(inngest.accepted_ids()) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("path", "header", "value"),
+    [
+        ("//evil.example/api", "SCRIPT_NAME", "//evil.example"),
+        ("/api", "PATH_INFO", "//evil.example/api"),
+        ("/api", "REMOTE_USER", "admin"),
+    ],
+)
+def test_forwarder_headers_from_loopback_are_not_trusted(
+    gunicorn: Server, inngest: InngestStandIn, path: str, header: str, value: str
+) -> None:
+    """A form post from 127.0.0.1 cannot move the app's root (and its redirects) elsewhere."""
+    host, port = gunicorn.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=15)
+    try:
+        connection.request(
+            "POST",
+            path,
+            body=urlencode({"name": "app/forwarder", "note": "hi"}),
+            headers={"Content-Type": "application/x-www-form-urlencoded", header: value},
+        )
+        response = connection.getresponse()
+        status, location = response.status, response.getheader("Location")
+        response.read()
+    finally:
+        connection.close()
+
+    assert status < 500, (status, gunicorn.output()[-2000:])
+    if location is not None:
+        target = urlsplit(urljoin(gunicorn.url + path, location))
+        assert (target.scheme, target.netloc) == ("http", f"{host}:{port}"), location
+        assert not location.startswith("//"), location
+    if inngest.accepted:  # the post went through: it lands on the service's own page
+        assert (status, location) == (303, "/sent")
 
 
 def test_sigterm_finishes_the_request_in_flight_and_stops(

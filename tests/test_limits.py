@@ -121,3 +121,85 @@ def test_health_and_pages_are_not_limited(limited: Callable[..., Flask]) -> None
 
     assert {client.get("/healthz").status_code for _ in range(5)} == {200}
     assert {client.get("/auth/login").status_code for _ in range(5)} == {200}
+
+
+# -- abuse must cost the abuser: refused cross-site requests never count ---------------------
+
+OWN_ORIGIN = "http://localhost"  # the test client's host
+CROSS_SITE: list[Any] = [
+    pytest.param({"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}, id="cross"),
+    pytest.param({"Origin": "https://evil.example"}, id="foreign-origin"),
+    # A sibling subdomain the visitor also uses: same-site, still not this service's pages.
+    pytest.param({"Sec-Fetch-Site": "same-site", "Origin": "http://blog.localhost"}, id="sibling"),
+]
+SAME_ORIGIN = {"Sec-Fetch-Site": "same-origin", "Origin": OWN_ORIGIN}
+
+
+@pytest.mark.parametrize("headers", CROSS_SITE)
+def test_cross_site_logins_do_not_lock_the_visitor_out(
+    limited: Callable[..., Flask], user: Any, headers: dict[str, str]
+) -> None:
+    # Another site's page makes the visitor's browser post login attempts, past every limit.
+    client = limited(RATELIMIT_LOGIN_IP="3 per minute", RATELIMIT_LOGIN_EMAIL="2 per minute")
+    client = client.test_client()
+    for _ in range(6):
+        refused = client.post(
+            "/auth/login",
+            json={"email": "ada@example.com", "password": "wrong"},
+            headers=headers,
+            environ_base={"REMOTE_ADDR": "198.51.100.1"},
+        )
+        assert_envelope(refused, 403, "cross_site_request")
+
+    # The visitor's own login, from the same address, is neither limited per IP nor per e-mail.
+    response = client.post(
+        "/auth/login",
+        json={"email": "ada@example.com", "password": PASSWORD},
+        headers=SAME_ORIGIN,
+        environ_base={"REMOTE_ADDR": "198.51.100.1"},
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("headers", CROSS_SITE)
+def test_cross_site_posts_do_not_burn_the_anonymous_quota(
+    limited: Callable[..., Flask], inngest: InngestStandIn, headers: dict[str, str]
+) -> None:
+    client = limited(RATELIMIT_API="3 per minute").test_client()
+    for _ in range(6):
+        refused = client.post(
+            "/api",
+            json={"data": {}},
+            headers=headers,
+            environ_base={"REMOTE_ADDR": "198.51.100.1"},
+        )
+        assert_envelope(refused, 403, "cross_site_request")
+
+    statuses = [
+        client.post(
+            "/api",
+            json={"data": {}},
+            headers=SAME_ORIGIN,
+            environ_base={"REMOTE_ADDR": "198.51.100.1"},
+        ).status_code
+        for _ in range(3)
+    ]
+    assert statuses == [200, 200, 200]  # the whole quota is still the visitor's
+    assert len(inngest.accepted) == 3
+
+
+@pytest.mark.parametrize("headers", CROSS_SITE)
+def test_cross_site_posts_do_not_burn_a_users_quota(
+    limited: Callable[..., Flask], user: Any, inngest: InngestStandIn, headers: dict[str, str]
+) -> None:
+    client = limited(RATELIMIT_API="2 per minute").test_client()
+    assert login(client, "ada@example.com", PASSWORD).status_code == 200
+    for _ in range(5):
+        refused = client.post("/api", json={"data": {}}, headers=headers)
+        assert_envelope(refused, 403, "cross_site_request")
+
+    statuses = [
+        client.post("/api", json={"data": {}}, headers=SAME_ORIGIN).status_code for _ in range(2)
+    ]
+    assert statuses == [200, 200]
+    assert_limited(client.post("/api", json={"data": {}}, headers=SAME_ORIGIN))  # still limited

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
+import string
 import threading
 import time
 from collections.abc import Callable
@@ -186,6 +188,63 @@ def test_requests_are_counted_by_route_not_path(app: Flask) -> None:
     assert delta(HTTP, route="/healthz", method="GET", status="200") == 1
 
 
+def http_series(client: FlaskClient) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    """Every label set of the per-request metrics (histogram buckets left out)."""
+    return {
+        (name, labels)
+        for name, labels in scrape(client)
+        if name.startswith(("inngest_gateway_http_", "inngest_gateway_events_refused"))
+        and not name.endswith("_bucket")
+    }
+
+
+def test_made_up_methods_and_paths_add_no_series(app: Flask) -> None:
+    client = app.test_client()
+    rng = random.Random(20261128)
+
+    def token(size: int) -> str:
+        return "".join(rng.choice(string.ascii_uppercase) for _ in range(size))
+
+    # One of each kind first: a made-up method on a route, and on no route.
+    assert client.open("/api", method="FROBNICATE").status_code == 405
+    assert client.open("/no/such/page", method="FROBNICATE").status_code == 404
+    assert client.open("/also/not/here", method="GET").status_code == 404
+    assert client.post("/api", json={"name": "evil/x"}).status_code == 403
+    before = http_series(client)
+
+    statuses = set()
+    for n in range(50):
+        method = token(rng.randint(3, 12))
+        path = f"/{token(6).lower()}/{n}" if n % 2 else "/api"
+        statuses.add(client.open(path, method=method).status_code)
+        statuses.add(client.open(f"/{token(8)}", method="GET").status_code)
+    assert statuses == {404, 405}
+
+    after = http_series(client)
+    assert after - before == set(), sorted(after - before)
+    samples = scrape(client)
+    assert value(samples, HTTP, route="<unmatched>", method="other", status="405") >= 26
+    assert value(samples, HTTP, route="<unmatched>", method="other", status="404") >= 26
+
+
+def test_unknown_upstream_statuses_add_no_series(app: Flask, inngest: InngestStandIn) -> None:
+    client = app.test_client()
+    inngest.fail_next(1, 499)
+    assert_envelope(client.post("/api", json={}), 502, "upstream_rejected")
+    before = {labels for name, labels in scrape(client) if name == UPSTREAM}
+    delta = Delta(client)
+
+    made_up = [440, 450, 460, 470, 480, 490, 494, 497]
+    for status in made_up:
+        inngest.fail_next(1, status)
+        assert_envelope(client.post("/api", json={}), 502, "upstream_rejected")
+
+    after = {labels for name, labels in scrape(client) if name == UPSTREAM}
+    assert after == before, sorted(after - before)
+    assert delta(UPSTREAM, status="4xx") == len(made_up)
+    assert delta(UPSTREAM, status="440") == 0
+
+
 def test_token_restricts_the_scrape(make_app: Callable[..., Flask]) -> None:
     client = make_app(METRICS_TOKEN="s3cret-metrics-token").test_client()
 
@@ -240,8 +299,11 @@ def test_gunicorn_makes_and_removes_a_metrics_directory(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # no .env here
     monkeypatch.setenv("INNGEST_DEV", "1")
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    monkeypatch.delenv("INNGEST_GATEWAY_CREATED_METRICS_DIR", raising=False)
+    # on_starting sets these in os.environ; setting them here first makes monkeypatch put
+    # back what was there before, so no later test or subprocess inherits a removed directory.
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "INNGEST_GATEWAY_CREATED_METRICS_DIR"):
+        monkeypatch.setenv(name, "unset by the test")
+        monkeypatch.delenv(name)
     conf = _gunicorn_conf()
 
     conf.on_starting(None)
@@ -274,6 +336,9 @@ def accepted_by_pid(directory: Path) -> dict[int, float]:
 
 
 @pytest.mark.slow
+# Above the test's own waits: gunicorn's start (30 s), the rounds (60 s, and 15 s for the last),
+# delivery (20 s), the scrapes (10 s each) and the kill (10 s).
+@pytest.mark.timeout(240)
 def test_counters_add_up_across_gunicorn_workers(tmp_path: Path, inngest: InngestStandIn) -> None:
     metrics_dir = tmp_path / "prometheus"
     server = start_gunicorn(
@@ -291,23 +356,32 @@ def test_counters_add_up_across_gunicorn_workers(tmp_path: Path, inngest: Innges
     errors: list[str] = []
 
     def client(number: int) -> None:
-        response = requests.post(
-            f"{server.url}/api",
-            json=[{"name": "app/m", "data": {"c": number}}, {"name": "app/m"}],
-            headers={"Connection": "close"},  # a new connection: either worker may take it
-            timeout=10,
-        )
+        try:
+            response = requests.post(
+                f"{server.url}/api",
+                json=[{"name": "app/m", "data": {"c": number}}, {"name": "app/m"}],
+                headers={"Connection": "close"},  # a new connection: either worker may take it
+                timeout=10,
+            )
+        except requests.RequestException as exc:
+            errors.append(repr(exc))
+            return
         if response.status_code != 202:
             errors.append(response.text)
 
     try:
-        # Rounds of concurrent posts until both workers have served some (the kernel decides).
-        for _ in range(50):
+        # Rounds of concurrent posts until both workers have served some (the kernel decides),
+        # for at most a minute.
+        rounds_until = time.monotonic() + 60
+        by_pid: dict[int, float] = {}
+        while time.monotonic() < rounds_until:
             workers = [threading.Thread(target=client, args=(n,)) for n in range(threads)]
             for worker in workers:
                 worker.start()
+            round_until = time.monotonic() + 15  # for the whole round, not 15 s per post
             for worker in workers:
-                worker.join(timeout=30)
+                worker.join(timeout=max(0.0, round_until - time.monotonic()))
+            assert not any(worker.is_alive() for worker in workers), "a post took over 15 s"
             posted += threads
             assert errors == []
             by_pid = accepted_by_pid(metrics_dir)

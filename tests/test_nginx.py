@@ -23,7 +23,10 @@ from tests.conftest import PASSWORD, SECRET_KEY
 from tests.processes import BIN, ROOT, Nginx, Server, clean_env, start_gunicorn, start_nginx
 from tests.standin import InngestStandIn
 
-pytestmark = pytest.mark.slow
+# Above each test's own waits: the stack's start (gunicorn 30 s, `flask users create` 60 s,
+# openssl 60 s and nginx 45 s, when a test is the first to use it) plus the test's (the
+# reload test's ~45 s), so a slow failure reports the test's own message.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(330)]
 
 
 @dataclass
@@ -261,8 +264,10 @@ def test_hup_reload_under_load_fails_no_request(stack: Stack, inngest: InngestSt
         time.sleep(1.5)  # keep the load on while the old workers finish and leave
     finally:
         stop.set()
+        joined_by = time.monotonic() + 20  # for all of them, not 20 s each
         for thread in threads:
-            thread.join(timeout=20)
+            thread.join(timeout=max(0.0, joined_by - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads)
 
     assert failures == []
     assert len(statuses) > 50
