@@ -43,7 +43,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from . import metrics
-from .db import db, write_lock
+from .db import StatementDeadline, WriteTimeout, db, write_lock
 from .errors import APIError
 from .events import Event
 from .inngest import InngestClient, InngestRejected, InngestUnavailable, id_seed
@@ -137,25 +137,31 @@ _STORED_COLUMNS = (
     "next_attempt_at",
     "attempts",
 )
-STORE_TIMEOUT = 30.0
 
 
-@dataclass
+@dataclass(eq=False)
 class _Store:
-    """One request's events, waiting for the writer's commit."""
+    """One request's events, waiting for a commit; the writer's lock guards the flags."""
 
     rows: list[tuple[Any, ...]]
-    done: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event = field(default_factory=threading.Event)
+    finished: bool = False
+    leads: bool = False
     error: APIError | None = None
 
 
 class Writer:
     """Commits the stores of all request threads of a process together (group commit).
 
-    The first request to find no commit under way leads: it commits its own events and
-    whatever other requests queued meanwhile, in one transaction, until the queue is
-    empty; the others wait for their item. Only one connection per process competes for
-    the database's write lock, and each request still answers only after its own commit.
+    A request that finds no commit under way leads: it commits its own events and whatever
+    other requests queued meanwhile, in one transaction, then hands the lead to the first
+    request that queued during its commit. Only one connection per process competes for the
+    database's write lock, and each request still answers only after its own commit.
+
+    Each commit ends, committed or rolled back, within OUTBOX_WRITE_TIMEOUT: the wait for
+    the write lock and every statement are bounded by that deadline. So a request waits at
+    most for the commit under way and then its own, and answers with the real outcome: a
+    503 only for events that are not, and will never be, stored.
     """
 
     def __init__(self, app: Flask) -> None:
@@ -179,31 +185,55 @@ class Writer:
         )
         with self._lock:
             self._queue.append(item)
-            lead = not self._leading
-            self._leading = True
-        if lead:
-            self._lead()
-        elif not item.done.wait(STORE_TIMEOUT):
-            raise OutboxUnavailable(headers=RETRY_LATER)
+            if not self._leading:
+                self._leading = item.leads = True
+        self._await(item)
         if item.error is not None:
             raise item.error
 
-    def _lead(self) -> None:
+    def _await(self, item: _Store) -> None:
+        """Until the item's commit has ended, leading one commit when handed the lead."""
+        # The commit under way and then ours: past this, a commit overran its deadline.
+        give_up = time.monotonic() + 2 * self.settings.outbox_write_timeout + 1.0
         while True:
             with self._lock:
-                batch, self._queue = self._queue, []
-                if not batch:
-                    self._leading = False
+                if item.finished:
                     return
-            try:
-                self._commit(batch)
-            except Exception:  # never leave a request waiting
-                log.exception("outbox write failed")
+                lead, item.wake = item.leads, threading.Event()
+                if not lead and time.monotonic() > give_up and item in self._queue:
+                    # No commit has taken it, so none ever will: the 503 is true.
+                    self._queue.remove(item)
+                    item.error = OutboxUnavailable(headers=RETRY_LATER)
+                    log.error("outbox write overran OUTBOX_WRITE_TIMEOUT; refusing a post")
+                    return
+                wake = item.wake
+            if lead:
+                self._lead()
+                return
+            # Once in a commit, the commit's own deadline bounds this wait.
+            wake.wait(max(give_up - time.monotonic(), 0.05))
+
+    def _lead(self) -> None:
+        """Commit what is queued (our own item included), then hand the lead on."""
+        with self._lock:
+            batch, self._queue = self._queue, []
+        try:
+            self._commit(batch)
+        except Exception:  # never leave a request waiting
+            log.exception("outbox write failed")
+            for item in batch:
+                item.error = item.error or OutboxUnavailable(headers=RETRY_LATER)
+        finally:
+            with self._lock:
                 for item in batch:
-                    item.error = item.error or OutboxUnavailable(headers=RETRY_LATER)
-            finally:
-                for item in batch:
-                    item.done.set()
+                    item.finished = True
+                    item.wake.set()
+                if self._queue:
+                    successor = self._queue[0]
+                    successor.leads = True
+                    successor.wake.set()
+                else:
+                    self._leading = False
 
     def _pending(self, cursor: Any, adding: int) -> int:
         """The backlog, counted again when the last count is old or the limit is near.
@@ -233,39 +263,46 @@ class Writer:
         driver_error = db.engine.dialect.loaded_dbapi.Error
         if not self._insert:
             self._prepare(db.engine.dialect.paramstyle)
+        deadline = time.monotonic() + self.settings.outbox_write_timeout
         connection = None
         try:
-            with write_lock():
+            with write_lock(deadline):
                 # The driver's own connection: SQLAlchemy's statement layer would cost
                 # more than the insert on this path.
                 connection = db.engine.raw_connection()
-                cursor = connection.cursor()
-                try:
-                    pending = self._pending(cursor, sum(len(item.rows) for item in batch))
-                    for item in batch:
-                        if pending + len(item.rows) > self.settings.outbox_max_pending:
-                            item.error = OutboxFull(headers=RETRY_LATER)
-                            log.warning("outbox full: refusing %d event(s)", len(item.rows))
-                        else:
-                            accepted.append(item)
-                            pending += len(item.rows)
-                    rows = [row for item in accepted for row in item.rows]
-                    if rows:
-                        cursor.executemany(self._insert, rows)
-                    connection.commit()
-                finally:
-                    cursor.close()
+                with StatementDeadline(connection, deadline) as bound:
+                    cursor = connection.cursor()
+                    try:
+                        bound.before(cursor)
+                        pending = self._pending(cursor, sum(len(item.rows) for item in batch))
+                        for item in batch:
+                            if pending + len(item.rows) > self.settings.outbox_max_pending:
+                                item.error = OutboxFull(headers=RETRY_LATER)
+                                log.warning("outbox full: refusing %d event(s)", len(item.rows))
+                            else:
+                                accepted.append(item)
+                                pending += len(item.rows)
+                        rows = [row for item in accepted for row in item.rows]
+                        if rows:
+                            bound.before(cursor)
+                            cursor.executemany(self._insert, rows)
+                        connection.commit()
+                    finally:
+                        cursor.close()
                 self._known_pending = pending
-        except (driver_error, SQLAlchemyError) as exc:
+        except (driver_error, SQLAlchemyError, WriteTimeout) as exc:
             if connection is not None:
                 with contextlib.suppress(Exception):
                     connection.invalidate()  # may be broken: the pool opens a fresh one
+            # Everything not already refused, including items never looked at because the
+            # lock or the count failed first.
+            failed = [item for item in batch if item.error is None]
             log.error(
                 "could not store %d event(s): %s",
-                sum(len(item.rows) for item in accepted),
+                sum(len(item.rows) for item in failed),
                 type(exc).__name__,
             )
-            for item in accepted:
+            for item in failed:
                 item.error = OutboxUnavailable(headers=RETRY_LATER)
         finally:
             if connection is not None:
