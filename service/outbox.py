@@ -373,52 +373,52 @@ class Deliverer:
         if head is None:
             return None
         seed = head.batch_seed or id_seed()
-        if head.batch_seed:
-            which = _c.batch_seed == head.batch_seed
-        else:
-            fresh = (
-                select(_c.id)
-                .where(free, _c.batch_seed.is_(None))
-                .order_by(_c.id)
-                .limit(self._max_batch)
-                .with_for_update(skip_locked=True)
-            )
-            which = _c.id.in_(fresh)
+        lease = {
+            "claimed_by": self.name,
+            "claim_expires_at": now + int(self.settings.outbox_lease_seconds * 1000),
+            "batch_seed": seed,
+        }
         with _transaction():
+            if head.batch_seed:
+                # A batch sent before: exactly its events again, under its seed.
+                which = _c.batch_seed == head.batch_seed
+            else:
+                # A fresh batch: sized before the seed is written, so that the seed only
+                # ever names the events it is first sent with.
+                fresh = db.session.execute(
+                    select(_c.id, _c.size)
+                    .where(free, _c.batch_seed.is_(None))
+                    .order_by(_c.id)
+                    .limit(self._max_batch)
+                    .with_for_update(skip_locked=True)
+                ).all()
+                which = and_(_c.id.in_(self._fit(fresh)), _c.batch_seed.is_(None))
             rows: list[Any] = list(
                 db.session.execute(
                     update(_table)
                     .where(which, free)
-                    .values(
-                        claimed_by=self.name,
-                        claim_expires_at=now + int(self.settings.outbox_lease_seconds * 1000),
-                        batch_seed=seed,
-                    )
+                    .values(**lease)
                     .returning(_c.id, _c.body, _c.size),
                 ).all()
             )
         if not rows:
             return None  # another deliverer took it first
         rows.sort(key=lambda row: row.id)
-        if not head.batch_seed:
-            rows = self._fit(rows)
         return Claimed([r.id for r in rows], [r.body.encode() for r in rows], seed)
 
     @property
     def _max_batch(self) -> int:
         return self.settings.api_max_batch
 
-    def _fit(self, rows: list[Any]) -> list[Any]:
-        """Keep the longest prefix under the batch byte budget; hand the rest back."""
+    def _fit(self, rows: Sequence[Any]) -> list[int]:
+        """The ids of the longest prefix under the batch byte budget (at least one event)."""
         budget, total, keep = self.settings.outbox_max_batch_bytes, 0, 0
         for row in rows:
             if keep and total + row.size + 1 > budget:
                 break
             total += row.size + 1
             keep += 1
-        if keep < len(rows):
-            self._release([r.id for r in rows[keep:]], forget_batch=True)
-        return rows[:keep]
+        return [row.id for row in rows[:keep]]
 
     def deliver(self, claimed: Claimed, *, deadline: float | None = None) -> None:
         """Send one claimed batch and record what Inngest said."""
@@ -438,54 +438,55 @@ class Deliverer:
             )
 
     # -- outcomes ----------------------------------------------------------------------
+    # A seed is only ever sent with the events it was first sent with (Inngest derives its
+    # internal ids from the seed and the position): whatever takes events out of a batch
+    # clears the seed of the rest in the same transaction, or gives each part a new one.
+
     def _delivered(self, ids: list[int]) -> None:
         if not ids:
             return
-        where = _c.id.in_(ids)
         with _transaction():
-            if self.settings.outbox_keep_delivered <= 0:
-                db.session.execute(delete(_table).where(where))
-            else:
-                db.session.execute(
-                    update(_table)
-                    .where(where)
-                    .values(
-                        state=DELIVERED,
-                        finished_at=now_ms(),
-                        claimed_by=None,
-                        claim_expires_at=None,
-                        last_error=None,
-                    )
-                )
+            self._mark_delivered(ids)
         metrics.events_delivered(len(ids))
+
+    def _mark_delivered(self, ids: list[int]) -> None:
+        where = _c.id.in_(ids)
+        if self.settings.outbox_keep_delivered <= 0:
+            db.session.execute(delete(_table).where(where))
+        else:
+            db.session.execute(
+                update(_table)
+                .where(where)
+                .values(
+                    state=DELIVERED,
+                    finished_at=now_ms(),
+                    claimed_by=None,
+                    claim_expires_at=None,
+                    last_error=None,
+                )
+            )
+
+    def _mark_dead(self, ids: list[int], error: str) -> None:
+        db.session.execute(
+            update(_table)
+            .where(_c.id.in_(ids), _c.state == PENDING)
+            .values(
+                state=DEAD,
+                finished_at=now_ms(),
+                claimed_by=None,
+                claim_expires_at=None,
+                last_error=error[:2000],
+                attempts=_c.attempts + 1,
+            )
+        )
 
     def _dead(self, ids: list[int], error: str) -> None:
         if not ids:
             return
         with _transaction():
-            db.session.execute(
-                update(_table)
-                .where(_c.id.in_(ids), _c.state == PENDING)
-                .values(
-                    state=DEAD,
-                    finished_at=now_ms(),
-                    claimed_by=None,
-                    claim_expires_at=None,
-                    last_error=error[:2000],
-                    attempts=_c.attempts + 1,
-                )
-            )
+            self._mark_dead(ids, error)
         metrics.events_dead(len(ids))
         log.error("dead-lettered %d event(s): %s", len(ids), error)
-
-    def _release(self, ids: list[int], *, forget_batch: bool = False) -> None:
-        values: dict[str, Any] = {"claimed_by": None, "claim_expires_at": None}
-        if forget_batch:
-            values["batch_seed"] = None
-        with _transaction():
-            db.session.execute(
-                update(_table).where(_c.id.in_(ids), _c.claimed_by == self.name).values(**values)
-            )
 
     def _retry_later(self, ids: list[int], error: str, retry_after: float | None) -> None:
         attempts = db.session.scalar(select(func.max(_c.attempts)).where(_c.id.in_(ids))) or 0
@@ -517,11 +518,22 @@ class Deliverer:
         """A 400 names the first bad event; those before it were accepted. Other 4xx: all dead."""
         if exc.status == 400 or 200 <= exc.status < 300:
             accepted = min(exc.accepted, len(claimed.ids) - 1)
-            self._delivered(claimed.ids[:accepted])
-            self._dead([claimed.ids[accepted]], exc.error)
+            done, bad = claimed.ids[:accepted], claimed.ids[accepted]
             rest = claimed.ids[accepted + 1 :]
-            if rest:
-                self._release(rest, forget_batch=True)
+            with _transaction():  # one write: a crash must not leave the rest with the seed
+                if done:
+                    self._mark_delivered(done)
+                self._mark_dead([bad], exc.error)
+                if rest:  # a new batch, with a new seed, when next claimed
+                    db.session.execute(
+                        update(_table)
+                        .where(_c.id.in_(rest), _c.claimed_by == self.name)
+                        .values(claimed_by=None, claim_expires_at=None, batch_seed=None)
+                    )
+            if done:
+                metrics.events_delivered(len(done))
+            metrics.events_dead(1)
+            log.error("dead-lettered 1 event(s): %s", exc.error)
         else:
             self._dead(claimed.ids, f"HTTP {exc.status}: {exc.error}")
 
@@ -537,7 +549,7 @@ class Deliverer:
         self._last_housekeeping = time.monotonic()
         now = now_ms()
         with _transaction():
-            expired = db.session.execute(
+            seeds = db.session.scalars(
                 update(_table)
                 .where(
                     _c.state == PENDING,
@@ -551,7 +563,17 @@ class Deliverer:
                     claim_expires_at=None,
                     last_error="not delivered within OUTBOX_MAX_AGE",
                 )
-            ).rowcount  # type: ignore[attr-defined]
+                .returning(_c.batch_seed)
+            ).all()
+            expired = len(seeds)
+            # The younger events of those batches stay pending: as a new batch, new seed.
+            partial = {seed for seed in seeds if seed is not None}
+            if partial:
+                db.session.execute(
+                    update(_table)
+                    .where(_c.batch_seed.in_(partial), _c.state == PENDING)
+                    .values(batch_seed=None)
+                )
             if self.settings.outbox_keep_delivered > 0:
                 db.session.execute(
                     delete(_table).where(

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from service import outbox
 from service.db import db
-from service.outbox import OutboxEvent
+from service.outbox import DEAD, PENDING, OutboxEvent
 from tests.standin import InngestStandIn, Received
 
 FAST = {
@@ -156,3 +156,30 @@ def test_a_stalled_write_answers_503_only_for_events_never_stored(
     assert any(status == 202 for status, _, _ in answers.values())  # the stall ended
     # Each answer came within two write timeouts (its own commit and the one before it).
     assert max(seconds for _, _, seconds in stalled.values()) < 2 * WRITE_TIMEOUT + 1.5
+
+
+def test_expiry_leaves_no_seed_on_the_rest_of_its_batch(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_outbox_app(OUTBOX_MAX_AGE="2")
+    client = app.test_client()
+    client.post("/api", json={"id": "old"})
+    time.sleep(1.5)
+    client.post("/api", json=[{"id": "young-1"}, {"id": "young-2"}])
+    inngest.fail_next(1, 500)
+    assert run_once(app) == 3  # one batch: old, young-1, young-2, failed once
+    first_seed = inngest.received[0].seed
+    time.sleep(0.7)
+
+    with app.app_context():
+        outbox.deliverer(app).housekeeping()  # "old" is past OUTBOX_MAX_AGE, the others not
+
+    assert [(r.event_id, r.state) for r in rows(app)] == [
+        ("old", DEAD),
+        ("young-1", PENDING),
+        ("young-2", PENDING),
+    ]
+    deliver_until(app, lambda: len(inngest.accepted) == 2)
+    assert inngest.accepted_ids() == ["young-1", "young-2"]
+    assert inngest.received[-1].seed != first_seed
+    assert_each_seed_has_one_set_of_events(inngest.received)
