@@ -489,14 +489,30 @@ class Deliverer:
         log.error("dead-lettered %d event(s): %s", len(ids), error)
 
     def _retry_later(self, ids: list[int], error: str, retry_after: float | None) -> None:
+        """Back off; every OUTBOX_SPLIT_AFTER failed attempts, split the batch in halves.
+
+        An event that Inngest keeps failing on (5xx, a timeout) would otherwise hold back
+        the rest of its batch for good: halving it on repeated failures soon leaves the bad
+        event alone, and the others are delivered. Each half is a new batch with a new seed;
+        the events keep their ids.
+        """
         attempts = db.session.scalar(select(func.max(_c.attempts)).where(_c.id.in_(ids))) or 0
-        delay = self.backoff(attempts + 1)
+        attempt = attempts + 1
+        delay = self.backoff(attempt)
         if retry_after is not None:
             delay = max(delay, retry_after)
+        mine = _c.claimed_by == self.name
+        split = len(ids) > 1 and attempt % self.settings.outbox_split_after == 0
         with _transaction():
+            if split:
+                half = (len(ids) + 1) // 2
+                for part in (ids[:half], ids[half:]):
+                    db.session.execute(
+                        update(_table).where(_c.id.in_(part), mine).values(batch_seed=id_seed())
+                    )
             db.session.execute(
                 update(_table)
-                .where(_c.id.in_(ids), _c.claimed_by == self.name)
+                .where(_c.id.in_(ids), mine)
                 .values(
                     attempts=_c.attempts + 1,
                     next_attempt_at=now_ms() + int(delay * 1000),
@@ -507,10 +523,11 @@ class Deliverer:
             )
         metrics.events_retried(len(ids))
         log.warning(
-            "could not deliver %d event(s), retrying in %.1fs (attempt %d): %s",
+            "could not deliver %d event(s), retrying in %.1fs (attempt %d%s): %s",
             len(ids),
             delay,
-            attempts + 1,
+            attempt,
+            ", split in two batches" if split else "",
             error,
         )
 

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -156,6 +157,55 @@ def test_a_stalled_write_answers_503_only_for_events_never_stored(
     assert any(status == 202 for status, _, _ in answers.values())  # the stall ended
     # Each answer came within two write timeouts (its own commit and the one before it).
     assert max(seconds for _, _, seconds in stalled.values()) < 2 * WRITE_TIMEOUT + 1.5
+
+
+class PoisonedInngest(InngestStandIn):
+    """The stand-in, failing every request that carries one event, as a bug in Inngest would."""
+
+    def __init__(self, poison: str) -> None:
+        super().__init__()
+        self.poison = poison
+
+    def _respond(self, record: Received) -> Any:
+        if self.poison in event_ids(record):
+            return self._answer(500, {"status": 500, "error": "stand-in fault"})
+        return super()._respond(record)
+
+
+@pytest.fixture
+def poisoned() -> Iterator[PoisonedInngest]:
+    standin = PoisonedInngest("e3").start()
+    yield standin
+    standin.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_batch_that_keeps_failing_is_split_until_the_bad_event_is_alone(
+    make_outbox_app: Callable[..., Flask], poisoned: PoisonedInngest
+) -> None:
+    app = make_outbox_app(INNGEST_BASE_URL=poisoned.url, OUTBOX_SPLIT_AFTER="2")
+    ids = [f"e{i}" for i in range(8)]
+    response = app.test_client().post("/api", json=[{"id": i} for i in ids])
+    assert response.status_code == 202
+
+    deliver_until(app, lambda: len(poisoned.accepted) == 7, seconds=30)
+
+    assert sorted(poisoned.accepted_ids()) == sorted(set(ids) - {"e3"})  # ids unchanged
+    assert [(r.event_id, r.state) for r in rows(app)] == [("e3", PENDING)]
+    assert event_ids(poisoned.received[0]) == ids  # first sent as the batch it was stored in
+    # It keeps being retried, alone.
+    deliver_until(app, lambda: event_ids(poisoned.received[-1]) == ["e3"])
+    # Every second failure split the batch in halves: 8, 4, 2, then the bad event alone.
+    failed_sizes = [len(event_ids(r)) for r in poisoned.received if r.status == 500]
+    assert failed_sizes == [8, 8, 4, 4, 2, 2, 1]
+    assert_each_seed_has_one_set_of_events(poisoned.received)
+
+    # Alone, it goes to dead letter at OUTBOX_MAX_AGE (here a deliverer configured for 1 s).
+    time.sleep(1.1)
+    short_lived = make_outbox_app(INNGEST_BASE_URL=poisoned.url, OUTBOX_MAX_AGE="1")
+    with short_lived.app_context():
+        outbox.deliverer(short_lived).housekeeping()
+    assert [(r.event_id, r.state) for r in rows(app)] == [("e3", DEAD)]
 
 
 def test_expiry_leaves_no_seed_on_the_rest_of_its_batch(
