@@ -502,7 +502,11 @@ class Deliverer:
         if retry_after is not None:
             delay = max(delay, retry_after)
         mine = _c.claimed_by == self.name
-        split = len(ids) > 1 and attempt % self.settings.outbox_split_after == 0
+        # Not when Inngest asked us to wait (429, Retry-After): that is about the rate, and
+        # smaller batches would only mean more requests.
+        split = (
+            len(ids) > 1 and retry_after is None and attempt % self.settings.outbox_split_after == 0
+        )
         with _transaction():
             if split:
                 half = (len(ids) + 1) // 2

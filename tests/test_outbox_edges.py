@@ -208,6 +208,21 @@ def test_a_batch_that_keeps_failing_is_split_until_the_bad_event_is_alone(
     assert [(r.event_id, r.state) for r in rows(app)] == [("e3", DEAD)]
 
 
+def test_a_batch_throttled_with_retry_after_is_not_split(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    """Inngest asking to wait is about the rate, not one event: splitting would add requests."""
+    app = make_outbox_app(OUTBOX_SPLIT_AFTER="1")
+    inngest.fail_next(3, 429, retry_after="0")
+    app.test_client().post("/api", json=[{"id": "t1"}, {"id": "t2"}])
+
+    deliver_until(app, lambda: len(inngest.accepted) == 2)
+
+    assert [r.status for r in inngest.received] == [429, 429, 429, 200]
+    assert {tuple(event_ids(r)) for r in inngest.received} == {("t1", "t2")}
+    assert len({r.seed for r in inngest.received}) == 1
+
+
 def test_expiry_leaves_no_seed_on_the_rest_of_its_batch(
     make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
