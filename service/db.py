@@ -7,6 +7,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,9 @@ class Base(DeclarativeBase):
 db = SQLAlchemy(model_class=Base)
 
 
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
 def _sqlite_pragmas(synchronous: str) -> Any:
     """WAL lets readers and one writer work at once.
 
@@ -38,10 +42,32 @@ def _sqlite_pragmas(synchronous: str) -> Any:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
 
     return on_connect
+
+
+class WriteTimeout(TimeoutError):
+    """A write did not get its lock, or its statements did not finish, by its deadline."""
+
+
+def _flock_until(fd: int, deadline: float | None) -> None:
+    """flock, giving up at `deadline` (monotonic): flock itself cannot time out, so poll."""
+    if deadline is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    pause = 0.0002
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WriteTimeout("the write lock was not free in time") from None
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.002)
 
 
 class _SQLiteWriteLock:
@@ -49,6 +75,8 @@ class _SQLiteWriteLock:
 
     SQLite's own busy handler polls with sleeps of up to 100 ms, which under concurrent
     writers leaves the database idle while they sleep; an flock'd file queues them instead.
+    With a deadline the file lock is polled every few milliseconds instead, so that a stuck
+    writer elsewhere costs a bounded wait.
     """
 
     def __init__(self) -> None:
@@ -56,31 +84,90 @@ class _SQLiteWriteLock:
         self._files: dict[tuple[int, str], int] = {}
 
     @contextlib.contextmanager
-    def hold(self, path: str) -> Iterator[None]:
-        with self._threads:
+    def hold(self, path: str, deadline: float | None = None) -> Iterator[None]:
+        if deadline is None:
+            self._threads.acquire()
+        elif not self._threads.acquire(timeout=max(deadline - time.monotonic(), 0)):
+            raise WriteTimeout("the write lock was not free in time")
+        try:
             key = (os.getpid(), path)  # a child after fork opens its own description
             fd = self._files.get(key)
             if fd is None:
                 fd = self._files[key] = os.open(f"{path}.write-lock", os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _flock_until(fd, deadline)
             try:
                 yield
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
 
 
 _sqlite_lock = _SQLiteWriteLock()
 
 
 @contextlib.contextmanager
-def write_lock() -> Iterator[None]:
-    """Hold around a write transaction: serialises SQLite writers; nothing on other databases."""
+def write_lock(deadline: float | None = None) -> Iterator[None]:
+    """Hold around a write transaction: serialises SQLite writers; nothing on other databases.
+
+    With a `deadline` (a `time.monotonic()` value), raise WriteTimeout if the lock is
+    not ours by then.
+    """
     url = db.engine.url
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        with _sqlite_lock.hold(str(url.database)):
+        with _sqlite_lock.hold(str(url.database), deadline):
             yield
     else:
         yield
+
+
+class StatementDeadline:
+    """Bounds the statements of one transaction on a raw driver connection by a deadline.
+
+    SQLite: its busy handler waits no longer than the time left, and a progress handler
+    interrupts a statement still running at the deadline. PostgreSQL: `lock_timeout` and
+    `statement_timeout` for the transaction (SET LOCAL), set to the time left before each
+    statement. Either way the transaction fails, and is rolled back, instead of running on.
+    """
+
+    def __init__(self, connection: Any, deadline: float) -> None:
+        self.connection = connection
+        self.deadline = deadline
+        self.sqlite = db.engine.dialect.name == "sqlite"
+
+    def _left_ms(self) -> int:
+        left = int((self.deadline - time.monotonic()) * 1000)
+        if left <= 0:
+            raise WriteTimeout("the write did not finish in time")
+        return left
+
+    def __enter__(self) -> StatementDeadline:
+        if self.sqlite:
+            driver = self.connection.driver_connection
+            driver.execute(f"PRAGMA busy_timeout={self._left_ms()}")
+            driver.set_progress_handler(lambda: time.monotonic() > self.deadline, 1000)
+        return self
+
+    def before(self, cursor: Any) -> None:
+        """Call before each statement: the time left bounds it (PostgreSQL)."""
+        left = str(self._left_ms())
+        if not self.sqlite:
+            cursor.execute(
+                "SELECT set_config('lock_timeout', %s, true), "
+                "set_config('statement_timeout', %s, true)",
+                (left, left),
+            )
+
+    def __exit__(self, *_: object) -> None:
+        if self.sqlite:
+            # Never raise from here: the transaction's outcome is already decided.
+            try:
+                driver = self.connection.driver_connection
+                driver.set_progress_handler(None, 0)
+                driver.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            except Exception:  # noqa: BLE001 - a connection we cannot reset is not reused
+                with contextlib.suppress(Exception):
+                    self.connection.invalidate()
 
 
 def database_url(configured: str | None, instance_path: str) -> str:

@@ -43,7 +43,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from . import metrics
-from .db import db, write_lock
+from .db import StatementDeadline, WriteTimeout, db, write_lock
 from .errors import APIError
 from .events import Event
 from .inngest import (
@@ -143,25 +143,31 @@ _STORED_COLUMNS = (
     "next_attempt_at",
     "attempts",
 )
-STORE_TIMEOUT = 30.0
 
 
-@dataclass
+@dataclass(eq=False)
 class _Store:
-    """One request's events, waiting for the writer's commit."""
+    """One request's events, waiting for a commit; the writer's lock guards the flags."""
 
     rows: list[tuple[Any, ...]]
-    done: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event = field(default_factory=threading.Event)
+    finished: bool = False
+    leads: bool = False
     error: APIError | None = None
 
 
 class Writer:
     """Commits the stores of all request threads of a process together (group commit).
 
-    The first request to find no commit under way leads: it commits its own events and
-    whatever other requests queued meanwhile, in one transaction, until the queue is
-    empty; the others wait for their item. Only one connection per process competes for
-    the database's write lock, and each request still answers only after its own commit.
+    A request that finds no commit under way leads: it commits its own events and whatever
+    other requests queued meanwhile, in one transaction, then hands the lead to the first
+    request that queued during its commit. Only one connection per process competes for the
+    database's write lock, and each request still answers only after its own commit.
+
+    Each commit ends, committed or rolled back, within OUTBOX_WRITE_TIMEOUT: the wait for
+    the write lock and every statement are bounded by that deadline. So a request waits at
+    most for the commit under way and then its own, and answers with the real outcome: a
+    503 only for events that are not, and will never be, stored.
     """
 
     def __init__(self, app: Flask) -> None:
@@ -185,31 +191,55 @@ class Writer:
         )
         with self._lock:
             self._queue.append(item)
-            lead = not self._leading
-            self._leading = True
-        if lead:
-            self._lead()
-        elif not item.done.wait(STORE_TIMEOUT):
-            raise OutboxUnavailable(headers=RETRY_LATER)
+            if not self._leading:
+                self._leading = item.leads = True
+        self._await(item)
         if item.error is not None:
             raise item.error
 
-    def _lead(self) -> None:
+    def _await(self, item: _Store) -> None:
+        """Until the item's commit has ended, leading one commit when handed the lead."""
+        # The commit under way and then ours: past this, a commit overran its deadline.
+        give_up = time.monotonic() + 2 * self.settings.outbox_write_timeout + 1.0
         while True:
             with self._lock:
-                batch, self._queue = self._queue, []
-                if not batch:
-                    self._leading = False
+                if item.finished:
                     return
-            try:
-                self._commit(batch)
-            except Exception:  # never leave a request waiting
-                log.exception("outbox write failed")
+                lead, item.wake = item.leads, threading.Event()
+                if not lead and time.monotonic() > give_up and item in self._queue:
+                    # No commit has taken it, so none ever will: the 503 is true.
+                    self._queue.remove(item)
+                    item.error = OutboxUnavailable(headers=RETRY_LATER)
+                    log.error("outbox write overran OUTBOX_WRITE_TIMEOUT; refusing a post")
+                    return
+                wake = item.wake
+            if lead:
+                self._lead()
+                return
+            # Once in a commit, the commit's own deadline bounds this wait.
+            wake.wait(max(give_up - time.monotonic(), 0.05))
+
+    def _lead(self) -> None:
+        """Commit what is queued (our own item included), then hand the lead on."""
+        with self._lock:
+            batch, self._queue = self._queue, []
+        try:
+            self._commit(batch)
+        except Exception:  # never leave a request waiting
+            log.exception("outbox write failed")
+            for item in batch:
+                item.error = item.error or OutboxUnavailable(headers=RETRY_LATER)
+        finally:
+            with self._lock:
                 for item in batch:
-                    item.error = item.error or OutboxUnavailable(headers=RETRY_LATER)
-            finally:
-                for item in batch:
-                    item.done.set()
+                    item.finished = True
+                    item.wake.set()
+                if self._queue:
+                    successor = self._queue[0]
+                    successor.leads = True
+                    successor.wake.set()
+                else:
+                    self._leading = False
 
     def _pending(self, cursor: Any, adding: int) -> int:
         """The backlog, counted again when the last count is old or the limit is near.
@@ -239,39 +269,46 @@ class Writer:
         driver_error = db.engine.dialect.loaded_dbapi.Error
         if not self._insert:
             self._prepare(db.engine.dialect.paramstyle)
+        deadline = time.monotonic() + self.settings.outbox_write_timeout
         connection = None
         try:
-            with write_lock():
+            with write_lock(deadline):
                 # The driver's own connection: SQLAlchemy's statement layer would cost
                 # more than the insert on this path.
                 connection = db.engine.raw_connection()
-                cursor = connection.cursor()
-                try:
-                    pending = self._pending(cursor, sum(len(item.rows) for item in batch))
-                    for item in batch:
-                        if pending + len(item.rows) > self.settings.outbox_max_pending:
-                            item.error = OutboxFull(headers=RETRY_LATER)
-                            log.warning("outbox full: refusing %d event(s)", len(item.rows))
-                        else:
-                            accepted.append(item)
-                            pending += len(item.rows)
-                    rows = [row for item in accepted for row in item.rows]
-                    if rows:
-                        cursor.executemany(self._insert, rows)
-                    connection.commit()
-                finally:
-                    cursor.close()
+                with StatementDeadline(connection, deadline) as bound:
+                    cursor = connection.cursor()
+                    try:
+                        bound.before(cursor)
+                        pending = self._pending(cursor, sum(len(item.rows) for item in batch))
+                        for item in batch:
+                            if pending + len(item.rows) > self.settings.outbox_max_pending:
+                                item.error = OutboxFull(headers=RETRY_LATER)
+                                log.warning("outbox full: refusing %d event(s)", len(item.rows))
+                            else:
+                                accepted.append(item)
+                                pending += len(item.rows)
+                        rows = [row for item in accepted for row in item.rows]
+                        if rows:
+                            bound.before(cursor)
+                            cursor.executemany(self._insert, rows)
+                        connection.commit()
+                    finally:
+                        cursor.close()
                 self._known_pending = pending
-        except (driver_error, SQLAlchemyError) as exc:
+        except (driver_error, SQLAlchemyError, WriteTimeout) as exc:
             if connection is not None:
                 with contextlib.suppress(Exception):
                     connection.invalidate()  # may be broken: the pool opens a fresh one
+            # Everything not already refused, including items never looked at because the
+            # lock or the count failed first.
+            failed = [item for item in batch if item.error is None]
             log.error(
                 "could not store %d event(s): %s",
-                sum(len(item.rows) for item in accepted),
+                sum(len(item.rows) for item in failed),
                 type(exc).__name__,
             )
-            for item in accepted:
+            for item in failed:
                 item.error = OutboxUnavailable(headers=RETRY_LATER)
         finally:
             if connection is not None:
@@ -343,53 +380,49 @@ class Deliverer:
         if head is None:
             return None
         seed = head.batch_seed or id_seed()
-        if head.batch_seed:
-            which = _c.batch_seed == head.batch_seed
-        else:
-            fresh = (
-                select(_c.id)
-                .where(free, _c.batch_seed.is_(None))
-                .order_by(_c.id)
-                .limit(self._max_batch)
-                .with_for_update(skip_locked=True)
-            )
-            which = _c.id.in_(fresh)
         expires = now + int(self.settings.outbox_lease_seconds * 1000)
+        lease = {"claimed_by": self.name, "claim_expires_at": expires, "batch_seed": seed}
         with _transaction():
+            if head.batch_seed:
+                # A batch sent before: exactly its events again, under its seed.
+                which = _c.batch_seed == head.batch_seed
+            else:
+                # A fresh batch: sized before the seed is written, so that the seed only
+                # ever names the events it is first sent with.
+                fresh = db.session.execute(
+                    select(_c.id, _c.size)
+                    .where(free, _c.batch_seed.is_(None))
+                    .order_by(_c.id)
+                    .limit(self._max_batch)
+                    .with_for_update(skip_locked=True)
+                ).all()
+                which = and_(_c.id.in_(self._fit(fresh)), _c.batch_seed.is_(None))
             rows: list[Any] = list(
                 db.session.execute(
                     update(_table)
                     .where(which, free)
-                    .values(
-                        claimed_by=self.name,
-                        claim_expires_at=expires,
-                        batch_seed=seed,
-                    )
+                    .values(**lease)
                     .returning(_c.id, _c.body, _c.size),
                 ).all()
             )
         if not rows:
             return None  # another deliverer took it first
         rows.sort(key=lambda row: row.id)
-        if not head.batch_seed:
-            rows = self._fit(rows)
         return Claimed([r.id for r in rows], [r.body.encode() for r in rows], seed, expires)
 
     @property
     def _max_batch(self) -> int:
         return self.settings.api_max_batch
 
-    def _fit(self, rows: list[Any]) -> list[Any]:
-        """Keep the longest prefix under the batch byte budget; hand the rest back."""
+    def _fit(self, rows: Sequence[Any]) -> list[int]:
+        """The ids of the longest prefix under the batch byte budget (at least one event)."""
         budget, total, keep = self.settings.outbox_max_batch_bytes, 0, 0
         for row in rows:
             if keep and total + row.size + 1 > budget:
                 break
             total += row.size + 1
             keep += 1
-        if keep < len(rows):
-            self._release([r.id for r in rows[keep:]], forget_batch=True)
-        return rows[:keep]
+        return [row.id for row in rows[:keep]]
 
     def deliver(self, claimed: Claimed, *, deadline: float | None = None) -> None:
         """Send one claimed batch and record what Inngest said."""
@@ -416,64 +449,85 @@ class Deliverer:
             )
 
     # -- outcomes ----------------------------------------------------------------------
+    # A seed is only ever sent with the events it was first sent with (Inngest derives its
+    # internal ids from the seed and the position): whatever takes events out of a batch
+    # clears the seed of the rest in the same transaction, or gives each part a new one.
+
     def _delivered(self, ids: list[int]) -> None:
         if not ids:
             return
-        where = _c.id.in_(ids)
         with _transaction():
-            if self.settings.outbox_keep_delivered <= 0:
-                db.session.execute(delete(_table).where(where))
-            else:
-                db.session.execute(
-                    update(_table)
-                    .where(where)
-                    .values(
-                        state=DELIVERED,
-                        finished_at=now_ms(),
-                        claimed_by=None,
-                        claim_expires_at=None,
-                        last_error=None,
-                    )
-                )
+            self._mark_delivered(ids)
         metrics.events_delivered(len(ids))
+
+    def _mark_delivered(self, ids: list[int]) -> None:
+        where = _c.id.in_(ids)
+        if self.settings.outbox_keep_delivered <= 0:
+            db.session.execute(delete(_table).where(where))
+        else:
+            db.session.execute(
+                update(_table)
+                .where(where)
+                .values(
+                    state=DELIVERED,
+                    finished_at=now_ms(),
+                    claimed_by=None,
+                    claim_expires_at=None,
+                    last_error=None,
+                )
+            )
+
+    def _mark_dead(self, ids: list[int], error: str) -> None:
+        db.session.execute(
+            update(_table)
+            .where(_c.id.in_(ids), _c.state == PENDING)
+            .values(
+                state=DEAD,
+                finished_at=now_ms(),
+                claimed_by=None,
+                claim_expires_at=None,
+                last_error=error[:2000],
+                attempts=_c.attempts + 1,
+            )
+        )
 
     def _dead(self, ids: list[int], error: str) -> None:
         if not ids:
             return
         with _transaction():
-            db.session.execute(
-                update(_table)
-                .where(_c.id.in_(ids), _c.state == PENDING)
-                .values(
-                    state=DEAD,
-                    finished_at=now_ms(),
-                    claimed_by=None,
-                    claim_expires_at=None,
-                    last_error=error[:2000],
-                    attempts=_c.attempts + 1,
-                )
-            )
+            self._mark_dead(ids, error)
         metrics.events_dead(len(ids))
         log.error("dead-lettered %d event(s): %s", len(ids), error)
 
-    def _release(self, ids: list[int], *, forget_batch: bool = False) -> None:
-        values: dict[str, Any] = {"claimed_by": None, "claim_expires_at": None}
-        if forget_batch:
-            values["batch_seed"] = None
-        with _transaction():
-            db.session.execute(
-                update(_table).where(_c.id.in_(ids), _c.claimed_by == self.name).values(**values)
-            )
-
     def _retry_later(self, ids: list[int], error: str, retry_after: float | None) -> None:
+        """Back off; every OUTBOX_SPLIT_AFTER failed attempts, split the batch in halves.
+
+        An event that Inngest keeps failing on (5xx, a timeout) would otherwise hold back
+        the rest of its batch for good: halving it on repeated failures soon leaves the bad
+        event alone, and the others are delivered. Each half is a new batch with a new seed;
+        the events keep their ids.
+        """
         attempts = db.session.scalar(select(func.max(_c.attempts)).where(_c.id.in_(ids))) or 0
-        delay = self.backoff(attempts + 1)
+        attempt = attempts + 1
+        delay = self.backoff(attempt)
         if retry_after is not None:
             delay = max(delay, retry_after)
+        mine = _c.claimed_by == self.name
+        # Not when Inngest asked us to wait (429, Retry-After): that is about the rate, and
+        # smaller batches would only mean more requests.
+        split = (
+            len(ids) > 1 and retry_after is None and attempt % self.settings.outbox_split_after == 0
+        )
         with _transaction():
+            if split:
+                half = (len(ids) + 1) // 2
+                for part in (ids[:half], ids[half:]):
+                    db.session.execute(
+                        update(_table).where(_c.id.in_(part), mine).values(batch_seed=id_seed())
+                    )
             db.session.execute(
                 update(_table)
-                .where(_c.id.in_(ids), _c.claimed_by == self.name)
+                .where(_c.id.in_(ids), mine)
                 .values(
                     attempts=_c.attempts + 1,
                     next_attempt_at=now_ms() + int(delay * 1000),
@@ -484,10 +538,11 @@ class Deliverer:
             )
         metrics.events_retried(len(ids))
         log.warning(
-            "could not deliver %d event(s), retrying in %.1fs (attempt %d): %s",
+            "could not deliver %d event(s), retrying in %.1fs (attempt %d%s): %s",
             len(ids),
             delay,
-            attempts + 1,
+            attempt,
+            ", split in two batches" if split else "",
             error,
         )
 
@@ -495,11 +550,22 @@ class Deliverer:
         """A 400 names the first bad event; those before it were accepted. Other 4xx: all dead."""
         if exc.status == 400 or 200 <= exc.status < 300:
             accepted = min(exc.accepted, len(claimed.ids) - 1)
-            self._delivered(claimed.ids[:accepted])
-            self._dead([claimed.ids[accepted]], exc.error)
+            done, bad = claimed.ids[:accepted], claimed.ids[accepted]
             rest = claimed.ids[accepted + 1 :]
-            if rest:
-                self._release(rest, forget_batch=True)
+            with _transaction():  # one write: a crash must not leave the rest with the seed
+                if done:
+                    self._mark_delivered(done)
+                self._mark_dead([bad], exc.error)
+                if rest:  # a new batch, with a new seed, when next claimed
+                    db.session.execute(
+                        update(_table)
+                        .where(_c.id.in_(rest), _c.claimed_by == self.name)
+                        .values(claimed_by=None, claim_expires_at=None, batch_seed=None)
+                    )
+            if done:
+                metrics.events_delivered(len(done))
+            metrics.events_dead(1)
+            log.error("dead-lettered 1 event(s): %s", exc.error)
         else:
             self._dead(claimed.ids, f"HTTP {exc.status}: {exc.error}")
 
@@ -515,7 +581,7 @@ class Deliverer:
         self._last_housekeeping = time.monotonic()
         now = now_ms()
         with _transaction():
-            expired = db.session.execute(
+            seeds = db.session.scalars(
                 update(_table)
                 .where(
                     _c.state == PENDING,
@@ -529,7 +595,17 @@ class Deliverer:
                     claim_expires_at=None,
                     last_error="not delivered within OUTBOX_MAX_AGE",
                 )
-            ).rowcount  # type: ignore[attr-defined]
+                .returning(_c.batch_seed)
+            ).all()
+            expired = len(seeds)
+            # The younger events of those batches stay pending: as a new batch, new seed.
+            partial = {seed for seed in seeds if seed is not None}
+            if partial:
+                db.session.execute(
+                    update(_table)
+                    .where(_c.batch_seed.in_(partial), _c.state == PENDING)
+                    .values(batch_seed=None)
+                )
             if self.settings.outbox_keep_delivered > 0:
                 db.session.execute(
                     delete(_table).where(

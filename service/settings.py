@@ -75,6 +75,9 @@ class Settings:
     metrics_internal_only: bool
     session_lifetime: float = DEFAULT_SESSION_LIFETIME
     remember_cookie_duration: float = DEFAULT_REMEMBER_COOKIE_DURATION
+    # The schema below sets these; the defaults only spare code that builds Settings by hand.
+    outbox_write_timeout: float = 5.0
+    outbox_split_after: int = 5
 
     @property
     def event_api_url(self) -> str:
@@ -181,6 +184,9 @@ class _SettingsSchema(Schema):
         load_default=1024 * 1024, validate=validate.Range(min=1024, max=64 * 1024 * 1024)
     )
     OUTBOX_EMBEDDED_DELIVERER = _EnvBool(load_default=True)
+    OUTBOX_SPLIT_AFTER = fields.Integer(load_default=5, validate=validate.Range(min=1))
+    # A post waits for at most two commits: keep that well under nginx's 25 s read timeout.
+    OUTBOX_WRITE_TIMEOUT = _Duration(load_default=5.0, validate=validate.Range(min=0.1, max=10))
     TRUSTED_PROXIES = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10))
     EVENT_SCHEMAS = fields.String(load_default=None)
     RATELIMIT_ENABLED = _EnvBool(load_default=True)
@@ -272,6 +278,8 @@ class _SettingsSchema(Schema):
             outbox_poll_seconds=raw["OUTBOX_POLL_SECONDS"],
             outbox_max_batch_bytes=raw["OUTBOX_MAX_BATCH_BYTES"],
             outbox_embedded_deliverer=raw["OUTBOX_EMBEDDED_DELIVERER"],
+            outbox_write_timeout=raw["OUTBOX_WRITE_TIMEOUT"],
+            outbox_split_after=raw["OUTBOX_SPLIT_AFTER"],
             trusted_proxies=raw["TRUSTED_PROXIES"],
             event_schemas=_event_schemas(raw["EVENT_SCHEMAS"]),
             ratelimit_enabled=raw["RATELIMIT_ENABLED"],

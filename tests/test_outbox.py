@@ -5,16 +5,19 @@ Each test runs on SQLite, and on PostgreSQL when TEST_DATABASE_URL is set.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import make_url, select
 
 from service import outbox
 from service.db import db
@@ -211,24 +214,48 @@ def test_backlog_limit_answers_503_and_accepts_nothing_of_the_post(
     assert client.post("/api", json={}).status_code == 202
 
 
+@contextlib.contextmanager
+def unwritable(make_outbox_app: Callable[..., Flask], database_url: str) -> Iterator[Flask]:
+    """An app on a database that answers reads and refuses every write.
+
+    SQLite: another connection holds the exclusive lock. PostgreSQL: a throwaway database
+    (named after the test database) whose transactions are read-only by default.
+    """
+    if database_url.startswith("sqlite:///"):
+        app = make_outbox_app(OUTBOX_WRITE_TIMEOUT="1")
+        holder = sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=0)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            yield app
+        finally:
+            holder.rollback()
+            holder.close()
+        return
+    url = make_url(database_url)
+    name = f"{url.database}_readonly_{uuid.uuid4().hex[:8]}"
+    throwaway = url.set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            make_outbox_app(DATABASE_URL=throwaway)  # creates the tables while it still can
+            admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+            yield make_outbox_app(DATABASE_URL=throwaway)
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def test_a_database_that_cannot_take_the_write_answers_503(
-    make_outbox_app: Callable[..., Flask], tmp_path: Any, inngest: InngestStandIn
+    make_outbox_app: Callable[..., Flask], database_url: str, inngest: InngestStandIn
 ) -> None:
-    path = tmp_path / "locked.db"
-    app = make_outbox_app(DATABASE_URL=f"sqlite:///{path}")
-    holder = sqlite3.connect(path, timeout=0)
-    holder.execute("BEGIN EXCLUSIVE")
-    try:
+    with unwritable(make_outbox_app, database_url) as app:
         response = app.test_client().post("/api", json={"id": "not-stored"})
         ready = app.test_client().get("/readyz")
-    finally:
-        holder.rollback()
-        holder.close()
+        stored = rows(app)
 
     assert_envelope(response, 503, "outbox_unavailable")
     assert response.headers["Retry-After"] == "5"
     assert_envelope(ready, 503, "not_ready")
-    assert rows(app) == []
+    assert stored == []
 
 
 def test_events_older_than_the_max_age_go_to_dead_letter(

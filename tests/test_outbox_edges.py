@@ -1,0 +1,251 @@
+"""The outbox at its edges: a stalled write, an event Inngest never takes, batches that shrink.
+
+Each test runs on SQLite, and on PostgreSQL when TEST_DATABASE_URL is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from service import outbox
+from service.db import db
+from service.outbox import DEAD, PENDING, OutboxEvent
+from tests.standin import InngestStandIn, Received
+
+FAST = {
+    "DELIVERY_MODE": "outbox",
+    "OUTBOX_RETRY_BASE": "50ms",
+    "OUTBOX_RETRY_MAX": "200ms",
+    "INNGEST_SEND_TIMEOUT": "1",
+    "OUTBOX_LEASE_SECONDS": "2",
+}
+WRITE_TIMEOUT = 1.0
+STALL_LIMIT = 40.0  # longer than any request may wait, whatever the code under test
+
+
+@pytest.fixture
+def make_outbox_app(make_app: Callable[..., Flask], database_url: str) -> Callable[..., Flask]:
+    def factory(**overrides: str) -> Flask:
+        return make_app(**{"DATABASE_URL": database_url, **FAST, **overrides})
+
+    return factory
+
+
+def rows(app: Flask) -> list[OutboxEvent]:
+    with app.app_context():
+        found = list(db.session.scalars(select(OutboxEvent).order_by(OutboxEvent.id)))
+        db.session.expunge_all()
+        return found
+
+
+def run_once(app: Flask) -> int:
+    with app.app_context():
+        return outbox.deliverer(app).run_once()
+
+
+def deliver_until(app: Flask, done: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Run the deliverer until `done()`, as its thread would; fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, f"not done after {seconds}s: {rows(app)}"
+        if run_once(app) == 0:
+            time.sleep(0.02)
+
+
+def event_ids(record: Received) -> list[str]:
+    payload = json.loads(record.body)
+    return [event["id"] for event in (payload if isinstance(payload, list) else [payload])]
+
+
+def assert_each_seed_has_one_set_of_events(received: list[Received]) -> None:
+    """Inngest derives internal ids from the seed and the position: a seed is one batch."""
+    sets: dict[str | None, list[str]] = {}
+    for record in received:
+        assert record.seed is not None
+        ids = event_ids(record)
+        assert sets.setdefault(record.seed, ids) == ids, f"seed {record.seed} sent with {ids}"
+
+
+@contextlib.contextmanager
+def write_stall(database_url: str) -> Iterator[None]:
+    """Hold the outbox's write path from outside, as a stuck writer would.
+
+    SQLite: the service's own cross-process write lock. PostgreSQL: a table lock that blocks
+    every statement on the outbox.
+    """
+    if database_url.startswith("sqlite:///"):
+        fd = os.open(database_url.removeprefix("sqlite:///") + ".write-lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+    else:
+        with psycopg.connect(database_url) as connection:
+            connection.execute("LOCK TABLE outbox_events IN ACCESS EXCLUSIVE MODE")
+            try:
+                yield
+            finally:
+                connection.rollback()
+
+
+@pytest.mark.timeout(STALL_LIMIT + 60)
+def test_a_stalled_write_answers_503_only_for_events_never_stored(
+    make_outbox_app: Callable[..., Flask], database_url: str, inngest: InngestStandIn
+) -> None:
+    app = make_outbox_app(OUTBOX_WRITE_TIMEOUT=str(WRITE_TIMEOUT), RATELIMIT_ENABLED="false")
+    assert app.test_client().post("/api", json={"id": "before"}).status_code == 202
+    answers: dict[str, tuple[int, str | None, float]] = {}
+    answered = [0] * 6
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def post(number: int) -> None:
+        client = app.test_client()
+        sequence = 0
+        while not stop.is_set():
+            event_id = f"stall-{number}-{sequence}"
+            sequence += 1
+            began = time.monotonic()
+            response = client.post("/api", json={"id": event_id})
+            body = response.get_json()
+            with lock:
+                answers[event_id] = (
+                    response.status_code,
+                    body.get("code"),
+                    time.monotonic() - began,
+                )
+                answered[number] += 1
+
+    threads = [threading.Thread(target=post, args=(n,), daemon=True) for n in range(6)]
+    with write_stall(database_url):
+        for thread in threads:
+            thread.start()
+        # Until every poster has its answer: a leader that is never bounded never answers.
+        limit = time.monotonic() + STALL_LIMIT
+        while time.monotonic() < limit and not all(answered[n] >= 2 for n in range(6)):
+            time.sleep(0.05)
+        stalled = dict(answers)
+    time.sleep(1.0)  # the write path is free again: posts are stored
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=STALL_LIMIT)
+    assert not any(thread.is_alive() for thread in threads)
+    time.sleep(2 * WRITE_TIMEOUT)  # a commit still under way would have ended by now
+
+    stored = {r.event_id for r in rows(app)}
+    assert stalled, "no post was answered while the write was stalled"
+    assert {status for status, _, _ in stalled.values()} == {503}
+    for event_id, (status, code, _) in answers.items():
+        assert (status, code) in ((202, None), (503, "outbox_unavailable")), event_id
+        if status == 202:
+            assert event_id in stored, f"{event_id} answered 202 but is not stored"
+        else:
+            assert event_id not in stored, f"{event_id} answered 503 but was stored"
+    assert any(status == 202 for status, _, _ in answers.values())  # the stall ended
+    # Each answer came within two write timeouts (its own commit and the one before it).
+    assert max(seconds for _, _, seconds in stalled.values()) < 2 * WRITE_TIMEOUT + 3
+
+
+class PoisonedInngest(InngestStandIn):
+    """The stand-in, failing every request that carries one event, as a bug in Inngest would."""
+
+    def __init__(self, poison: str) -> None:
+        super().__init__()
+        self.poison = poison
+
+    def _respond(self, record: Received) -> Any:
+        if self.poison in event_ids(record):
+            return self._answer(500, {"status": 500, "error": "stand-in fault"})
+        return super()._respond(record)
+
+
+@pytest.fixture
+def poisoned() -> Iterator[PoisonedInngest]:
+    standin = PoisonedInngest("e3").start()
+    yield standin
+    standin.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_batch_that_keeps_failing_is_split_until_the_bad_event_is_alone(
+    make_outbox_app: Callable[..., Flask], poisoned: PoisonedInngest
+) -> None:
+    app = make_outbox_app(INNGEST_BASE_URL=poisoned.url, OUTBOX_SPLIT_AFTER="2")
+    ids = [f"e{i}" for i in range(8)]
+    response = app.test_client().post("/api", json=[{"id": i} for i in ids])
+    assert response.status_code == 202
+
+    deliver_until(app, lambda: len(poisoned.accepted) == 7, seconds=30)
+
+    assert sorted(poisoned.accepted_ids()) == sorted(set(ids) - {"e3"})  # ids unchanged
+    assert [(r.event_id, r.state) for r in rows(app)] == [("e3", PENDING)]
+    assert event_ids(poisoned.received[0]) == ids  # first sent as the batch it was stored in
+    # It keeps being retried, alone.
+    deliver_until(app, lambda: event_ids(poisoned.received[-1]) == ["e3"])
+    # Every second failure split the batch in halves: 8, 4, 2, then the bad event alone.
+    failed_sizes = [len(event_ids(r)) for r in poisoned.received if r.status == 500]
+    assert failed_sizes == [8, 8, 4, 4, 2, 2, 1]
+    assert_each_seed_has_one_set_of_events(poisoned.received)
+
+    # Alone, it goes to dead letter at OUTBOX_MAX_AGE (here a deliverer configured for 1 s).
+    time.sleep(1.1)
+    short_lived = make_outbox_app(INNGEST_BASE_URL=poisoned.url, OUTBOX_MAX_AGE="1")
+    with short_lived.app_context():
+        outbox.deliverer(short_lived).housekeeping()
+    assert [(r.event_id, r.state) for r in rows(app)] == [("e3", DEAD)]
+
+
+def test_a_batch_throttled_with_retry_after_is_not_split(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    """Inngest asking to wait is about the rate, not one event: splitting would add requests."""
+    app = make_outbox_app(OUTBOX_SPLIT_AFTER="1")
+    inngest.fail_next(3, 429, retry_after="0")
+    app.test_client().post("/api", json=[{"id": "t1"}, {"id": "t2"}])
+
+    deliver_until(app, lambda: len(inngest.accepted) == 2)
+
+    assert [r.status for r in inngest.received] == [429, 429, 429, 200]
+    assert {tuple(event_ids(r)) for r in inngest.received} == {("t1", "t2")}
+    assert len({r.seed for r in inngest.received}) == 1
+
+
+def test_expiry_leaves_no_seed_on_the_rest_of_its_batch(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_outbox_app(OUTBOX_MAX_AGE="3")
+    client = app.test_client()
+    posted = time.monotonic()
+    client.post("/api", json={"id": "old"})
+    time.sleep(1.5)
+    client.post("/api", json=[{"id": "young-1"}, {"id": "young-2"}])
+    inngest.fail_next(1, 500)
+    assert run_once(app) == 3  # one batch: old, young-1, young-2, failed once
+    first_seed = inngest.received[0].seed
+    time.sleep(max(posted + 3.2 - time.monotonic(), 0))
+
+    with app.app_context():
+        outbox.deliverer(app).housekeeping()  # "old" is past OUTBOX_MAX_AGE, the others not
+
+    assert [(r.event_id, r.state) for r in rows(app)] == [
+        ("old", DEAD),
+        ("young-1", PENDING),
+        ("young-2", PENDING),
+    ]
+    deliver_until(app, lambda: len(inngest.accepted) == 2)
+    assert inngest.accepted_ids() == ["young-1", "young-2"]
+    assert inngest.received[-1].seed != first_seed
+    assert_each_seed_has_one_set_of_events(inngest.received)
