@@ -22,7 +22,7 @@ from sqlalchemy import select
 from service import outbox
 from service.db import db
 from service.outbox import DEAD, PENDING, OutboxEvent
-from tests.standin import InngestStandIn, Received
+from tests.standin import Fault, InngestStandIn, Received
 
 FAST = {
     "DELIVERY_MODE": "outbox",
@@ -69,6 +69,24 @@ def event_ids(record: Received) -> list[str]:
     return [event["id"] for event in (payload if isinstance(payload, list) else [payload])]
 
 
+def labels(record: Received) -> list[str]:
+    """The labels the test gave its events (event ids are derived by the service)."""
+    payload = json.loads(record.body)
+    return [
+        event["data"]["label"] for event in (payload if isinstance(payload, list) else [payload])
+    ]
+
+
+def row_label(row: OutboxEvent) -> str:
+    label: str = json.loads(row.body)["data"]["label"]
+    return label
+
+
+def labelled(label: str) -> dict[str, Any]:
+    """An event whose client id and data both carry `label`."""
+    return {"id": label, "data": {"label": label}}
+
+
 def assert_each_seed_has_one_set_of_events(received: list[Received]) -> None:
     """Inngest derives internal ids from the seed and the position: a seed is one batch."""
     sets: dict[str | None, list[str]] = {}
@@ -106,7 +124,7 @@ def test_a_stalled_write_answers_503_only_for_events_never_stored(
     make_outbox_app: Callable[..., Flask], database_url: str, inngest: InngestStandIn
 ) -> None:
     app = make_outbox_app(OUTBOX_WRITE_TIMEOUT=str(WRITE_TIMEOUT), RATELIMIT_ENABLED="false")
-    assert app.test_client().post("/api", json={"id": "before"}).status_code == 202
+    assert app.test_client().post("/api", json=labelled("before")).status_code == 202
     answers: dict[str, tuple[int, str | None, float]] = {}
     answered = [0] * 6
     lock = threading.Lock()
@@ -119,7 +137,7 @@ def test_a_stalled_write_answers_503_only_for_events_never_stored(
             event_id = f"stall-{number}-{sequence}"
             sequence += 1
             began = time.monotonic()
-            response = client.post("/api", json={"id": event_id})
+            response = client.post("/api", json=labelled(event_id))
             body = response.get_json()
             with lock:
                 answers[event_id] = (
@@ -145,7 +163,7 @@ def test_a_stalled_write_answers_503_only_for_events_never_stored(
     assert not any(thread.is_alive() for thread in threads)
     time.sleep(2 * WRITE_TIMEOUT)  # a commit still under way would have ended by now
 
-    stored = {r.event_id for r in rows(app)}
+    stored = {row_label(r) for r in rows(app)}
     assert stalled, "no post was answered while the write was stalled"
     assert {status for status, _, _ in stalled.values()} == {503}
     for event_id, (status, code, _) in answers.items():
@@ -166,10 +184,10 @@ class PoisonedInngest(InngestStandIn):
         super().__init__()
         self.poison = poison
 
-    def _respond(self, record: Received) -> Any:
-        if self.poison in event_ids(record):
-            return self._answer(500, {"status": 500, "error": "stand-in fault"})
-        return super()._respond(record)
+    def _respond(self, record: Received, fault: Fault | None) -> Any:
+        if self.poison in labels(record):
+            fault = Fault(500)
+        return super()._respond(record, fault)
 
 
 @pytest.fixture
@@ -184,17 +202,18 @@ def test_a_batch_that_keeps_failing_is_split_until_the_bad_event_is_alone(
     make_outbox_app: Callable[..., Flask], poisoned: PoisonedInngest
 ) -> None:
     app = make_outbox_app(INNGEST_BASE_URL=poisoned.url, OUTBOX_SPLIT_AFTER="2")
-    ids = [f"e{i}" for i in range(8)]
-    response = app.test_client().post("/api", json=[{"id": i} for i in ids])
+    names = [f"e{i}" for i in range(8)]
+    response = app.test_client().post("/api", json=[labelled(name) for name in names])
     assert response.status_code == 202
+    ids = response.get_json()["ids"]
 
     deliver_until(app, lambda: len(poisoned.accepted) == 7, seconds=30)
 
-    assert sorted(poisoned.accepted_ids()) == sorted(set(ids) - {"e3"})  # ids unchanged
-    assert [(r.event_id, r.state) for r in rows(app)] == [("e3", PENDING)]
+    assert sorted(poisoned.accepted_ids()) == sorted(set(ids) - {ids[3]})  # ids unchanged
+    assert [(row_label(r), r.event_id, r.state) for r in rows(app)] == [("e3", ids[3], PENDING)]
     assert event_ids(poisoned.received[0]) == ids  # first sent as the batch it was stored in
     # It keeps being retried, alone.
-    deliver_until(app, lambda: event_ids(poisoned.received[-1]) == ["e3"])
+    deliver_until(app, lambda: labels(poisoned.received[-1]) == ["e3"])
     # Every second failure split the batch in halves: 8, 4, 2, then the bad event alone.
     failed_sizes = [len(event_ids(r)) for r in poisoned.received if r.status == 500]
     assert failed_sizes == [8, 8, 4, 4, 2, 2, 1]
@@ -205,7 +224,7 @@ def test_a_batch_that_keeps_failing_is_split_until_the_bad_event_is_alone(
     short_lived = make_outbox_app(INNGEST_BASE_URL=poisoned.url, OUTBOX_MAX_AGE="1")
     with short_lived.app_context():
         outbox.deliverer(short_lived).housekeeping()
-    assert [(r.event_id, r.state) for r in rows(app)] == [("e3", DEAD)]
+    assert [(row_label(r), r.state) for r in rows(app)] == [("e3", DEAD)]
 
 
 def test_a_batch_throttled_with_retry_after_is_not_split(
@@ -214,12 +233,13 @@ def test_a_batch_throttled_with_retry_after_is_not_split(
     """Inngest asking to wait is about the rate, not one event: splitting would add requests."""
     app = make_outbox_app(OUTBOX_SPLIT_AFTER="1")
     inngest.fail_next(3, 429, retry_after="0")
-    app.test_client().post("/api", json=[{"id": "t1"}, {"id": "t2"}])
+    app.test_client().post("/api", json=[labelled("t1"), labelled("t2")])
 
     deliver_until(app, lambda: len(inngest.accepted) == 2)
 
     assert [r.status for r in inngest.received] == [429, 429, 429, 200]
-    assert {tuple(event_ids(r)) for r in inngest.received} == {("t1", "t2")}
+    assert {tuple(labels(r)) for r in inngest.received} == {("t1", "t2")}
+    assert len({tuple(event_ids(r)) for r in inngest.received}) == 1
     assert len({r.seed for r in inngest.received}) == 1
 
 
@@ -229,9 +249,9 @@ def test_expiry_leaves_no_seed_on_the_rest_of_its_batch(
     app = make_outbox_app(OUTBOX_MAX_AGE="3")
     client = app.test_client()
     posted = time.monotonic()
-    client.post("/api", json={"id": "old"})
+    client.post("/api", json=labelled("old"))
     time.sleep(1.5)
-    client.post("/api", json=[{"id": "young-1"}, {"id": "young-2"}])
+    young = client.post("/api", json=[labelled("young-1"), labelled("young-2")])
     inngest.fail_next(1, 500)
     assert run_once(app) == 3  # one batch: old, young-1, young-2, failed once
     first_seed = inngest.received[0].seed
@@ -240,12 +260,13 @@ def test_expiry_leaves_no_seed_on_the_rest_of_its_batch(
     with app.app_context():
         outbox.deliverer(app).housekeeping()  # "old" is past OUTBOX_MAX_AGE, the others not
 
-    assert [(r.event_id, r.state) for r in rows(app)] == [
+    assert [(row_label(r), r.state) for r in rows(app)] == [
         ("old", DEAD),
         ("young-1", PENDING),
         ("young-2", PENDING),
     ]
     deliver_until(app, lambda: len(inngest.accepted) == 2)
-    assert inngest.accepted_ids() == ["young-1", "young-2"]
+    assert inngest.accepted_ids() == young.get_json()["ids"]
+    assert labels(inngest.received[-1]) == ["young-1", "young-2"]
     assert inngest.received[-1].seed != first_seed
     assert_each_seed_has_one_set_of_events(inngest.received)
