@@ -131,7 +131,8 @@ def _unavailable(exc: InngestUnavailable) -> Response:
         503,
         "upstream_unavailable",
         "Inngest did not confirm the events in time; it may or may not have received them. "
-        "Retry with the same Idempotency-Key (or event ids) so that Inngest drops a repeat.",
+        "Retry with the same Idempotency-Key (or event ids), as the same poster (logged in, or "
+        "keeping the session cookie), so that Inngest drops a repeat.",
     )
     response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     return response

@@ -13,6 +13,17 @@ TS_MAX = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
 # Keys of `data` clients may not send: the server sets `user` and `request`, and Inngest
 # treats `_inngest` as its own.
 SERVER_KEYS = ("user", "request", "_inngest")
+
+
+def reserved_key_message(key: str) -> str:
+    """Why a client may not set this key of `data`."""
+    return (
+        "This key is reserved for Inngest."
+        if key == "_inngest"
+        else "This key is set by the server."
+    )
+
+
 MAX_NAME_LENGTH = 256
 MAX_ID_LENGTH = 256
 
@@ -49,7 +60,7 @@ class EventSchema(Schema):
     @validates("data")
     def _no_server_keys(self, value: Any, **_: Any) -> None:
         if isinstance(value, dict):
-            taken = {key: ["This key is set by the server."] for key in SERVER_KEYS if key in value}
+            taken = {key: [reserved_key_message(key)] for key in SERVER_KEYS if key in value}
             if taken:
                 raise ValidationError(taken)
 

@@ -294,5 +294,6 @@ def test_keys_the_server_and_inngest_own_are_refused(
     body = response.get_json()
     assert body["code"] == "validation_failed"
     errors = body["errors"]["1"] if batch else body["errors"]
-    assert errors == {"data": {key: ["This key is set by the server."]}}
+    reason = "reserved for Inngest" if key == "_inngest" else "set by the server"
+    assert errors == {"data": {key: [f"This key is {reason}."]}}
     assert inngest.received == []

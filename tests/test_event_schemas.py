@@ -140,7 +140,8 @@ def test_server_keys_stay_refused_whatever_the_schema_says(
     response = client.post("/api", json={"name": "app/x", "data": {key: {"id": 1}}})
 
     body = assert_envelope(response, 422, "validation_failed")
-    assert body["errors"]["data"][key] == ["This key is set by the server."]
+    reason = "reserved for Inngest" if key == "_inngest" else "set by the server"
+    assert body["errors"]["data"][key] == [f"This key is {reason}."]
     assert inngest.received == []
 
 

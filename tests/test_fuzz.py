@@ -318,6 +318,8 @@ def assert_arrived_intact(
         assert event["ts"] == want.get("ts", request["received_at"])
         assert event.get("v") == want.get("v")
         assert isinstance(event["id"], str) and event["id"]
+    # The answer names the ids that arrived, in order.
+    assert [event["id"] for event in arrived] == answer["ids"]
     # The ids the server made up are all different (a client may repeat its own).
     made = [event["id"] for item, event in zip(items, arrived, strict=True) if "id" not in item]
     assert len(set(made)) == len(made), made
