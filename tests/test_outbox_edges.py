@@ -158,9 +158,10 @@ def test_a_stalled_write_answers_503_only_for_events_never_stored(
         stalled = dict(answers)
     time.sleep(1.0)  # the write path is free again: posts are stored
     stop.set()
+    joined_by = time.monotonic() + STALL_LIMIT  # one deadline for all, under the test's timeout
     for thread in threads:
-        thread.join(timeout=STALL_LIMIT)
-    assert not any(thread.is_alive() for thread in threads)
+        thread.join(timeout=max(0.0, joined_by - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads), "a post never got its answer"
     time.sleep(2 * WRITE_TIMEOUT)  # a commit still under way would have ended by now
 
     stored = {row_label(r) for r in rows(app)}
