@@ -44,11 +44,17 @@ class InngestUnavailable(InngestError):
     """Inngest could not be reached, kept failing or answered too slowly within the send's time."""
 
     def __init__(
-        self, message: str, retry_after: float, upstream_retry_after: float | None = None
+        self,
+        message: str,
+        retry_after: float,
+        upstream_retry_after: float | None = None,
+        upstream_status: int | None = None,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.upstream_retry_after = upstream_retry_after
+        # The last attempt's HTTP status; None when it got no answer (timeout, connection).
+        self.upstream_status = upstream_status
 
 
 class InngestRejected(InngestError):
@@ -226,9 +232,12 @@ class _DeadlineAdapter(HTTPAdapter):
 
 
 class _Retryable(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, retry_after: float | None = None, status: int | None = None
+    ) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+        self.status = status
 
 
 def _body(response: requests.Response) -> dict[str, Any]:
@@ -310,6 +319,7 @@ class InngestClient:
                         f"{time.monotonic() - start:.2f}s; last: {exc}",
                         retry_after=min(max(delay, 1.0), 60.0),
                         upstream_retry_after=exc.retry_after,
+                        upstream_status=exc.status,
                     ) from None
                 metrics.events_retried(len(events))
                 log.info(
@@ -380,12 +390,12 @@ class InngestClient:
         )
         if status >= 500 or status == 429:
             raise _Retryable(
-                f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After"))
+                f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After")), status
             )
         error = parsed.get("error")
         if 200 <= status < 300:
             if not parsed:
-                raise _Retryable(f"HTTP {status} without a JSON body")
+                raise _Retryable(f"HTTP {status} without a JSON body", status=status)
             if parsed.get("status", 200) == 200 and not error:
                 ids = parsed.get("ids")
                 return SendResult(

@@ -437,7 +437,12 @@ class Deliverer:
                 retry=False,
             )
         except InngestUnavailable as exc:
-            self._retry_later(claimed.ids, str(exc), exc.upstream_retry_after)
+            self._retry_later(
+                claimed.ids,
+                str(exc),
+                exc.upstream_retry_after,
+                throttled=exc.upstream_status == 429,
+            )
         except InngestRejected as exc:
             self._rejected(claimed, exc)
         else:
@@ -499,7 +504,9 @@ class Deliverer:
         metrics.events_dead(len(ids))
         log.error("dead-lettered %d event(s): %s", len(ids), error)
 
-    def _retry_later(self, ids: list[int], error: str, retry_after: float | None) -> None:
+    def _retry_later(
+        self, ids: list[int], error: str, retry_after: float | None, *, throttled: bool = False
+    ) -> None:
         """Back off; every OUTBOX_SPLIT_AFTER failed attempts, split the batch in halves.
 
         An event that Inngest keeps failing on (5xx, a timeout) would otherwise hold back
@@ -513,11 +520,10 @@ class Deliverer:
         if retry_after is not None:
             delay = max(delay, retry_after)
         mine = _c.claimed_by == self.name
-        # Not when Inngest asked us to wait (429, Retry-After): that is about the rate, and
-        # smaller batches would only mean more requests.
-        split = (
-            len(ids) > 1 and retry_after is None and attempt % self.settings.outbox_split_after == 0
-        )
+        # Not when Inngest throttled us (429): that is about the rate, and smaller batches
+        # would only mean more requests. A 5xx is split even with Retry-After (proxies and
+        # load balancers answer 503 with one), still waiting as long as it asks.
+        split = len(ids) > 1 and not throttled and attempt % self.settings.outbox_split_after == 0
         with _transaction():
             if split:
                 half = (len(ids) + 1) // 2

@@ -180,13 +180,14 @@ def test_a_stalled_write_answers_503_only_for_events_never_stored(
 class PoisonedInngest(InngestStandIn):
     """The stand-in, failing every request that carries one event, as a bug in Inngest would."""
 
-    def __init__(self, poison: str) -> None:
+    def __init__(self, poison: str, answer: Fault | None = None) -> None:
         super().__init__()
         self.poison = poison
+        self.answer = answer or Fault(500)
 
     def _respond(self, record: Received, fault: Fault | None) -> Any:
         if self.poison in labels(record):
-            fault = Fault(500)
+            fault = self.answer
         return super()._respond(record, fault)
 
 
@@ -225,6 +226,39 @@ def test_a_batch_that_keeps_failing_is_split_until_the_bad_event_is_alone(
     with short_lived.app_context():
         outbox.deliverer(short_lived).housekeeping()
     assert [(row_label(r), r.state) for r in rows(app)] == [("e3", DEAD)]
+
+
+@pytest.mark.timeout(60)
+def test_a_batch_failing_with_503_and_retry_after_is_still_split(
+    make_outbox_app: Callable[..., Flask],
+) -> None:
+    """A proxy or load balancer in front of Inngest answers 503 with Retry-After: that is a
+    failure like any 5xx, so the bad event is still isolated, and the delay still honoured."""
+    unavailable = Fault(503, headers={"Retry-After": "1"})
+    standin = PoisonedInngest("p2", answer=unavailable).start()
+    try:
+        app = make_outbox_app(INNGEST_BASE_URL=standin.url, OUTBOX_SPLIT_AFTER="1")
+        names = [f"p{i}" for i in range(4)]
+        response = app.test_client().post("/api", json=[labelled(name) for name in names])
+        assert response.status_code == 202
+        ids = response.get_json()["ids"]
+
+        started = time.monotonic()
+        assert run_once(app) == 4
+        (due,) = {r.next_attempt_at for r in rows(app)}
+        assert due - outbox.now_ms() > 500  # Retry-After: 1 is honoured, not the 50 ms backoff
+        deliver_until(app, lambda: len(standin.accepted) == 3, seconds=30)
+
+        assert sorted(standin.accepted_ids()) == sorted(set(ids) - {ids[2]})
+        assert [(row_label(r), r.state) for r in rows(app)] == [("p2", PENDING)]
+        # Split on each failure (OUTBOX_SPLIT_AFTER=1): 4, 2, then the bad event alone.
+        failed_sizes = [len(event_ids(r)) for r in standin.received if r.status == 503]
+        assert failed_sizes == [4, 2, 1]
+        # Each retry came after the second Inngest asked for.
+        assert time.monotonic() - started >= 2.0
+        assert_each_seed_has_one_set_of_events(standin.received)
+    finally:
+        standin.stop()
 
 
 def test_a_batch_throttled_with_retry_after_is_not_split(
