@@ -272,29 +272,31 @@ class Writer:
         deadline = time.monotonic() + self.settings.outbox_write_timeout
         connection = None
         try:
-            with write_lock(deadline):
-                # The driver's own connection: SQLAlchemy's statement layer would cost
-                # more than the insert on this path.
-                connection = db.engine.raw_connection()
-                with StatementDeadline(connection, deadline) as bound:
-                    cursor = connection.cursor()
-                    try:
+            # The driver's own connection: SQLAlchemy's statement layer would cost more
+            # than the insert on this path. Taken before the lock, within the same
+            # deadline: the pool's wait (and on PostgreSQL, opening a connection) is
+            # bounded by OUTBOX_WRITE_TIMEOUT (see db.engine_options), and what it used is
+            # no longer left for the lock and the statements.
+            connection = db.engine.raw_connection()
+            with write_lock(deadline), StatementDeadline(connection, deadline) as bound:
+                cursor = connection.cursor()
+                try:
+                    bound.before(cursor)
+                    pending = self._pending(cursor, sum(len(item.rows) for item in batch))
+                    for item in batch:
+                        if pending + len(item.rows) > self.settings.outbox_max_pending:
+                            item.error = OutboxFull(headers=RETRY_LATER)
+                            log.warning("outbox full: refusing %d event(s)", len(item.rows))
+                        else:
+                            accepted.append(item)
+                            pending += len(item.rows)
+                    rows = [row for item in accepted for row in item.rows]
+                    if rows:
                         bound.before(cursor)
-                        pending = self._pending(cursor, sum(len(item.rows) for item in batch))
-                        for item in batch:
-                            if pending + len(item.rows) > self.settings.outbox_max_pending:
-                                item.error = OutboxFull(headers=RETRY_LATER)
-                                log.warning("outbox full: refusing %d event(s)", len(item.rows))
-                            else:
-                                accepted.append(item)
-                                pending += len(item.rows)
-                        rows = [row for item in accepted for row in item.rows]
-                        if rows:
-                            bound.before(cursor)
-                            cursor.executemany(self._insert, rows)
-                        connection.commit()
-                    finally:
-                        cursor.close()
+                        cursor.executemany(self._insert, rows)
+                    connection.commit()
+                finally:
+                    cursor.close()
                 self._known_pending = pending
         except (driver_error, SQLAlchemyError, WriteTimeout) as exc:
             if connection is not None:

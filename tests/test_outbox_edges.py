@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -304,3 +305,80 @@ def test_expiry_leaves_no_seed_on_the_rest_of_its_batch(
     assert labels(inngest.received[-1]) == ["young-1", "young-2"]
     assert inngest.received[-1].seed != first_seed
     assert_each_seed_has_one_set_of_events(inngest.received)
+
+
+@pytest.mark.timeout(STALL_LIMIT + 30)
+def test_an_exhausted_connection_pool_answers_503_within_two_write_timeouts(
+    make_outbox_app: Callable[..., Flask],
+) -> None:
+    """Every connection of the pool is taken (slow requests elsewhere in the process): the
+    wait for one is part of the write's time, not SQLAlchemy's 30 s default."""
+    app = make_outbox_app(OUTBOX_WRITE_TIMEOUT=str(WRITE_TIMEOUT), RATELIMIT_ENABLED="false")
+    client = app.test_client()
+    assert client.post("/api", json=labelled("before")).status_code == 202
+    answer: list[tuple[int, str | None, float]] = []
+
+    def post() -> None:
+        began = time.monotonic()
+        response = client.post("/api", json=labelled("starved"))
+        seconds = time.monotonic() - began
+        answer.append((response.status_code, response.get_json().get("code"), seconds))
+
+    with app.app_context():
+        pool = db.engine.pool
+        taken = [db.engine.raw_connection() for _ in range(pool.size() + pool._max_overflow)]
+        try:
+            thread = threading.Thread(target=post, daemon=True)
+            thread.start()
+            thread.join(timeout=STALL_LIMIT)  # the pool stays taken until the post answers
+        finally:
+            for connection in taken:
+                connection.close()
+    assert not thread.is_alive(), f"no answer within {STALL_LIMIT}s"
+    ((status, code, seconds),) = answer
+
+    assert (status, code) == (503, "outbox_unavailable")
+    assert seconds < 2 * WRITE_TIMEOUT + 1.5, f"{seconds:.1f}s with a {WRITE_TIMEOUT}s timeout"
+    time.sleep(2 * WRITE_TIMEOUT)  # a commit still under way would have ended by now
+    assert [row_label(r) for r in rows(app)] == ["before"]  # the 503 was true
+    assert client.post("/api", json=labelled("after")).status_code == 202
+    assert [row_label(r) for r in rows(app)] == ["before", "after"]
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A TCP server on 127.0.0.1 that accepts and never answers: a database host that hangs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    try:
+        yield listener.getsockname()[1]  # the kernel completes connects; nobody answers
+    finally:
+        listener.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_postgresql_server_that_never_answers_is_503_in_bounded_time(
+    make_app: Callable[..., Flask],
+) -> None:
+    """Opening a connection has a deadline too (libpq has none by default): a server that
+    accepts and then says nothing costs a post seconds, not forever."""
+    with silent_server() as port:
+        started = time.monotonic()
+        app = make_app(
+            **FAST,
+            DATABASE_URL=f"postgresql://gateway@127.0.0.1:{port}/outbox",
+            OUTBOX_WRITE_TIMEOUT="1",
+            RATELIMIT_ENABLED="false",
+        )
+        assert time.monotonic() - started < 2 + 2  # the schema check gave up (logged)
+
+        began = time.monotonic()
+        response = app.test_client().post("/api", json=labelled("unreachable"))
+        seconds = time.monotonic() - began
+
+    assert response.status_code == 503
+    assert response.get_json()["code"] == "outbox_unavailable"
+    # libpq's connect_timeout counts whole seconds, at least 2: the first-use schema check,
+    # then the write's own connection.
+    assert seconds < 2 * 2 + 1.5, f"{seconds:.1f}s"
