@@ -79,6 +79,7 @@ def register_extensions(app: Flask, settings: Settings) -> None:
         app,
         db.database_url(settings.database_url, app.instance_path),
         sqlite_synchronous=settings.sqlite_synchronous,
+        write_timeout=settings.outbox_write_timeout,
     )
     auth.init_app(app)
     csrf.init_app(app)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import threading
 import time
@@ -13,7 +14,7 @@ from typing import Any
 
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import event, exc, text
+from sqlalchemy import event, exc, make_url, text
 from sqlalchemy.orm import DeclarativeBase
 
 log = logging.getLogger(__name__)
@@ -210,13 +211,48 @@ def ping() -> None:
     db.session.execute(text("SELECT 1"))
 
 
-def init_app(app: Flask, url: str, *, sqlite_synchronous: str = "NORMAL") -> None:
+def engine_options(url: str, write_timeout: float | None = None) -> dict[str, Any]:
+    """Pool and connection options, so that getting a connection cannot outlast a write.
+
+    With `write_timeout` (OUTBOX_WRITE_TIMEOUT): waiting for a free connection of the pool
+    ends after it, instead of SQLAlchemy's 30 s. On PostgreSQL, opening a connection gives
+    up after it too (libpq's `connect_timeout`, whole seconds, at least 2), and TCP
+    keepalives and `tcp_user_timeout` make a server that vanished without closing the
+    connection (a crash, a network partition) an error within seconds rather than a wait
+    for the operating system's defaults (minutes to hours): `statement_timeout` cannot fire
+    on a server that no longer answers.
+    """
+    sqlite = url.startswith("sqlite")
+    # A server can drop idle connections; a SQLite file cannot.
+    options: dict[str, Any] = {"pool_pre_ping": not sqlite}
+    if write_timeout is None:
+        return options
+    in_memory = sqlite and make_url(url).database in (None, "", ":memory:")
+    if not in_memory:  # an in-memory database has a single static connection, no queue
+        options["pool_timeout"] = write_timeout
+    if url.startswith("postgresql"):
+        seconds = max(2, math.ceil(write_timeout))
+        options["connect_args"] = {
+            "connect_timeout": seconds,
+            "keepalives": 1,
+            "keepalives_idle": seconds,
+            "keepalives_interval": 1,
+            "keepalives_count": 3,
+            "tcp_user_timeout": seconds * 1000,
+        }
+    return options
+
+
+def init_app(
+    app: Flask,
+    url: str,
+    *,
+    sqlite_synchronous: str = "NORMAL",
+    write_timeout: float | None = None,
+) -> None:
     """Bind the database to the app and make sure its tables exist."""
     app.config["SQLALCHEMY_DATABASE_URI"] = url
-    # A server can drop idle connections; a SQLite file cannot.
-    app.config.setdefault(
-        "SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": not url.startswith("sqlite")}
-    )
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(url, write_timeout))
     db.init_app(app)
     with app.app_context():
         if db.engine.dialect.name == "sqlite":

@@ -10,6 +10,7 @@ import os
 import random
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ from flask import Flask, current_app
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family
 
 from . import __version__, metrics
 from .settings import Settings
@@ -44,11 +47,17 @@ class InngestUnavailable(InngestError):
     """Inngest could not be reached, kept failing or answered too slowly within the send's time."""
 
     def __init__(
-        self, message: str, retry_after: float, upstream_retry_after: float | None = None
+        self,
+        message: str,
+        retry_after: float,
+        upstream_retry_after: float | None = None,
+        upstream_status: int | None = None,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.upstream_retry_after = upstream_retry_after
+        # The last attempt's HTTP status; None when it got no answer (timeout, connection).
+        self.upstream_status = upstream_status
 
 
 class InngestRejected(InngestError):
@@ -123,8 +132,14 @@ def lease_deadline(
 # recv and send on the sender's sockets first sets the socket's timeout to the time left,
 # so the budget holds for the whole exchange however many reads it takes (status line,
 # headers, body), and a read past it fails as a timeout. urllib3 closes a connection that
-# failed mid-answer, so a half-read one never goes back to the pool. Connecting (and a TLS
-# handshake) is bounded per step by the connect timeout, itself within the time left.
+# failed mid-answer, so a half-read one never goes back to the pool.
+#
+# Connecting is ours too (`_connect`): each address gets the connect timeout or the time
+# left, whichever is shorter, and the socket then gets what is left for the TLS handshake.
+# CPython runs the whole handshake under one deadline taken from the socket's timeout, so
+# the handshake ends by the send's deadline however slowly the server speaks. Only name
+# resolution is not bounded: getaddrinfo takes no timeout (the system resolver's own
+# timeouts and retries apply), so a slow DNS answer can still overrun the budget.
 
 _sending = threading.local()
 
@@ -190,13 +205,67 @@ def _bind_deadline(sock: Any) -> None:
         sock.__class__ = _DeadlineSSLSocket
 
 
+def _connect(conn: HTTPConnection) -> socket.socket:
+    """urllib3's `_new_conn`, with every step after name resolution ending by the deadline."""
+    deadline: float = _sending.deadline
+    configured = conn.timeout if isinstance(conn.timeout, int | float) else None
+    try:
+        # Not bounded by the deadline: see the comment above.
+        addresses = socket.getaddrinfo(
+            conn._dns_host.strip("[]"), conn.port, allowed_gai_family(), socket.SOCK_STREAM
+        )
+    except socket.gaierror as exc:
+        raise NameResolutionError(conn.host, conn, exc) from exc
+    error: OSError = OSError("getaddrinfo returned no address")
+    for family, kind, proto, _, address in addresses:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            error = TimeoutError("the send's time budget ran out")
+            break
+        sock = socket.socket(family, kind, proto)
+        try:
+            for option in conn.socket_options or ():
+                sock.setsockopt(*option)
+            sock.settimeout(left if configured is None else min(configured, left))
+            if conn.source_address:
+                sock.bind(conn.source_address)
+            sock.connect(address)
+            # What is left, for the TLS handshake that follows (urllib3 then sets the
+            # read timeout itself, and our sockets arm each read with the time left).
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the send's time budget ran out")
+            sock.settimeout(left if configured is None else min(configured, left))
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        sys.audit("http.client.connect", conn, conn.host, conn.port)
+        return sock
+    if isinstance(error, TimeoutError):
+        raise ConnectTimeoutError(
+            conn, f"Connection to {conn.host} timed out within the send's time budget"
+        ) from error
+    raise NewConnectionError(conn, f"Failed to establish a new connection: {error}") from error
+
+
 class _DeadlineHTTPConnection(HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        if getattr(_sending, "deadline", None) is None:
+            return super()._new_conn()
+        return _connect(self)
+
     def connect(self) -> None:
         super().connect()
         _bind_deadline(self.sock)
 
 
 class _DeadlineHTTPSConnection(HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        if getattr(_sending, "deadline", None) is None:
+            return super()._new_conn()
+        return _connect(self)
+
     def connect(self) -> None:
         super().connect()
         _bind_deadline(self.sock)
@@ -226,9 +295,12 @@ class _DeadlineAdapter(HTTPAdapter):
 
 
 class _Retryable(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, retry_after: float | None = None, status: int | None = None
+    ) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+        self.status = status
 
 
 def _body(response: requests.Response) -> dict[str, Any]:
@@ -310,6 +382,7 @@ class InngestClient:
                         f"{time.monotonic() - start:.2f}s; last: {exc}",
                         retry_after=min(max(delay, 1.0), 60.0),
                         upstream_retry_after=exc.retry_after,
+                        upstream_status=exc.status,
                     ) from None
                 metrics.events_retried(len(events))
                 log.info(
@@ -380,12 +453,12 @@ class InngestClient:
         )
         if status >= 500 or status == 429:
             raise _Retryable(
-                f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After"))
+                f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After")), status
             )
         error = parsed.get("error")
         if 200 <= status < 300:
             if not parsed:
-                raise _Retryable(f"HTTP {status} without a JSON body")
+                raise _Retryable(f"HTTP {status} without a JSON body", status=status)
             if parsed.get("status", 200) == 200 and not error:
                 ids = parsed.get("ids")
                 return SendResult(

@@ -272,29 +272,31 @@ class Writer:
         deadline = time.monotonic() + self.settings.outbox_write_timeout
         connection = None
         try:
-            with write_lock(deadline):
-                # The driver's own connection: SQLAlchemy's statement layer would cost
-                # more than the insert on this path.
-                connection = db.engine.raw_connection()
-                with StatementDeadline(connection, deadline) as bound:
-                    cursor = connection.cursor()
-                    try:
+            # The driver's own connection: SQLAlchemy's statement layer would cost more
+            # than the insert on this path. Taken before the lock, within the same
+            # deadline: the pool's wait (and on PostgreSQL, opening a connection) is
+            # bounded by OUTBOX_WRITE_TIMEOUT (see db.engine_options), and what it used is
+            # no longer left for the lock and the statements.
+            connection = db.engine.raw_connection()
+            with write_lock(deadline), StatementDeadline(connection, deadline) as bound:
+                cursor = connection.cursor()
+                try:
+                    bound.before(cursor)
+                    pending = self._pending(cursor, sum(len(item.rows) for item in batch))
+                    for item in batch:
+                        if pending + len(item.rows) > self.settings.outbox_max_pending:
+                            item.error = OutboxFull(headers=RETRY_LATER)
+                            log.warning("outbox full: refusing %d event(s)", len(item.rows))
+                        else:
+                            accepted.append(item)
+                            pending += len(item.rows)
+                    rows = [row for item in accepted for row in item.rows]
+                    if rows:
                         bound.before(cursor)
-                        pending = self._pending(cursor, sum(len(item.rows) for item in batch))
-                        for item in batch:
-                            if pending + len(item.rows) > self.settings.outbox_max_pending:
-                                item.error = OutboxFull(headers=RETRY_LATER)
-                                log.warning("outbox full: refusing %d event(s)", len(item.rows))
-                            else:
-                                accepted.append(item)
-                                pending += len(item.rows)
-                        rows = [row for item in accepted for row in item.rows]
-                        if rows:
-                            bound.before(cursor)
-                            cursor.executemany(self._insert, rows)
-                        connection.commit()
-                    finally:
-                        cursor.close()
+                        cursor.executemany(self._insert, rows)
+                    connection.commit()
+                finally:
+                    cursor.close()
                 self._known_pending = pending
         except (driver_error, SQLAlchemyError, WriteTimeout) as exc:
             if connection is not None:
@@ -437,7 +439,12 @@ class Deliverer:
                 retry=False,
             )
         except InngestUnavailable as exc:
-            self._retry_later(claimed.ids, str(exc), exc.upstream_retry_after)
+            self._retry_later(
+                claimed.ids,
+                str(exc),
+                exc.upstream_retry_after,
+                throttled=exc.upstream_status == 429,
+            )
         except InngestRejected as exc:
             self._rejected(claimed, exc)
         else:
@@ -499,7 +506,9 @@ class Deliverer:
         metrics.events_dead(len(ids))
         log.error("dead-lettered %d event(s): %s", len(ids), error)
 
-    def _retry_later(self, ids: list[int], error: str, retry_after: float | None) -> None:
+    def _retry_later(
+        self, ids: list[int], error: str, retry_after: float | None, *, throttled: bool = False
+    ) -> None:
         """Back off; every OUTBOX_SPLIT_AFTER failed attempts, split the batch in halves.
 
         An event that Inngest keeps failing on (5xx, a timeout) would otherwise hold back
@@ -513,11 +522,10 @@ class Deliverer:
         if retry_after is not None:
             delay = max(delay, retry_after)
         mine = _c.claimed_by == self.name
-        # Not when Inngest asked us to wait (429, Retry-After): that is about the rate, and
-        # smaller batches would only mean more requests.
-        split = (
-            len(ids) > 1 and retry_after is None and attempt % self.settings.outbox_split_after == 0
-        )
+        # Not when Inngest throttled us (429): that is about the rate, and smaller batches
+        # would only mean more requests. A 5xx is split even with Retry-After (proxies and
+        # load balancers answer 503 with one), still waiting as long as it asks.
+        split = len(ids) > 1 and not throttled and attempt % self.settings.outbox_split_after == 0
         with _transaction():
             if split:
                 half = (len(ids) + 1) // 2

@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -181,13 +182,14 @@ def test_a_stalled_write_answers_503_only_for_events_never_stored(
 class PoisonedInngest(InngestStandIn):
     """The stand-in, failing every request that carries one event, as a bug in Inngest would."""
 
-    def __init__(self, poison: str) -> None:
+    def __init__(self, poison: str, answer: Fault | None = None) -> None:
         super().__init__()
         self.poison = poison
+        self.answer = answer or Fault(500)
 
     def _respond(self, record: Received, fault: Fault | None) -> Any:
         if self.poison in labels(record):
-            fault = Fault(500)
+            fault = self.answer
         return super()._respond(record, fault)
 
 
@@ -226,6 +228,39 @@ def test_a_batch_that_keeps_failing_is_split_until_the_bad_event_is_alone(
     with short_lived.app_context():
         outbox.deliverer(short_lived).housekeeping()
     assert [(row_label(r), r.state) for r in rows(app)] == [("e3", DEAD)]
+
+
+@pytest.mark.timeout(60)
+def test_a_batch_failing_with_503_and_retry_after_is_still_split(
+    make_outbox_app: Callable[..., Flask],
+) -> None:
+    """A proxy or load balancer in front of Inngest answers 503 with Retry-After: that is a
+    failure like any 5xx, so the bad event is still isolated, and the delay still honoured."""
+    unavailable = Fault(503, headers={"Retry-After": "1"})
+    standin = PoisonedInngest("p2", answer=unavailable).start()
+    try:
+        app = make_outbox_app(INNGEST_BASE_URL=standin.url, OUTBOX_SPLIT_AFTER="1")
+        names = [f"p{i}" for i in range(4)]
+        response = app.test_client().post("/api", json=[labelled(name) for name in names])
+        assert response.status_code == 202
+        ids = response.get_json()["ids"]
+
+        started = time.monotonic()
+        assert run_once(app) == 4
+        (due,) = {r.next_attempt_at for r in rows(app)}
+        assert due - outbox.now_ms() > 500  # Retry-After: 1 is honoured, not the 50 ms backoff
+        deliver_until(app, lambda: len(standin.accepted) == 3, seconds=30)
+
+        assert sorted(standin.accepted_ids()) == sorted(set(ids) - {ids[2]})
+        assert [(row_label(r), r.state) for r in rows(app)] == [("p2", PENDING)]
+        # Split on each failure (OUTBOX_SPLIT_AFTER=1): 4, 2, then the bad event alone.
+        failed_sizes = [len(event_ids(r)) for r in standin.received if r.status == 503]
+        assert failed_sizes == [4, 2, 1]
+        # Each retry came after the second Inngest asked for.
+        assert time.monotonic() - started >= 2.0
+        assert_each_seed_has_one_set_of_events(standin.received)
+    finally:
+        standin.stop()
 
 
 def test_a_batch_throttled_with_retry_after_is_not_split(
@@ -271,3 +306,80 @@ def test_expiry_leaves_no_seed_on_the_rest_of_its_batch(
     assert labels(inngest.received[-1]) == ["young-1", "young-2"]
     assert inngest.received[-1].seed != first_seed
     assert_each_seed_has_one_set_of_events(inngest.received)
+
+
+@pytest.mark.timeout(STALL_LIMIT + 30)
+def test_an_exhausted_connection_pool_answers_503_within_two_write_timeouts(
+    make_outbox_app: Callable[..., Flask],
+) -> None:
+    """Every connection of the pool is taken (slow requests elsewhere in the process): the
+    wait for one is part of the write's time, not SQLAlchemy's 30 s default."""
+    app = make_outbox_app(OUTBOX_WRITE_TIMEOUT=str(WRITE_TIMEOUT), RATELIMIT_ENABLED="false")
+    client = app.test_client()
+    assert client.post("/api", json=labelled("before")).status_code == 202
+    answer: list[tuple[int, str | None, float]] = []
+
+    def post() -> None:
+        began = time.monotonic()
+        response = client.post("/api", json=labelled("starved"))
+        seconds = time.monotonic() - began
+        answer.append((response.status_code, response.get_json().get("code"), seconds))
+
+    with app.app_context():
+        pool = db.engine.pool
+        taken = [db.engine.raw_connection() for _ in range(pool.size() + pool._max_overflow)]
+        try:
+            thread = threading.Thread(target=post, daemon=True)
+            thread.start()
+            thread.join(timeout=STALL_LIMIT)  # the pool stays taken until the post answers
+        finally:
+            for connection in taken:
+                connection.close()
+    assert not thread.is_alive(), f"no answer within {STALL_LIMIT}s"
+    ((status, code, seconds),) = answer
+
+    assert (status, code) == (503, "outbox_unavailable")
+    assert seconds < 2 * WRITE_TIMEOUT + 1.5, f"{seconds:.1f}s with a {WRITE_TIMEOUT}s timeout"
+    time.sleep(2 * WRITE_TIMEOUT)  # a commit still under way would have ended by now
+    assert [row_label(r) for r in rows(app)] == ["before"]  # the 503 was true
+    assert client.post("/api", json=labelled("after")).status_code == 202
+    assert [row_label(r) for r in rows(app)] == ["before", "after"]
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A TCP server on 127.0.0.1 that accepts and never answers: a database host that hangs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    try:
+        yield listener.getsockname()[1]  # the kernel completes connects; nobody answers
+    finally:
+        listener.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_postgresql_server_that_never_answers_is_503_in_bounded_time(
+    make_app: Callable[..., Flask],
+) -> None:
+    """Opening a connection has a deadline too (libpq has none by default): a server that
+    accepts and then says nothing costs a post seconds, not forever."""
+    with silent_server() as port:
+        started = time.monotonic()
+        app = make_app(
+            **FAST,
+            DATABASE_URL=f"postgresql://gateway@127.0.0.1:{port}/outbox",
+            OUTBOX_WRITE_TIMEOUT="1",
+            RATELIMIT_ENABLED="false",
+        )
+        assert time.monotonic() - started < 2 + 2  # the schema check gave up (logged)
+
+        began = time.monotonic()
+        response = app.test_client().post("/api", json=labelled("unreachable"))
+        seconds = time.monotonic() - began
+
+    assert response.status_code == 503
+    assert response.get_json()["code"] == "outbox_unavailable"
+    # libpq's connect_timeout counts whole seconds, at least 2: the first-use schema check,
+    # then the write's own connection.
+    assert seconds < 2 * 2 + 1.5, f"{seconds:.1f}s"

@@ -6,8 +6,10 @@ Every test posts through the real view and lets the sender talk HTTP to the stan
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import ssl
 import subprocess
 import threading
@@ -480,3 +482,84 @@ def test_the_send_timeout_holds_over_tls_too(
     assert elapsed < 1 + 1, f"{elapsed:.1f}s for a 1 s budget"
     assert_envelope(response, 503, "upstream_unavailable")
     assert len(tls_inngest.accepted_ids()) == 2 and tls_inngest.accepted_ids()[:1] == first
+
+
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts and never says a word: a TLS handshake with it
+    never ends.
+
+    With `queue_full_for`, its accept queue starts full, so the kernel drops a client's SYN
+    and the client's connect only completes on its retransmission, about a second later,
+    as it does on a congested network.
+    """
+
+    FILLERS = 3
+
+    def __init__(self, queue_full_for: float = 0.0) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(0)
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self.queue_full_for = queue_full_for
+        self.held: list[socket.socket] = []
+        self.fillers: set[int] = set()
+        self.accepted = 0  # connections other than the fillers
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        if queue_full_for:
+            for _ in range(self.FILLERS):
+                filler = socket.socket()
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.1", self.port))
+                self.held.append(filler)
+                self.fillers.add(filler.getsockname()[1])
+            time.sleep(0.2)  # the fillers' handshakes are done: the queue is full
+
+    def start(self) -> SilentServer:
+        self._thread.start()
+        return self
+
+    def _serve(self) -> None:
+        self._stop.wait(self.queue_full_for)
+        while not self._stop.is_set():
+            try:
+                connection, (_, port) = self.listener.accept()
+            except TimeoutError:
+                continue
+            self.held.append(connection)  # held open, silent, until the test ends
+            self.accepted += port not in self.fillers
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for sock in [*self.held, self.listener]:
+            sock.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("queue_full_for", [0.0, 0.3], ids=["silent", "slow-connect-then-silent"])
+def test_a_tls_handshake_that_never_ends_is_503_within_the_send_timeout(
+    make_app: Callable[..., Flask], inngest: InngestStandIn, queue_full_for: float
+) -> None:
+    """Connecting and the TLS handshake share the send's budget: a slow connect leaves the
+    handshake only what is left of it, not a whole connect timeout of its own."""
+    budget = 2.0
+    server = SilentServer(queue_full_for)
+    try:
+        client = make_app(
+            INNGEST_SEND_TIMEOUT=str(budget), INNGEST_BASE_URL=f"https://127.0.0.1:{server.port}"
+        ).test_client()
+        server.start()
+        started = time.monotonic()
+        response = client.post("/api", json={"name": "app/tls", "id": "h-1"})
+        elapsed = time.monotonic() - started
+        accepted = server.accepted
+    finally:
+        server.stop()
+
+    assert_envelope(response, 503, "upstream_unavailable")
+    # The service got through to the handshake (rather than giving up while connecting).
+    assert accepted >= 1
+    assert elapsed < budget + 0.6, f"{elapsed:.1f}s for a {budget:.0f} s budget"
