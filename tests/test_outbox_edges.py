@@ -19,9 +19,9 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from service import outbox
 from service.db import db
 from service.outbox import DEAD, PENDING, OutboxEvent
+from service.state import gateway_state
 from tests.standin import Fault, InngestStandIn, Received
 
 FAST = {
@@ -52,7 +52,7 @@ def rows(app: Flask) -> list[OutboxEvent]:
 
 def run_once(app: Flask) -> int:
     with app.app_context():
-        return outbox.deliverer(app).run_once()
+        return gateway_state(app).deliverer.run_once()
 
 
 def deliver_until(app: Flask, done: Callable[[], bool], seconds: float = 10.0) -> None:
@@ -224,7 +224,7 @@ def test_a_batch_that_keeps_failing_is_split_until_the_bad_event_is_alone(
     time.sleep(1.1)
     short_lived = make_outbox_app(INNGEST_BASE_URL=poisoned.url, OUTBOX_MAX_AGE="1")
     with short_lived.app_context():
-        outbox.deliverer(short_lived).housekeeping()
+        gateway_state(short_lived).deliverer.housekeeping()
     assert [(row_label(r), r.state) for r in rows(app)] == [("e3", DEAD)]
 
 
@@ -259,7 +259,7 @@ def test_expiry_leaves_no_seed_on_the_rest_of_its_batch(
     time.sleep(max(posted + 3.2 - time.monotonic(), 0))
 
     with app.app_context():
-        outbox.deliverer(app).housekeeping()  # "old" is past OUTBOX_MAX_AGE, the others not
+        gateway_state(app).deliverer.housekeeping()  # "old" is past OUTBOX_MAX_AGE, the others not
 
     assert [(row_label(r), r.state) for r in rows(app)] == [
         ("old", DEAD),
