@@ -7,8 +7,13 @@ Inngest, with the outbox in a real SQLite file.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -465,6 +470,102 @@ def test_cli_group_on_the_host(hosts: Callable[..., Flask], inngest: InngestStan
     after = runner.invoke(args=["inngest-gateway", "outbox", "status"])
     assert "pending: 0" in after.output
     assert runner.invoke(args=["outbox", "status"]).exit_code != 0  # only the service has that
+
+
+# -- installed with pip, as `inngest_gateway`; the README's example --------------------------
+
+
+def readme_example() -> str:
+    """The Python example of the README's "Mount it in your Flask app" section."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Mount it in your Flask app", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert blocks, "the README's mount section has no Python example"
+    return str(blocks[0])
+
+
+AFTER_EXAMPLE = """
+import json
+client = app.test_client()
+with client.session_transaction() as session:
+    session["_user_id"] = "1"
+answer = client.post("/api", json={"name": "app/readme.tried", "data": {"n": 1}})
+drained = gateway.stop(app)
+import inngest_gateway
+print(json.dumps({
+    "status": answer.status_code,
+    "ids": answer.get_json()["ids"],
+    "drained": drained,
+    "module": inngest_gateway.__file__,
+}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)  # above pip's build (120 s) and the example's run (30 s)
+def test_pip_installs_inngest_gateway_and_the_readme_example_runs(
+    tmp_path: Path, inngest: InngestStandIn
+) -> None:
+    source = tmp_path / "checkout"  # a copy: building writes build/ and egg-info into it
+    source.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(
+        ROOT / "service", source / "service", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    target = tmp_path / "site"
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    installed = target / "inngest_gateway"
+    assert (installed / "extension.py").is_file()
+    assert (installed / "templates" / "index.html").is_file()
+
+    workdir = tmp_path / "host"
+    workdir.mkdir()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(target),
+        "SECRET_KEY": SECRET,
+        "INNGEST_EVENT_KEY": inngest.event_key,
+        "INNGEST_BASE_URL": inngest.url,
+        "OUTBOX_POLL_SECONDS": "0.05",
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", readme_example() + AFTER_EXAMPLE],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["module"].startswith(str(installed))  # not the checkout's service/
+    assert result["status"] == 202
+    event = only_event(inngest)  # delivered by the time stop() returned
+    assert event["id"] == result["ids"][0]
+    assert event["data"]["user"] == {"id": "1", "email": "ada@example.com", "name": "Ada Lovelace"}
+    assert (workdir / "instance" / "inngest-gateway-outbox.db").is_file()
 
 
 def test_cors_for_trusted_origins_on_our_path_only(hosts: Callable[..., Flask]) -> None:
