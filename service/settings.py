@@ -34,10 +34,11 @@ class ConfigError(Exception):
 class Settings:
     """Every setting the service reads, already parsed and checked."""
 
-    secret_key: str | None
-    database_url: str | None
+    # Secrets, and URLs that may hold a password, stay out of repr (and so out of logs).
+    secret_key: str | None = field(repr=False)
+    database_url: str | None = field(repr=False)
     inngest_dev: bool
-    inngest_event_key: str
+    inngest_event_key: str = field(repr=False)
     inngest_origin: str
     inngest_env: str | None
     inngest_send_timeout: float
@@ -79,7 +80,7 @@ class Settings:
     outbox_write_timeout: float = 5.0
     outbox_split_after: int = 5
     # Unset: the service uses DATABASE_URL's database, a host app a file in its instance folder.
-    outbox_database_url: str | None = None
+    outbox_database_url: str | None = field(default=None, repr=False)
 
     @property
     def event_api_url(self) -> str:

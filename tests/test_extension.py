@@ -585,3 +585,16 @@ def test_cors_for_trusted_origins_on_our_path_only(hosts: Callable[..., Flask]) 
     assert ours.headers["Access-Control-Allow-Credentials"] == "true"
     assert "Access-Control-Allow-Origin" not in theirs.headers
     assert "Access-Control-Allow-Origin" not in stranger.headers
+
+
+def test_the_gateways_state_does_not_show_its_secrets(
+    hosts: Callable[..., Flask], inngest: InngestStandIn, tmp_path: Path
+) -> None:
+    """A host that logs or prints its extensions must not leak a key, secret or database URL."""
+    outbox = f"sqlite:///{tmp_path / 'outbox.db'}"  # a server's URL would hold a password
+    app = hosts(config={"OUTBOX_DATABASE_URL": outbox})
+    shown = repr(app.extensions)
+
+    assert inngest.event_key not in shown
+    assert SECRET not in shown
+    assert outbox not in shown
