@@ -42,7 +42,7 @@ from .payload import (
 from .settings import Settings
 from .state import gateway_state
 
-NAME = "api"
+NAME = "inngest_gateway"  # not "api": host apps often have a blueprint of that name
 POST_ENDPOINT = f"{NAME}.post_events"
 FALLBACK_ENDPOINT = f"{NAME}.method_not_allowed"
 ALLOWED_METHODS = ("OPTIONS", "POST")

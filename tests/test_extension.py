@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask, Request, Response, request
+from flask import Blueprint, Flask, Request, Response, request
 from flask.testing import FlaskClient
 from flask_login import LoginManager, UserMixin
 
@@ -303,7 +303,7 @@ def test_mounting_changes_nothing_app_wide(hosts: Callable[..., Flask]) -> None:
 
     assert snapshot(app) == before
     assert app.request_class is Request
-    assert set(app.blueprints) == {"api"}
+    assert set(app.blueprints) == {"inngest_gateway"}
 
 
 def test_hosts_routes_keep_their_pages_headers_and_cookies(hosts: Callable[..., Flask]) -> None:
@@ -598,3 +598,23 @@ def test_the_gateways_state_does_not_show_its_secrets(
     assert inngest.event_key not in shown
     assert SECRET not in shown
     assert outbox not in shown
+
+
+def test_a_host_with_its_own_api_blueprint(
+    hosts: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    """Hosts often have a blueprint named "api" already: ours must not collide with it."""
+    app = hosts(mount=False)
+    theirs = Blueprint("api", __name__, url_prefix="/v2")
+
+    @theirs.get("/things")
+    def things() -> dict[str, Any]:
+        return {"things": []}
+
+    app.register_blueprint(theirs)
+    InngestGateway(app)
+    client = app.test_client()
+
+    assert client.get("/v2/things").get_json() == {"things": []}
+    assert client.post("/api", json={"data": {}}).status_code == 200
+    assert len(inngest.accepted) == 1
