@@ -84,16 +84,17 @@ def on_exit(server):  # type: ignore[no-untyped-def]
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
     """After the fork: leave the parent's database connections alone, start the deliverer."""
     from service.db import db
-    from service.outbox import start_delivery
+    from service.state import gateway_state
 
     with worker.wsgi.app_context():
         db.engine.dispose(close=False)  # with preload_app, the pool holds the parent's sockets
-    start_delivery(worker.wsgi)
+    gateway_state(worker.wsgi).delivery.start()  # the outbox's own engine resets itself
 
 
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     """On a worker's way out: deliver what it can within OUTBOX_DRAIN_SECONDS, hand back claims."""
-    from service.outbox import stop_delivery
+    from service.state import EXTENSION_KEY
 
-    if getattr(worker, "wsgi", None) is not None:
-        stop_delivery(worker.wsgi)
+    app = getattr(worker, "wsgi", None)
+    if app is not None and EXTENSION_KEY in app.extensions:
+        app.extensions[EXTENSION_KEY].delivery.stop()

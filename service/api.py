@@ -1,29 +1,112 @@
-"""`POST /api`: a browser's post becomes Inngest events, stored (or sent) before the answer."""
+"""`POST /api`: a browser's post becomes Inngest events, stored (or sent) before the answer.
+
+The blueprint is made per app (`blueprint`), with everything the API needs kept inside it:
+its own hooks, error handlers, rate limit and CORS, so a host app mounting it keeps its own.
+"""
 
 from __future__ import annotations
 
+import secrets
+import time
+import uuid
 from typing import Any
 
 from flask import (
     Blueprint,
-    Flask,
+    Response,
     current_app,
     flash,
     g,
     jsonify,
     redirect,
     request,
-    url_for,
+    session,
 )
+from flask_login import current_user
+from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.routing import Rule
 
-from . import csrf, inngest, metrics, outbox
-from .auth import current, poster_scope
+from . import csrf, errors, limits, metrics
 from .errors import LoginRequired
 from .events import build_events
-from .payload import Payload, read_payload, referrer_path, same_origin_path, wants_json
+from .limits import client_ip
+from .logs import client_request_id
+from .payload import (
+    Payload,
+    buffer_streamed_body,
+    read_payload,
+    referrer_path,
+    same_origin_path,
+    wants_json,
+)
 from .settings import Settings
+from .state import gateway_state
 
-bp = Blueprint("api", __name__)
+NAME = "inngest_gateway"  # not "api": host apps often have a blueprint of that name
+POST_ENDPOINT = f"{NAME}.post_events"
+FALLBACK_ENDPOINT = f"{NAME}.method_not_allowed"
+ALLOWED_METHODS = ("OPTIONS", "POST")
+# Where an anonymous poster's scope for event ids lives in the (signed) session cookie.
+ANONYMOUS_SCOPE_KEY = "anonymous_scope"
+_USER = "_inngest_gateway_user"
+
+
+class FallbackRule(Rule):
+    """The API path for every other method, so that any method gets the JSON 405.
+
+    Routing errors never reach a blueprint's error handlers; a rule that matches keeps the
+    405 inside the blueprint. Metrics count it as unmatched, like any other routing miss.
+    """
+
+    fallback = True
+
+
+def default_user_serializer(user: Any) -> dict[str, Any]:
+    """`data.user` for a Flask-Login user: `get_id()`, plus `email` and `name` when it has them."""
+    serialized: dict[str, Any] = {"id": user.get_id()}
+    for attribute in ("email", "name"):
+        value = getattr(user, attribute, None)
+        if isinstance(value, (str, int, float, bool)):
+            serialized[attribute] = value
+    return serialized
+
+
+def current_poster() -> dict[str, Any] | None:
+    """The logged-in user of the host's Flask-Login, serialized; None when anonymous.
+
+    Computed once per request. A host without a LoginManager has only anonymous posters.
+    """
+    if _USER in g:
+        cached: dict[str, Any] | None = g.get(_USER)
+        return cached
+    serialized: dict[str, Any] | None = None
+    if hasattr(current_app, "login_manager") and current_user.is_authenticated:
+        serialized = gateway_state().user_serializer(current_user._get_current_object())
+        if not isinstance(serialized, dict) or serialized.get("id") in (None, ""):
+            raise TypeError("user_serializer must return a dict with a non-empty 'id'")
+    setattr(g, _USER, serialized)
+    return serialized
+
+
+def poster_scope(user: dict[str, Any] | None) -> str:
+    """Who is posting, as the namespace of their event ids: the user, else this browser.
+
+    A user's scope is their serialized `id`, stable across logins. An anonymous poster gets
+    a random id kept in the session cookie, made on first need; a client that does not keep
+    the cookie gets a new one with every post.
+    """
+    if user is not None:
+        return f"user:{user['id']}"
+    anonymous = session.get(ANONYMOUS_SCOPE_KEY)
+    if not isinstance(anonymous, str):
+        anonymous = session[ANONYMOUS_SCOPE_KEY] = secrets.token_urlsafe(16)
+    return f"anonymous:{anonymous}"
+
+
+def poster_key() -> str:
+    """Who a post counts against for the rate limit: the user, else the client's IP."""
+    user = current_poster()
+    return f"user:{user['id']}" if user is not None else f"ip:{client_ip()}"
 
 
 def request_meta() -> dict[str, Any]:
@@ -38,19 +121,22 @@ def request_meta() -> dict[str, Any]:
 
 
 def _redirect_target(payload: Payload) -> str:
-    return same_origin_path(payload.next) or referrer_path(request) or url_for("pages.sent")
+    fallback = gateway_state().redirect_to
+    default = fallback() if callable(fallback) else fallback
+    return same_origin_path(payload.next) or referrer_path(request) or default
 
 
-@bp.post("/api")
-@csrf.protect
+@csrf.protect  # first: a refused request never counts against the rate limit
+@limits.limit(lambda: gateway_state().settings.ratelimit_api, scope="api", key=poster_key)
 def post_events() -> Any:
     """Validate the posted events, store or send them, and answer with their ids.
 
     Outbox mode (the default) answers 202 once the events are committed to the outbox;
     sync mode answers 200 once Inngest has accepted them.
     """
-    settings: Settings = current_app.extensions["settings"]
-    user = current()
+    state = gateway_state()
+    settings = state.settings
+    user = current_poster()
     if user is None and settings.api_require_login:
         raise LoginRequired()
     payload = read_payload(request, settings.api_max_batch)
@@ -58,7 +144,7 @@ def post_events() -> Any:
         payload.items,
         batch=payload.batch,
         settings=settings,
-        user=user.public() if user else None,
+        user=user,
         request_meta=request_meta(),
         scope=lambda: poster_scope(user),
         idempotency_key=request.headers.get("Idempotency-Key") or None,
@@ -66,15 +152,7 @@ def post_events() -> Any:
     g.event_count = len(events)
     # Decide the answer before sending, so nothing can fail once Inngest has the events.
     target = _redirect_target(payload) if payload.form and not wants_json(request) else None
-    if settings.delivery_mode == "outbox":
-        outbox.store(events)
-        outbox.deliverer().notify()
-        status = 202
-    else:
-        inngest.client().send([event.body for event in events])
-        metrics.events_delivered(len(events))
-        status = 200
-    metrics.events_accepted(len(events))
+    status = state.delivery.submit(events)
     ids = [event.id for event in events]
     if target is not None:
         flash(", ".join(ids), "sent")
@@ -82,6 +160,40 @@ def post_events() -> Any:
     return jsonify(status="ok", ids=ids), status
 
 
-def init_app(app: Flask) -> None:
-    """Register `POST /api`."""
-    app.register_blueprint(bp)
+def method_not_allowed(**_: Any) -> Any:
+    """Any method but POST on the API path: the JSON 405, with `Allow`."""
+    raise MethodNotAllowed(valid_methods=list(ALLOWED_METHODS))
+
+
+def _before() -> None:
+    """Per request of this blueprint only: its limits, ids, and a fully read body."""
+    state = gateway_state()
+    request.max_content_length = state.settings.api_max_body_bytes
+    request.max_form_memory_size = state.settings.api_max_body_bytes
+    if "request_id" not in g:  # a host that gives requests ids of its own keeps them
+        g.request_id = uuid.uuid4().hex
+        g.client_request_id = client_request_id()
+    if "received_ms" not in g:
+        g.received_ms = int(time.time() * 1000)
+    g.setdefault("client_request_id", None)
+    if not state.outbox_db.schema_ready and state.settings.delivery_mode == "outbox":
+        state.outbox_db.ensure_schema()
+    buffer_streamed_body()
+
+
+def _after(response: Response) -> Response:
+    response.headers.setdefault("X-Request-ID", g.get("request_id") or "")
+    if request.endpoint == POST_ENDPOINT and response.status_code >= 400:
+        metrics.post_refused(response.status_code)
+    return response
+
+
+def blueprint(settings: Settings, path: str) -> Blueprint:
+    """A fresh blueprint for one app (its CORS depends on the app's settings)."""
+    bp = Blueprint(NAME, __name__)
+    bp.add_url_rule(path, "post_events", post_events, methods=["POST"])
+    bp.before_request(_before)
+    bp.after_request(_after)
+    errors.register(bp)
+    csrf.allow_trusted_origins(bp, settings.trusted_origins)
+    return bp

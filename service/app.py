@@ -1,22 +1,24 @@
-"""The application factory, built from small named steps."""
+"""The standalone service: a small host app, built from named steps, that mounts the gateway.
+
+It brings what a host app would: its users and login pages, request ids and logging,
+security headers, proxy handling, JSON error pages, health checks, metrics and docs; the
+`POST /api` itself is `InngestGateway`, mounted as any host app mounts it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import click
-from flask import Flask
+from flask import Flask, url_for
 from sqlalchemy.exc import IntegrityError
 
 from . import (
-    api,
     auth,
-    csrf,
     db,
     errors,
     health,
-    inngest,
-    limits,
     logs,
     metrics,
     openapi,
@@ -26,13 +28,14 @@ from . import (
     security,
     users,
 )
+from .extension import InngestGateway
 from .settings import Settings, environment, instance_secret, load_settings
+from .state import gateway_state
 
 
 def create_app(env: Mapping[str, str] | None = None, *, instance_path: str | None = None) -> Flask:
     """Build the service; settings come from `env`, else from the environment and `.env`."""
     app = Flask(__name__, instance_path=instance_path)
-    app.request_class = payload.GatewayRequest
     settings = load_settings(environment() if env is None else env)
     configure_app(app, settings)
     configure_logger(settings, app.config["SECRET_KEY"])
@@ -47,7 +50,6 @@ def create_app(env: Mapping[str, str] | None = None, *, instance_path: str | Non
 
 def configure_app(app: Flask, settings: Settings) -> None:
     """Flask's own settings, derived from ours."""
-    app.extensions["settings"] = settings
     secure = not settings.inngest_dev
     app.config.update(
         SECRET_KEY=settings.secret_key or instance_secret(app.instance_path),
@@ -70,41 +72,55 @@ def configure_logger(settings: Settings, secret_key: str) -> None:
     logs.configure_logging(settings.log_level, secrets, json_lines=settings.log_format == "json")
 
 
+def _sent_page() -> str:
+    return url_for("pages.sent")
+
+
 def register_extensions(app: Flask, settings: Settings) -> None:
-    """Bind the extensions and our modules that need the app."""
+    """Bind the extensions and our modules that need the app; mount the gateway."""
     logs.init_app(app)
-    security.init_app(app)
-    app.before_request(payload.buffer_streamed_body)
+    url = db.database_url(settings.database_url, app.instance_path)
     db.init_app(
         app,
-        db.database_url(settings.database_url, app.instance_path),
+        url,
         sqlite_synchronous=settings.sqlite_synchronous,
         write_timeout=settings.outbox_write_timeout,
     )
+    # The outbox lives in the service's own database unless OUTBOX_DATABASE_URL names another.
+    settings = dataclasses.replace(
+        settings, outbox_database_url=settings.outbox_database_url or url
+    )
+    InngestGateway(
+        app,
+        settings=settings,
+        user_serializer=users.User.public,
+        redirect_to=_sent_page,
+    )
+    security.init_app(app)
+    app.before_request(payload.buffer_streamed_body)  # for the login form; /api does its own
     auth.init_app(app)
-    csrf.init_app(app)
-    inngest.init_app(app)
-    outbox.init_app(app, app.extensions["inngest"])
     metrics.init_app(app)
+    # The service starts its deliverer with its first request of any kind, as it always has;
+    # gunicorn.conf.py starts it in each worker as soon as the worker is up.
+    app.before_request(lambda: gateway_state(app).delivery.start())
 
 
 def register_blueprints(app: Flask) -> None:
-    """The views: the API, login, health checks and the demo pages, and their rate limits."""
-    api.init_app(app)
+    """The service's own views: login, health checks, the demo pages and the docs."""
     health.init_app(app)
     pages.init_app(app)
     openapi.init_app(app)
-    limits.init_app(app)
 
 
 def register_errorhandlers(app: Flask) -> None:
-    """Every error as one JSON envelope."""
+    """Every error as one JSON envelope, on the service's own routes too."""
     errors.init_app(app)
 
 
 def register_commands(app: Flask) -> None:
-    """`flask users ...` (`flask outbox ...` comes with the outbox)."""
+    """`flask users ...`, and `flask outbox ...` (also `flask inngest-gateway outbox ...`)."""
     users.init_app(app)
+    app.cli.add_command(outbox.outbox_cli)
 
 
 def create_demo_user(app: Flask) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -10,7 +10,6 @@ from flask import (
     Blueprint,
     Flask,
     Response,
-    current_app,
     jsonify,
     redirect,
     render_template,
@@ -20,7 +19,8 @@ from flask import (
 from flask_login import LoginManager, current_user, login_user, logout_user
 from marshmallow import EXCLUDE, ValidationError
 
-from . import csrf
+from . import csrf, limits
+from .api import ANONYMOUS_SCOPE_KEY
 from .errors import InvalidCredentials, LoginRequired, ValidationFailed
 from .payload import (
     FORM_TYPES,
@@ -32,10 +32,10 @@ from .payload import (
 )
 from .schemas import LoginSchema
 from .settings import Settings
-from .users import User, authenticate, end_session, load_user, start_session
+from .state import gateway_state
+from .users import User, authenticate, end_session, load_user, normalize_email, start_session
 
-# Where an anonymous poster's scope for event ids lives in the (signed) session cookie.
-ANONYMOUS_SCOPE_KEY = "anonymous_scope"
+__all__ = ["ANONYMOUS_SCOPE_KEY", "bp", "current", "init_app", "login_manager"]
 
 login_manager = LoginManager()
 login_manager.session_protection = "basic"
@@ -58,18 +58,22 @@ def current() -> User | None:
     return user
 
 
-def poster_scope(user: User | None) -> str:
-    """Who is posting, as the namespace of their event ids: the user, else this browser.
+def login_email() -> str:
+    """The e-mail a login names, read from the (cached) body; failures are counted per e-mail."""
+    email: Any = None
+    if request.is_json:
+        try:
+            body = json.loads(request.get_data(cache=True) or b"null")
+        except ValueError:
+            body = None
+        email = body.get("email") if isinstance(body, dict) else None
+    elif request.mimetype in FORM_TYPES:
+        email = form_fields(request).get("email")  # a malformed form is a 400 here already
+    return f"email:{normalize_email(email)}" if isinstance(email, str) else "email:-"
 
-    An anonymous poster gets a random id kept in the session cookie, made on first need; a
-    client that does not keep the cookie gets a new one with every post.
-    """
-    if user is not None:
-        return f"user:{user.id}"
-    anonymous = session.get(ANONYMOUS_SCOPE_KEY)
-    if not isinstance(anonymous, str):
-        anonymous = session[ANONYMOUS_SCOPE_KEY] = secrets.token_urlsafe(16)
-    return f"anonymous:{anonymous}"
+
+def _settings() -> Settings:
+    return gateway_state().settings
 
 
 def _credentials() -> dict[str, Any]:
@@ -103,7 +107,15 @@ def login_page() -> str:
 
 
 @bp.post("/login")
-@csrf.protect
+@csrf.protect  # first: a refused request never counts against the rate limits
+@limits.limit(lambda: _settings().ratelimit_login_ip, scope="login-ip")
+# Only failed attempts count against an e-mail; once over, even the right password waits.
+@limits.limit(
+    lambda: _settings().ratelimit_login_email,
+    scope="login-email",
+    key=login_email,
+    count_when=lambda status: status == 401,
+)
 def login() -> Any:
     """Check the credentials and start a session; unknown e-mail and wrong password look alike."""
     credentials = _credentials()
@@ -121,7 +133,7 @@ def login() -> Any:
     previous = current()
     if previous is not None:  # a new login on this client replaces the one it had
         end_session(previous.get_id())
-    settings: Settings = current_app.extensions["settings"]
+    settings = _settings()
     remember = credentials["remember"]
     lifetime = settings.remember_cookie_duration if remember else settings.session_lifetime
     start_session(user, lifetime, remember=remember)
@@ -157,7 +169,7 @@ def me() -> Response:
 
 def init_app(app: Flask) -> None:
     """Bind Flask-Login and register the `/auth` views."""
-    settings: Settings = app.extensions["settings"]
+    settings = gateway_state(app).settings
     app.config["REMEMBER_COOKIE_DURATION"] = timedelta(seconds=settings.remember_cookie_duration)
     login_manager.init_app(app)
     app.register_blueprint(bp)

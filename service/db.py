@@ -1,4 +1,7 @@
-"""The database: one SQLAlchemy extension, SQLite by default, schema created on first use."""
+"""Databases: the service's Flask-SQLAlchemy one, and engines of our own (the outbox's).
+
+SQLite by default, schema created on first use.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +12,14 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import event, exc, make_url, text
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy import Engine, MetaData, create_engine, event, exc, make_url, text
+from sqlalchemy.orm import DeclarativeBase, Session, scoped_session, sessionmaker
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +112,13 @@ _sqlite_lock = _SQLiteWriteLock()
 
 
 @contextlib.contextmanager
-def write_lock(deadline: float | None = None) -> Iterator[None]:
+def write_lock(engine: Engine, deadline: float | None = None) -> Iterator[None]:
     """Hold around a write transaction: serialises SQLite writers; nothing on other databases.
 
     With a `deadline` (a `time.monotonic()` value), raise WriteTimeout if the lock is
     not ours by then.
     """
-    url = db.engine.url
+    url = engine.url
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         with _sqlite_lock.hold(str(url.database), deadline):
             yield
@@ -131,10 +135,10 @@ class StatementDeadline:
     statement. Either way the transaction fails, and is rolled back, instead of running on.
     """
 
-    def __init__(self, connection: Any, deadline: float) -> None:
+    def __init__(self, engine: Engine, connection: Any, deadline: float) -> None:
         self.connection = connection
         self.deadline = deadline
-        self.sqlite = db.engine.dialect.name == "sqlite"
+        self.sqlite = engine.dialect.name == "sqlite"
 
     def _left_ms(self) -> int:
         left = int((self.deadline - time.monotonic()) * 1000)
@@ -180,6 +184,68 @@ def database_url(configured: str | None, instance_path: str) -> str:
         return configured
     os.makedirs(instance_path, exist_ok=True)
     return f"sqlite:///{os.path.join(instance_path, 'gateway.db')}"
+
+
+class OwnDatabase:
+    """An engine and a thread-scoped session of our own, apart from any Flask-SQLAlchemy.
+
+    A host app may have its own Flask-SQLAlchemy (one per app); this one touches nothing of
+    it. Sessions are per thread: callers end theirs with `session.remove()` when done. After
+    a fork the child drops the parent's pooled connections without closing them.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        metadata: MetaData,
+        *,
+        sqlite_synchronous: str,
+        write_timeout: float | None = None,
+    ) -> None:
+        sqlite = url.startswith("sqlite")
+        self.engine = create_engine(url, **engine_options(url, write_timeout))
+        if sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas(sqlite_synchronous))
+        self.session: scoped_session[Session] = scoped_session(sessionmaker(bind=self.engine))
+        self.metadata = metadata
+        self.schema_ready = False
+        _forked.add(self)
+
+    def ensure_schema(self) -> bool:
+        """Create the tables once per process; False (and logged) while the database is down."""
+        if self.schema_ready:
+            return True
+        try:
+            try:
+                self.metadata.create_all(self.engine)
+            except (exc.IntegrityError, exc.ProgrammingError):
+                self.metadata.create_all(self.engine)  # another process was creating them too
+        except exc.SQLAlchemyError as error:
+            log.warning("database unavailable, schema not checked yet: %s", type(error).__name__)
+            return False
+        self.schema_ready = True
+        return True
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's connections and sessions, never close them."""
+        self.engine.dispose(close=False)
+        self.session.registry.clear()
+
+    def dispose(self) -> None:
+        """Close the sessions of this thread and every pooled connection."""
+        self.session.remove()
+        self.engine.dispose()
+
+
+_forked: weakref.WeakSet[OwnDatabase] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for database in list(_forked):
+        database.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def create_schema() -> None:

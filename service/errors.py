@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
-from flask import Flask, Response, g, jsonify
+from flask import Blueprint, Flask, Response, g, jsonify
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
-
-from .inngest import InngestRejected, InngestUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +85,43 @@ class ValidationFailed(APIError):
     message = "The request is invalid."
 
 
+class RateLimited(APIError):
+    status_code, code = 429, "rate_limited"
+    message = "Too many requests; try again later."
+
+
+class UpstreamRejected(APIError):
+    status_code, code = 502, "upstream_rejected"
+    message = "Inngest refused the events."
+
+
 class NotReady(APIError):
     status_code, code = 503, "not_ready"
     message = "The service cannot serve requests yet."
+
+
+class UpstreamUnavailable(APIError):
+    status_code, code = 503, "upstream_unavailable"
+    message = (
+        "Inngest did not confirm the events in time; it may or may not have received them. "
+        "Retry with the same Idempotency-Key (or event ids), as the same poster (logged in, or "
+        "keeping the session cookie), so that Inngest drops a repeat."
+    )
+
+
+class OutboxFull(APIError):
+    status_code, code = 503, "outbox_full"
+    message = "Too many events are waiting for delivery; try again shortly."
+
+
+class OutboxUnavailable(APIError):
+    status_code, code = 503, "outbox_unavailable"
+    message = "The event could not be stored; try again shortly."
+
+
+class DatabaseUnavailable(APIError):
+    status_code, code = 503, "database_unavailable"
+    message = "The database is unavailable; try again shortly."
 
 
 def envelope(
@@ -125,33 +156,11 @@ def _http_error(exc: HTTPException) -> Response:
     return response
 
 
-def _unavailable(exc: InngestUnavailable) -> Response:
-    log.warning("Inngest unavailable: %s", exc)
-    response = envelope(
-        503,
-        "upstream_unavailable",
-        "Inngest did not confirm the events in time; it may or may not have received them. "
-        "Retry with the same Idempotency-Key (or event ids), as the same poster (logged in, or "
-        "keeping the session cookie), so that Inngest drops a repeat.",
-    )
-    response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    return response
-
-
-def _rejected(exc: InngestRejected) -> Response:
-    log.error("Inngest refused the events: %s", exc)
-    return envelope(502, "upstream_rejected", "Inngest refused the events.")
-
-
 def _database_down(exc: DBAPIError) -> Response:
     if not exc.connection_invalidated and not isinstance(exc, OperationalError):
         return _unexpected(exc)
     log.warning("database unavailable: %s", type(exc.orig).__name__)
-    response = envelope(
-        503, "database_unavailable", "The database is unavailable; try again shortly."
-    )
-    response.headers["Retry-After"] = "5"
-    return response
+    return _api_error(DatabaseUnavailable(headers={"Retry-After": "5"}))
 
 
 def _unexpected(exc: Exception) -> Response:
@@ -159,11 +168,14 @@ def _unexpected(exc: Exception) -> Response:
     return envelope(500, APIError.code, APIError.message)
 
 
+def register(target: Flask | Blueprint) -> None:
+    """Render every error, expected or not, as the JSON envelope: app-wide, or for a blueprint."""
+    target.register_error_handler(APIError, _api_error)
+    target.register_error_handler(HTTPException, _http_error)
+    target.register_error_handler(DBAPIError, _database_down)
+    target.register_error_handler(Exception, _unexpected)
+
+
 def init_app(app: Flask) -> None:
-    """Render every error, expected or not, as the JSON envelope."""
-    app.register_error_handler(APIError, _api_error)
-    app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(InngestUnavailable, _unavailable)
-    app.register_error_handler(InngestRejected, _rejected)
-    app.register_error_handler(DBAPIError, _database_down)
-    app.register_error_handler(Exception, _unexpected)
+    """Render every error the app answers as the JSON envelope."""
+    register(app)

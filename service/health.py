@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import outbox
 from .db import db, ensure_schema, ping
 from .errors import NotReady
+from .state import gateway_state
 
 log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
@@ -28,10 +29,14 @@ def readyz() -> Response:
         ping()
         if not ensure_schema(current_app):
             raise NotReady("The database schema could not be created.")
-        outbox.check_writable()
-        depth = outbox.status()
+        outbox_db = gateway_state().outbox_db
+        if not outbox_db.ensure_schema():
+            raise NotReady("The outbox's schema could not be created.")
+        outbox.check_writable(outbox_db)
+        depth = outbox.status(outbox_db)
     except SQLAlchemyError as exc:
         db.session.rollback()
+        gateway_state().outbox_db.session.remove()
         log.warning("database not ready: %s", type(exc).__name__)
         raise NotReady(
             "The database does not answer.", errors={"database": ["unreachable"]}

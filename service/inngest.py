@@ -20,7 +20,6 @@ from typing import Any
 
 import requests
 import urllib3
-from flask import Flask, current_app
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -472,14 +471,3 @@ class InngestClient:
         raise InngestRejected(
             status, message, accepted=len(accepted) if isinstance(accepted, list) else 0
         )
-
-
-def init_app(app: Flask) -> None:
-    """Create the process's sender from the app's settings."""
-    app.extensions["inngest"] = InngestClient(app.extensions["settings"])
-
-
-def client() -> InngestClient:
-    """The current app's sender."""
-    sender: InngestClient = current_app.extensions["inngest"]
-    return sender

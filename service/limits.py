@@ -1,102 +1,105 @@
-"""Rate limits (Flask-Limiter): posts per user or client IP; logins per IP and per e-mail."""
+"""Rate limits, declared on the views they guard: posts per user or client IP, logins.
+
+Built on `limits` (Flask-Limiter's own backend) behind a small decorator rather than on
+Flask-Limiter itself, whose hooks are app-wide: a host app mounting the gateway keeps its
+requests, hooks and headers to itself, and only the decorated views count. The storage
+(`RATELIMIT_STORAGE_URI`), the sliding-window-counter strategy and the 429 envelope with
+`Retry-After` are what they were under Flask-Limiter.
+"""
 
 from __future__ import annotations
 
-import json
+import functools
 import math
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from flask import Flask, Response, current_app, g, request
-from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
-from flask_login import current_user
+from flask import make_response, request
+from limits import RateLimitItem, parse_many
+from limits.storage import storage_from_string
+from limits.strategies import SlidingWindowCounterRateLimiter
+from werkzeug.exceptions import HTTPException
 
-from .errors import envelope
-from .payload import FORM_TYPES, form_fields
+from .errors import APIError, RateLimited
 from .settings import Settings
-from .users import normalize_email
+from .state import gateway_state
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def client_ip() -> str:
-    """The client's address, as the proxy in front saw it when TRUSTED_PROXIES says so."""
+    """The client's address, as the proxy in front saw it when the host trusts one."""
     return request.remote_addr or "unknown"
 
 
-def poster() -> str:
-    """Who a post counts against: the logged-in user, else the client's IP."""
-    if current_user.is_authenticated:
-        return f"user:{current_user.id}"
-    return f"ip:{client_ip()}"
+class RateLimiter:
+    """Counts hits per key in the configured storage, with a sliding window counter."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.enabled = settings.ratelimit_enabled
+        self.prefix = settings.ratelimit_key_prefix
+        self.storage = storage_from_string(settings.ratelimit_storage_uri)
+        # Two counters per key, whatever the rate: a moving window would keep every hit.
+        self.strategy = SlidingWindowCounterRateLimiter(self.storage)
+
+    def _refuse(self, item: RateLimitItem, scope: str, key: str) -> RateLimited:
+        reset = self.strategy.get_window_stats(item, self.prefix, scope, key).reset_time
+        retry = max(1, math.ceil(reset - time.time()))
+        return RateLimited(
+            f"Too many requests (limit: {item}); try again in {retry} s.",
+            headers={"Retry-After": str(retry)},
+        )
+
+    def hit(self, limits: str, scope: str, key: str) -> None:
+        """Count one hit against every limit, or raise RateLimited at the first one over."""
+        for item in parse_many(limits):
+            if not self.strategy.hit(item, self.prefix, scope, key):
+                raise self._refuse(item, scope, key)
+
+    def check(self, limits: str, scope: str, key: str) -> None:
+        """Raise RateLimited if a limit is already used up, without counting a hit."""
+        for item in parse_many(limits):
+            if not self.strategy.test(item, self.prefix, scope, key):
+                raise self._refuse(item, scope, key)
 
 
-def login_email() -> str:
-    """The e-mail a login names, read from the (cached) body; failures are counted per e-mail."""
-    email: Any = None
-    if request.is_json:
-        try:
-            body = json.loads(request.get_data(cache=True) or b"null")
-        except ValueError:
-            body = None
-        email = body.get("email") if isinstance(body, dict) else None
-    elif request.mimetype in FORM_TYPES:
-        email = form_fields(request).get("email")  # a malformed form is a 400 here already
-    return f"email:{normalize_email(email)}" if isinstance(email, str) else "email:-"
+def limit(
+    limits: Callable[[], str],
+    *,
+    scope: str,
+    key: Callable[[], str] = client_ip,
+    count_when: Callable[[int], bool] | None = None,
+) -> Callable[[F], F]:
+    """Limit a view: every call counts, or with `count_when` only answers of those statuses.
 
+    With `count_when`, a key already over its limit is refused before the view runs (once
+    over, even a request that would not count waits). The app's limiter (storage, prefix,
+    RATELIMIT_ENABLED) is looked up when the view is called.
+    """
 
-def _settings() -> Settings:
-    settings: Settings = current_app.extensions["settings"]
-    return settings
+    def decorator(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            limiter = gateway_state().limiter
+            if not limiter.enabled:
+                return view(*args, **kwargs)
+            rates, who = limits(), key()
+            if count_when is None:
+                limiter.hit(rates, scope, who)
+                return view(*args, **kwargs)
+            limiter.check(rates, scope, who)
+            try:
+                response = make_response(view(*args, **kwargs))
+            except (APIError, HTTPException) as exc:
+                status = exc.status_code if isinstance(exc, APIError) else exc.code or 500
+                if count_when(status):
+                    limiter.hit(rates, scope, who)
+                raise
+            if count_when(response.status_code):
+                limiter.hit(rates, scope, who)
+            return response
 
+        return wrapper  # type: ignore[return-value]
 
-def _failed_login(response: Response) -> bool:
-    return response.status_code == 401
-
-
-def _breached(limit: RequestLimit) -> None:
-    g.rate_limit_reset = limit.reset_at  # for Retry-After; the handler below renders the answer
-
-
-def _limited(exc: RateLimitExceeded) -> Response:
-    """429 in the usual envelope, with when to try again."""
-    retry = max(1, math.ceil(g.get("rate_limit_reset", time.time() + 1) - time.time()))
-    response = envelope(
-        429,
-        "rate_limited",
-        f"Too many requests (limit: {exc.description}); try again in {retry} s.",
-    )
-    response.headers["Retry-After"] = str(retry)
-    return response
-
-
-def init_app(app: Flask) -> None:
-    """One limiter per app, and the limits on `POST /api` and `POST /auth/login`."""
-    settings: Settings = app.extensions["settings"]
-    limiter = Limiter(
-        key_func=client_ip,
-        app=app,
-        storage_uri=settings.ratelimit_storage_uri,
-        key_prefix=settings.ratelimit_key_prefix,
-        # Two counters per key, whatever the rate: a moving window keeps every hit.
-        strategy="sliding-window-counter",
-        # Its headers would put a Retry-After on every answer; ours goes on the 429 only.
-        headers_enabled=False,
-        enabled=settings.ratelimit_enabled,
-        swallow_errors=False,
-        on_breach=_breached,
-    )
-    app.register_error_handler(RateLimitExceeded, _limited)
-    app.extensions["rate_limiter"] = limiter
-    views: dict[str, Any] = app.view_functions  # wrapped in place, after registration
-    views["api.post_events"] = limiter.limit(
-        lambda: _settings().ratelimit_api, key_func=poster, scope="api"
-    )(views["api.post_events"])
-    login = limiter.limit(lambda: _settings().ratelimit_login_ip, scope="login-ip")(
-        views["auth.login"]
-    )
-    # Only failed attempts count against an e-mail; once over, even the right password waits.
-    views["auth.login"] = limiter.limit(
-        lambda: _settings().ratelimit_login_email,
-        key_func=login_email,
-        scope="login-email",
-        deduct_when=_failed_login,
-    )(login)
+    return decorator

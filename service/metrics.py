@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from http import HTTPStatus
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -32,14 +32,15 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
+from .errors import envelope
 from .settings import Settings
+from .state import gateway_state
 
 log = logging.getLogger(__name__)
 
 PREFIX = "inngest_gateway"
 # prometheus-client chooses in-process or file-backed values once, when it is imported.
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-POST_ENDPOINT = "api.post_events"
 UNMATCHED = "<unmatched>"
 # Every label takes its value from a fixed set, so no request (nor a misbehaving upstream)
 # can add series: a made-up method is "other", a path no rule matches is UNMATCHED, a status
@@ -158,17 +159,23 @@ def _start_timer() -> None:
     g.metrics_started = time.perf_counter()
 
 
-def _refusal_reason(response: Response) -> str:
-    """The error envelope's code, as `envelope` recorded it; no need to parse the body again."""
+def post_refused(status: int) -> None:
+    """A post to the API refused, by the error envelope's code (as `envelope` recorded it)."""
     code = g.get("error_code")
-    if isinstance(code, str) and _NAME.match(code):
-        return code
-    return f"http_{status_label(response.status_code)}"
+    reason = code if isinstance(code, str) and _NAME.match(code) else f"http_{status_label(status)}"
+    EVENTS_REFUSED.labels(reason=reason).inc()
+
+
+def _route() -> str:
+    """The matched URL rule's template, or UNMATCHED (no rule, or the API's any-method 405)."""
+    rule = request.url_rule
+    if rule is None or getattr(rule, "fallback", False):
+        return UNMATCHED
+    return rule.rule
 
 
 def _record(response: Response) -> Response:
-    rule = request.url_rule
-    route = rule.rule if rule is not None else UNMATCHED  # the rule's template, not the path
+    route = _route()
     method = method_label(request.method)
     HTTP_REQUESTS.labels(
         route=route, method=method, status=status_label(response.status_code)
@@ -176,8 +183,6 @@ def _record(response: Response) -> Response:
     started = g.get("metrics_started")
     if started is not None:
         HTTP_DURATION.labels(route=route, method=method).observe(time.perf_counter() - started)
-    if request.endpoint == POST_ENDPOINT and response.status_code >= 400:
-        EVENTS_REFUSED.labels(reason=_refusal_reason(response)).inc()
     return response
 
 
@@ -188,15 +193,15 @@ class OutboxCollector(Collector):
     """The outbox's depth and oldest pending event's age, read from the database per scrape."""
 
     def collect(self) -> Iterable[Metric]:
-        from . import outbox
-        from .db import db, ensure_schema
+        from . import outbox  # which imports this module
 
+        database = gateway_state().outbox_db
         try:
-            if not ensure_schema(current_app):
+            if not database.ensure_schema():
                 return
-            status = outbox.status()
+            status = outbox.status(database)
         except SQLAlchemyError as exc:
-            db.session.rollback()
+            database.session.remove()
             log.warning("outbox metrics unavailable: %s", type(exc).__name__)
             return
         yield GaugeMetricFamily(
@@ -242,8 +247,6 @@ def internal_address(address: str | None) -> bool:
 
 def _refusal(settings: Settings) -> Response | None:
     """The error envelope for a scrape that may not read the metrics, or None."""
-    from .errors import envelope  # errors imports inngest, which imports this module
-
     if settings.metrics_internal_only and not internal_address(request.remote_addr):
         return envelope(403, "forbidden", "Metrics may only be read from an internal address.")
     if settings.metrics_token:
@@ -265,7 +268,7 @@ bp = Blueprint("metrics", __name__)
 @bp.get("/metrics")
 def scrape() -> Response:
     """The metrics in Prometheus' text format."""
-    refused = _refusal(current_app.extensions["settings"])
+    refused = _refusal(gateway_state().settings)
     if refused is not None:
         return refused
     response = Response(generate_latest(_Scrape()), content_type=CONTENT_TYPE_LATEST)

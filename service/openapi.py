@@ -19,6 +19,7 @@ from .event_schemas import glob_regex
 from .events import RESERVED_PREFIX
 from .schemas import MAX_ID_LENGTH, SERVER_KEYS, TS_MAX, EventSchema, LoginSchema
 from .settings import Settings
+from .state import gateway_state
 
 bp = Blueprint("openapi", __name__)
 JSON = "application/json"
@@ -564,5 +565,5 @@ def docs() -> str:
 
 def init_app(app: Flask) -> None:
     """Build the document once, from the settings, and register `/openapi.json` and `/docs`."""
-    app.extensions["openapi"] = build_spec(app.extensions["settings"])
+    app.extensions["openapi"] = build_spec(gateway_state(app).settings)
     app.register_blueprint(bp)

@@ -21,16 +21,17 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import click
-from flask import Flask, current_app
+from flask import Flask
 from flask.cli import AppGroup
 from sqlalchemy import (
     BigInteger,
     Index,
     Integer,
     String,
+    Table,
     Text,
     and_,
     delete,
@@ -40,11 +41,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from . import metrics
-from .db import StatementDeadline, WriteTimeout, db, write_lock
-from .errors import APIError
+from .db import OwnDatabase, StatementDeadline, WriteTimeout, write_lock
+from .errors import APIError, OutboxFull, OutboxUnavailable
 from .events import Event
 from .inngest import (
     InngestClient,
@@ -54,6 +55,7 @@ from .inngest import (
     lease_deadline,
 )
 from .settings import Settings, parse_duration
+from .state import GatewayState, gateway_state
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,11 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class OutboxEvent(db.Model):  # type: ignore[name-defined,misc]
+class OutboxBase(DeclarativeBase):
+    """The outbox's own tables, in its own database (OUTBOX_DATABASE_URL), on its own engine."""
+
+
+class OutboxEvent(OutboxBase):
     """One accepted event, from its commit until Inngest has it (or it is given up on)."""
 
     __tablename__ = "outbox_events"
@@ -95,38 +101,28 @@ class OutboxEvent(db.Model):  # type: ignore[name-defined,misc]
 
 
 # The deliverer's statements use the table, not the mapped class: it never needs ORM objects.
-_table = OutboxEvent.__table__
+_table = cast(Table, OutboxEvent.__table__)
 _c = _table.c
 
 
-class OutboxFull(APIError):
-    status_code, code = 503, "outbox_full"
-    message = "Too many events are waiting for delivery; try again shortly."
-
-
-class OutboxUnavailable(APIError):
-    status_code, code = 503, "outbox_unavailable"
-    message = "The event could not be stored; try again shortly."
-
-
 @contextlib.contextmanager
-def _transaction() -> Iterator[None]:
+def _transaction(database: OwnDatabase) -> Iterator[None]:
     """Statements on the session, committed as one write under the database's write lock."""
-    with write_lock():
+    with write_lock(database.engine):
         try:
             yield
-            db.session.commit()
+            database.session.commit()
         except BaseException:
-            db.session.rollback()
+            database.session.rollback()
             raise
 
 
 # -- the write path ------------------------------------------------------------------------
 
 
-def pending_count() -> int:
+def pending_count(database: OwnDatabase) -> int:
     """Events stored and not yet delivered or given up on."""
-    count = db.session.scalar(
+    count = database.session.scalar(
         select(func.count()).select_from(OutboxEvent).where(OutboxEvent.state == PENDING)
     )
     return int(count or 0)
@@ -170,9 +166,9 @@ class Writer:
     503 only for events that are not, and will never be, stored.
     """
 
-    def __init__(self, app: Flask) -> None:
-        self.app = app
-        self.settings: Settings = app.extensions["settings"]
+    def __init__(self, settings: Settings, database: OwnDatabase) -> None:
+        self.settings = settings
+        self.db = database
         self._lock = threading.Lock()
         self._queue: list[_Store] = []
         self._leading = False
@@ -266,9 +262,10 @@ class Writer:
 
     def _commit(self, batch: list[_Store]) -> None:
         accepted: list[_Store] = []
-        driver_error = db.engine.dialect.loaded_dbapi.Error
+        engine = self.db.engine
+        driver_error = engine.dialect.loaded_dbapi.Error
         if not self._insert:
-            self._prepare(db.engine.dialect.paramstyle)
+            self._prepare(engine.dialect.paramstyle)
         deadline = time.monotonic() + self.settings.outbox_write_timeout
         connection = None
         try:
@@ -277,8 +274,11 @@ class Writer:
             # deadline: the pool's wait (and on PostgreSQL, opening a connection) is
             # bounded by OUTBOX_WRITE_TIMEOUT (see db.engine_options), and what it used is
             # no longer left for the lock and the statements.
-            connection = db.engine.raw_connection()
-            with write_lock(deadline), StatementDeadline(connection, deadline) as bound:
+            connection = engine.raw_connection()
+            with (
+                write_lock(engine, deadline),
+                StatementDeadline(engine, connection, deadline) as bound,
+            ):
                 cursor = connection.cursor()
                 try:
                     bound.before(cursor)
@@ -317,12 +317,6 @@ class Writer:
                 connection.close()  # back to the pool (rolled back if not committed)
 
 
-def store(events: Sequence[Event]) -> None:
-    """Commit the events through this process's writer; see `Writer.store`."""
-    writer: Writer = current_app.extensions["outbox_writer"]
-    writer.store(events)
-
-
 # -- delivery ------------------------------------------------------------------------------
 
 
@@ -348,10 +342,13 @@ def _free(now: int, *, due_only: bool = True) -> Any:
 class Deliverer:
     """Claims, sends and settles batches of outbox events; one per process, or several."""
 
-    def __init__(self, app: Flask, client: InngestClient) -> None:
+    def __init__(
+        self, app: Flask, settings: Settings, client: InngestClient, database: OwnDatabase
+    ) -> None:
         self.app = app
-        self.settings: Settings = app.extensions["settings"]
+        self.settings = settings
         self.client = client
+        self.db = database
         self.name = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -375,23 +372,23 @@ class Deliverer:
         """Lease the next batch: the oldest due event's unfinished batch, or a fresh one."""
         now = now_ms()
         free = _free(now, due_only=not ignore_schedule)
-        head = db.session.execute(
+        head = self.db.session.execute(
             select(_c.id, _c.batch_seed).where(free).order_by(_c.id).limit(1)
         ).first()
-        db.session.commit()  # end the read, so the claim below starts a write at once
+        self.db.session.commit()  # end the read, so the claim below starts a write at once
         if head is None:
             return None
         seed = head.batch_seed or id_seed()
         expires = now + int(self.settings.outbox_lease_seconds * 1000)
         lease = {"claimed_by": self.name, "claim_expires_at": expires, "batch_seed": seed}
-        with _transaction():
+        with _transaction(self.db):
             if head.batch_seed:
                 # A batch sent before: exactly its events again, under its seed.
                 which = _c.batch_seed == head.batch_seed
             else:
                 # A fresh batch: sized before the seed is written, so that the seed only
                 # ever names the events it is first sent with.
-                fresh = db.session.execute(
+                fresh = self.db.session.execute(
                     select(_c.id, _c.size)
                     .where(free, _c.batch_seed.is_(None))
                     .order_by(_c.id)
@@ -400,7 +397,7 @@ class Deliverer:
                 ).all()
                 which = and_(_c.id.in_(self._fit(fresh)), _c.batch_seed.is_(None))
             rows: list[Any] = list(
-                db.session.execute(
+                self.db.session.execute(
                     update(_table)
                     .where(which, free)
                     .values(**lease)
@@ -463,16 +460,16 @@ class Deliverer:
     def _delivered(self, ids: list[int]) -> None:
         if not ids:
             return
-        with _transaction():
+        with _transaction(self.db):
             self._mark_delivered(ids)
         metrics.events_delivered(len(ids))
 
     def _mark_delivered(self, ids: list[int]) -> None:
         where = _c.id.in_(ids)
         if self.settings.outbox_keep_delivered <= 0:
-            db.session.execute(delete(_table).where(where))
+            self.db.session.execute(delete(_table).where(where))
         else:
-            db.session.execute(
+            self.db.session.execute(
                 update(_table)
                 .where(where)
                 .values(
@@ -485,7 +482,7 @@ class Deliverer:
             )
 
     def _mark_dead(self, ids: list[int], error: str) -> None:
-        db.session.execute(
+        self.db.session.execute(
             update(_table)
             .where(_c.id.in_(ids), _c.state == PENDING)
             .values(
@@ -501,7 +498,7 @@ class Deliverer:
     def _dead(self, ids: list[int], error: str) -> None:
         if not ids:
             return
-        with _transaction():
+        with _transaction(self.db):
             self._mark_dead(ids, error)
         metrics.events_dead(len(ids))
         log.error("dead-lettered %d event(s): %s", len(ids), error)
@@ -516,7 +513,7 @@ class Deliverer:
         event alone, and the others are delivered. Each half is a new batch with a new seed;
         the events keep their ids.
         """
-        attempts = db.session.scalar(select(func.max(_c.attempts)).where(_c.id.in_(ids))) or 0
+        attempts = self.db.session.scalar(select(func.max(_c.attempts)).where(_c.id.in_(ids))) or 0
         attempt = attempts + 1
         delay = self.backoff(attempt)
         if retry_after is not None:
@@ -526,14 +523,14 @@ class Deliverer:
         # would only mean more requests. A 5xx is split even with Retry-After (proxies and
         # load balancers answer 503 with one), still waiting as long as it asks.
         split = len(ids) > 1 and not throttled and attempt % self.settings.outbox_split_after == 0
-        with _transaction():
+        with _transaction(self.db):
             if split:
                 half = (len(ids) + 1) // 2
                 for part in (ids[:half], ids[half:]):
-                    db.session.execute(
+                    self.db.session.execute(
                         update(_table).where(_c.id.in_(part), mine).values(batch_seed=id_seed())
                     )
-            db.session.execute(
+            self.db.session.execute(
                 update(_table)
                 .where(_c.id.in_(ids), mine)
                 .values(
@@ -560,12 +557,12 @@ class Deliverer:
             accepted = min(exc.accepted, len(claimed.ids) - 1)
             done, bad = claimed.ids[:accepted], claimed.ids[accepted]
             rest = claimed.ids[accepted + 1 :]
-            with _transaction():  # one write: a crash must not leave the rest with the seed
+            with _transaction(self.db):  # one write: a crash must not leave the rest with the seed
                 if done:
                     self._mark_delivered(done)
                 self._mark_dead([bad], exc.error)
                 if rest:  # a new batch, with a new seed, when next claimed
-                    db.session.execute(
+                    self.db.session.execute(
                         update(_table)
                         .where(_c.id.in_(rest), _c.claimed_by == self.name)
                         .values(claimed_by=None, claim_expires_at=None, batch_seed=None)
@@ -588,8 +585,8 @@ class Deliverer:
         """Dead-letter events older than OUTBOX_MAX_AGE; forget delivered ones kept long enough."""
         self._last_housekeeping = time.monotonic()
         now = now_ms()
-        with _transaction():
-            seeds = db.session.scalars(
+        with _transaction(self.db):
+            seeds = self.db.session.scalars(
                 update(_table)
                 .where(
                     _c.state == PENDING,
@@ -609,13 +606,13 @@ class Deliverer:
             # The younger events of those batches stay pending: as a new batch, new seed.
             partial = {seed for seed in seeds if seed is not None}
             if partial:
-                db.session.execute(
+                self.db.session.execute(
                     update(_table)
                     .where(_c.batch_seed.in_(partial), _c.state == PENDING)
                     .values(batch_seed=None)
                 )
             if self.settings.outbox_keep_delivered > 0:
-                db.session.execute(
+                self.db.session.execute(
                     delete(_table).where(
                         _c.state == DELIVERED,
                         _c.finished_at < now - int(self.settings.outbox_keep_delivered * 1000),
@@ -654,7 +651,7 @@ class Deliverer:
             except Exception:
                 log.exception("outbox deliverer step failed")
                 with self.app.app_context():
-                    db.session.rollback()
+                    self.db.session.rollback()
                 sent = 0
             if sent >= self.settings.api_max_batch:
                 continue  # a backlog: keep going
@@ -685,8 +682,8 @@ class Deliverer:
             try:
                 delivered = self.drain(deadline)
             finally:
-                with _transaction():
-                    db.session.execute(
+                with _transaction(self.db):
+                    self.db.session.execute(
                         update(_table)
                         .where(_c.claimed_by == self.name, _c.state == PENDING)
                         .values(claimed_by=None, claim_expires_at=None)
@@ -697,13 +694,13 @@ class Deliverer:
     def drain(self, deadline: float) -> int:
         """Deliver stored events until none is left, a send fails, or the deadline passes."""
         delivered = 0
-        before = pending_count()
+        before = pending_count(self.db)
         while time.monotonic() < deadline:
             claimed = self.claim(ignore_schedule=True)
             if claimed is None:
                 break
             self.deliver(claimed, deadline=deadline)
-            after = pending_count()
+            after = pending_count(self.db)
             if after >= before:
                 break  # Inngest is not taking them: leave the rest for the next start
             delivered, before = delivered + before - after, after
@@ -713,8 +710,15 @@ class Deliverer:
 # -- status, for /readyz and the CLI ---------------------------------------------------
 
 
-def status() -> dict[str, Any]:
+def status(database: OwnDatabase) -> dict[str, Any]:
     """Counts by state, events in flight, and the age of the oldest pending event."""
+    try:
+        return _status(database)
+    finally:
+        database.session.remove()  # a read in a request thread: give the connection back
+
+
+def _status(db: OwnDatabase) -> dict[str, Any]:
     now = now_ms()
     counts = dict(
         db.session.execute(
@@ -738,35 +742,20 @@ def status() -> dict[str, Any]:
     }
 
 
-def check_writable() -> None:
+def check_writable(database: OwnDatabase) -> None:
     """Raise if the database cannot take writes (read-only, locked, gone)."""
-    db.session.execute(
+    database.session.execute(
         update(OutboxEvent).where(OutboxEvent.id == -1).values(attempts=OutboxEvent.attempts)
     )
-    db.session.rollback()
+    database.session.rollback()
 
 
 # -- wiring ----------------------------------------------------------------------------
 
 
-def deliverer(app: Flask | None = None) -> Deliverer:
-    """The app's deliverer."""
-    the_app = app or current_app
-    found: Deliverer = the_app.extensions["outbox"]
-    return found
-
-
-def start_delivery(app: Flask) -> None:
-    """Run the deliverer thread in this process, if this process should have one."""
-    settings: Settings = app.extensions["settings"]
-    if settings.delivery_mode == "outbox" and settings.outbox_embedded_deliverer:
-        deliverer(app).ensure_running()
-
-
-def stop_delivery(app: Flask) -> None:
-    """Stop this process's deliverer and drain within OUTBOX_DRAIN_SECONDS."""
-    if "outbox" in app.extensions:
-        deliverer(app).stop()
+def _outbox() -> GatewayState:
+    """The current app's gateway, whose outbox the commands act on."""
+    return gateway_state()
 
 
 outbox_cli = AppGroup("outbox", help="See and act on the events waiting for delivery.")
@@ -776,7 +765,7 @@ outbox_cli = AppGroup("outbox", help="See and act on the events waiting for deli
 @click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
 def deliver_command(once: bool) -> None:
     """Run a deliverer in the foreground (SIGTERM or Ctrl-C drains and stops it)."""
-    worker = deliverer()
+    worker = _outbox().deliverer
     if once:
         total = 0
         while (sent := worker.run_once()) > 0:
@@ -796,7 +785,7 @@ def deliver_command(once: bool) -> None:
 @outbox_cli.command("status")
 def status_command() -> None:
     """Pending, in flight, dead, and the age of the oldest pending event."""
-    for key, value in status().items():
+    for key, value in status(_outbox().outbox_db).items():
         click.echo(f"{key}: {value}")
 
 
@@ -821,8 +810,9 @@ def retry_command(dead: bool) -> None:
         )
     else:
         statement = statement.where(OutboxEvent.state == PENDING)
-    with _transaction():
-        count = db.session.execute(statement).rowcount  # type: ignore[attr-defined]
+    database = _outbox().outbox_db
+    with _transaction(database):
+        count = database.session.execute(statement).rowcount  # type: ignore[attr-defined]
     click.echo(f"{count} event(s) due for delivery now")
 
 
@@ -838,21 +828,9 @@ def purge_command(dead: bool, older_than: str) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
     cutoff = now_ms() - int(seconds * 1000)
-    with _transaction():
-        count = db.session.execute(
+    database = _outbox().outbox_db
+    with _transaction(database):
+        count = database.session.execute(
             delete(OutboxEvent).where(OutboxEvent.state == DEAD, OutboxEvent.finished_at <= cutoff)
         ).rowcount  # type: ignore[attr-defined]
     click.echo(f"purged {count} dead event(s)")
-
-
-def init_app(app: Flask, client: InngestClient) -> None:
-    """Create the app's deliverer, start it with the first request, register `flask outbox`.
-
-    Nothing starts here: under gunicorn the app may be built before the fork, and a
-    thread started then would not exist in the workers. gunicorn.conf.py starts it in
-    each worker; elsewhere (`flask run`) the first request does.
-    """
-    app.extensions["outbox"] = Deliverer(app, client)
-    app.extensions["outbox_writer"] = Writer(app)
-    app.cli.add_command(outbox_cli)
-    app.before_request(lambda: start_delivery(app))

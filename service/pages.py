@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, current_app, render_template
+from flask import Blueprint, Flask, render_template
 
 from .auth import current
+from .state import gateway_state
 
 bp = Blueprint("pages", __name__)
 
@@ -12,7 +13,7 @@ bp = Blueprint("pages", __name__)
 @bp.get("/")
 def index() -> str:
     """Who is logged in, and two ways to post to `/api`: a plain form and `fetch`."""
-    settings = current_app.extensions["settings"]
+    settings = gateway_state().settings
     return render_template(
         "index.html",
         user=current(),

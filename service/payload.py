@@ -6,11 +6,12 @@ import io
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
-from flask import Request, current_app, request
+from flask import Request, request
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
@@ -24,24 +25,18 @@ FORM_FIELDS = ("name", "next")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-class GatewayRequest(Request):
-    """Flask's request, except that a form body that cannot be parsed is an error, not empty."""
-
-    def make_form_data_parser(self) -> FormDataParser:
-        parser = super().make_form_data_parser()
-        parser.silent = False
-        return parser
-
-
 def buffer_streamed_body() -> None:
     """Read a body sent without Content-Length (chunked) up to the limit, or refuse it.
 
-    Werkzeug would stop reading at the limit and hand on a body cut short.
+    Werkzeug would stop reading at the limit and hand on a body cut short. The limit is
+    the request's own (`request.max_content_length`), set per request by the gateway.
     """
     environ = request.environ
     if environ.get("CONTENT_LENGTH") or not environ.get("wsgi.input_terminated"):
         return
-    limit: int = current_app.config["MAX_CONTENT_LENGTH"]
+    limit = request.max_content_length
+    if limit is None:
+        return
     stream = environ["wsgi.input"]
     chunks: list[bytes] = []
     size = 0
@@ -57,10 +52,27 @@ def buffer_streamed_body() -> None:
     environ["CONTENT_LENGTH"] = str(size)
 
 
+def _strict_parser(request: Request) -> Callable[[], FormDataParser]:
+    def make() -> FormDataParser:
+        parser = type(request).make_form_data_parser(request)
+        parser.silent = False
+        return parser
+
+    return make
+
+
 def form_fields(request: Request) -> MultiDict[str, str]:
-    """The form's fields; a body that is not a well-formed form is a 400."""
+    """The form's fields; a body that is not a well-formed form is a 400.
+
+    Werkzeug parses forms silently (a malformed body reads as an empty form); this request,
+    and only this one, gets a parser that raises instead, so the host's request class and
+    its other routes are left as they are.
+    """
+    real: Request = getattr(request, "_get_current_object", lambda: request)()
+    if "form" not in real.__dict__:
+        real.make_form_data_parser = _strict_parser(real)  # type: ignore[method-assign]
     try:
-        return request.form
+        return real.form
     except ValueError as exc:
         raise InvalidForm(f"The form body could not be parsed: {exc}.") from None
 

@@ -34,10 +34,11 @@ class ConfigError(Exception):
 class Settings:
     """Every setting the service reads, already parsed and checked."""
 
-    secret_key: str | None
-    database_url: str | None
+    # Secrets, and URLs that may hold a password, stay out of repr (and so out of logs).
+    secret_key: str | None = field(repr=False)
+    database_url: str | None = field(repr=False)
     inngest_dev: bool
-    inngest_event_key: str
+    inngest_event_key: str = field(repr=False)
     inngest_origin: str
     inngest_env: str | None
     inngest_send_timeout: float
@@ -78,6 +79,8 @@ class Settings:
     # The schema below sets these; the defaults only spare code that builds Settings by hand.
     outbox_write_timeout: float = 5.0
     outbox_split_after: int = 5
+    # Unset: the service uses DATABASE_URL's database, a host app a file in its instance folder.
+    outbox_database_url: str | None = field(default=None, repr=False)
 
     @property
     def event_api_url(self) -> str:
@@ -172,6 +175,7 @@ class _SettingsSchema(Schema):
     DELIVERY_MODE = fields.String(
         load_default="outbox", validate=validate.OneOf(["outbox", "sync"])
     )
+    OUTBOX_DATABASE_URL = fields.String(load_default=None, validate=validate.Length(min=1))
     OUTBOX_MAX_PENDING = fields.Integer(load_default=100_000, validate=validate.Range(min=1))
     OUTBOX_MAX_AGE = _Duration(load_default=7 * 86400.0, validate=validate.Range(min=1))
     OUTBOX_KEEP_DELIVERED = _Duration(load_default=0.0)
@@ -280,6 +284,7 @@ class _SettingsSchema(Schema):
             outbox_embedded_deliverer=raw["OUTBOX_EMBEDDED_DELIVERER"],
             outbox_write_timeout=raw["OUTBOX_WRITE_TIMEOUT"],
             outbox_split_after=raw["OUTBOX_SPLIT_AFTER"],
+            outbox_database_url=raw["OUTBOX_DATABASE_URL"],
             trusted_proxies=raw["TRUSTED_PROXIES"],
             event_schemas=_event_schemas(raw["EVENT_SCHEMAS"]),
             ratelimit_enabled=raw["RATELIMIT_ENABLED"],
@@ -293,6 +298,27 @@ class _SettingsSchema(Schema):
             session_lifetime=raw["SESSION_LIFETIME"],
             remember_cookie_duration=raw["REMEMBER_COOKIE_DURATION"],
         )
+
+
+# The standalone service's own settings (its users, logins, logs, proxies, metrics): a host
+# app mounting the gateway has its own ways, so the extension never reads these names.
+SERVICE_ONLY_SETTINGS = frozenset(
+    {
+        "DATABASE_URL",
+        "SESSION_LIFETIME",
+        "REMEMBER_COOKIE_DURATION",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        "CREATE_DEMO_USER",
+        "TRUSTED_PROXIES",
+        "RATELIMIT_LOGIN_IP",
+        "RATELIMIT_LOGIN_EMAIL",
+        "METRICS_TOKEN",
+        "METRICS_INTERNAL_ONLY",
+    }
+)
+# What the extension reads, from the host's app.config first, then the environment.
+GATEWAY_SETTINGS = frozenset(_SettingsSchema._declared_fields) - SERVICE_ONLY_SETTINGS
 
 
 def _event_schemas(path: str | None) -> EventSchemas | None:

@@ -17,6 +17,7 @@ from werkzeug.test import TestResponse
 from service.app import create_app
 from service.db import database_url as normalize_url
 from service.db import db
+from service.state import gateway_state
 from service.users import create_user
 from tests.standin import InngestStandIn
 
@@ -97,6 +98,7 @@ def make_app(tmp_path: Path, base_env: dict[str, str]) -> Iterator[Callable[...,
         with app.app_context():
             db.session.remove()
             db.engine.dispose()
+        gateway_state(app).outbox_db.dispose()
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from service import outbox
 from service.app import create_app
 from service.db import db
 from service.schemas import TS_MAX, TS_MIN
+from service.state import gateway_state
 from service.users import create_user
 from tests.conftest import PASSWORD, SECRET_KEY
 from tests.processes import BIN, ROOT, Server, start_gunicorn
@@ -100,6 +101,7 @@ def fuzz_server(
         create_user("fuzz@example.com", "Fuzz", PASSWORD)
         db.session.remove()
         db.engine.dispose()
+    gateway_state(app).outbox_db.dispose()
     server = start_gunicorn(
         directory,
         inngest_server,
@@ -249,11 +251,11 @@ class Poster:
         if self.mode != "outbox":
             return
         with self.app.app_context():
-            deliverer = outbox.deliverer(self.app)
+            deliverer = gateway_state(self.app).deliverer
             for _ in range(20):
                 if deliverer.run_once() == 0:
                     break
-            status = outbox.status()
+            status = outbox.status(gateway_state(self.app).outbox_db)
         assert status["pending"] == 0 and status["dead"] == 0, (status, inngest.received)
 
 

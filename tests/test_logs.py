@@ -11,6 +11,7 @@ import pytest
 from flask import Flask
 
 from service.logs import JSONFormatter, RequestContextFilter, TextFormatter
+from service.state import gateway_state
 from tests.conftest import AuthActions
 from tests.standin import InngestStandIn
 
@@ -117,4 +118,4 @@ def test_log_format_follows_the_mode(
 ) -> None:
     app = make_app(**({"INNGEST_DEV": inngest.url} if dev else {}))
 
-    assert app.extensions["settings"].log_format == expected
+    assert gateway_state(app).settings.log_format == expected

@@ -25,8 +25,8 @@ from flask.testing import FlaskClient
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import outbox
 from service.metrics import internal_address
+from service.state import gateway_state
 from tests.conftest import assert_envelope
 from tests.processes import ROOT, start_gunicorn
 from tests.standin import InngestStandIn
@@ -79,7 +79,7 @@ class Delta:
 
 def run_once(app: Flask) -> int:
     with app.app_context():
-        return outbox.deliverer(app).run_once()
+        return gateway_state(app).deliverer.run_once()
 
 
 def test_sync_posts_count_as_accepted_and_delivered(app: Flask, inngest: InngestStandIn) -> None:

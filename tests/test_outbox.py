@@ -22,6 +22,7 @@ from sqlalchemy import make_url, select
 from service import outbox
 from service.db import db
 from service.outbox import DEAD, DELIVERED, PENDING, OutboxEvent
+from service.state import gateway_state
 from tests.conftest import assert_envelope
 from tests.standin import InngestStandIn
 
@@ -47,6 +48,12 @@ def app(make_outbox_app: Callable[..., Flask]) -> Flask:
     return make_outbox_app()
 
 
+def another_deliverer(app: Flask) -> outbox.Deliverer:
+    """A deliverer besides the app's own, as another process would run."""
+    state = gateway_state(app)
+    return outbox.Deliverer(app, state.settings, state.client, state.outbox_db)
+
+
 def rows(app: Flask) -> list[OutboxEvent]:
     with app.app_context():
         found = list(db.session.scalars(select(OutboxEvent).order_by(OutboxEvent.id)))
@@ -56,7 +63,7 @@ def rows(app: Flask) -> list[OutboxEvent]:
 
 def run_once(app: Flask) -> int:
     with app.app_context():
-        return outbox.deliverer(app).run_once()
+        return gateway_state(app).deliverer.run_once()
 
 
 def deliver_until(app: Flask, done: Callable[[], bool], seconds: float = 10.0) -> None:
@@ -267,7 +274,7 @@ def test_events_older_than_the_max_age_go_to_dead_letter(
     time.sleep(1.1)
 
     with app.app_context():
-        outbox.deliverer(app).housekeeping()
+        gateway_state(app).deliverer.housekeeping()
 
     (stored,) = rows(app)
     assert stored.state == DEAD
@@ -292,8 +299,8 @@ def test_an_expired_lease_lets_another_deliverer_send_the_same_batch(
 ) -> None:
     app = make_outbox_app(OUTBOX_LEASE_SECONDS="1", INNGEST_SEND_TIMEOUT="0.5")
     ids = app.test_client().post("/api", json=[{"id": "x"}, {"id": "y"}]).get_json()["ids"]
-    crashed = outbox.Deliverer(app, app.extensions["inngest"])
-    survivor = outbox.Deliverer(app, app.extensions["inngest"])
+    crashed = another_deliverer(app)
+    survivor = another_deliverer(app)
     with app.app_context():
         claimed = crashed.claim()  # then its worker dies before sending
         assert claimed is not None
@@ -317,7 +324,7 @@ def test_concurrent_deliverers_send_each_event_once(app: Flask, inngest: Inngest
         ids += client.post(
             "/api", json=[{"data": {"i": i}} for i in range(start, start + 30)]
         ).get_json()["ids"]
-    workers = [outbox.Deliverer(app, app.extensions["inngest"]) for _ in range(3)]
+    workers = [another_deliverer(app) for _ in range(3)]
     errors: list[BaseException] = []
 
     def work(deliverer: outbox.Deliverer) -> None:
@@ -365,7 +372,7 @@ def test_background_thread_delivers_and_stop_drains(
         time.sleep(0.02)
     inngest.reset()  # and recovers just as the service is told to stop
 
-    delivered = outbox.deliverer(app).stop(drain_seconds=5)
+    delivered = gateway_state(app).deliverer.stop(drain_seconds=5)
 
     assert delivered == 1
     assert inngest.accepted_ids() == second
@@ -380,7 +387,7 @@ def test_stop_hands_back_what_it_could_not_deliver(
     client = app.test_client()
     (kept,) = client.post("/api", json={"id": "kept-for-later"}).get_json()["ids"]
 
-    outbox.deliverer(app).stop()
+    gateway_state(app).deliverer.stop()
 
     (stored,) = rows(app)
     assert (stored.event_id, stored.state, stored.claimed_by) == (kept, PENDING, None)

@@ -16,9 +16,9 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from service import outbox
 from service.db import db
 from service.outbox import PENDING, OutboxEvent, now_ms
+from service.state import gateway_state
 from tests.standin import InngestStandIn
 
 SETTINGS = {
@@ -56,7 +56,7 @@ def deliver_until_empty(app: Flask, seconds: float = 10.0) -> None:
     while rows(app):
         assert time.monotonic() < deadline, f"not delivered after {seconds}s: {rows(app)}"
         with app.app_context():
-            if outbox.deliverer(app).run_once() == 0:
+            if gateway_state(app).deliverer.run_once() == 0:
                 time.sleep(0.02)
 
 
@@ -81,7 +81,7 @@ def test_a_trickled_answer_does_not_hold_the_deliverer_past_its_budget_or_lease(
 
     started = time.monotonic()
     with app.app_context():
-        assert outbox.deliverer(app).run_once() == 2
+        assert gateway_state(app).deliverer.run_once() == 2
     elapsed = time.monotonic() - started
 
     assert elapsed < 1 + 1, f"{elapsed:.1f}s with a 1 s budget and a 2 s lease"
@@ -104,7 +104,7 @@ def test_a_read_timeout_after_acceptance_is_retried_with_the_same_ids_and_seed(
 
     started = time.monotonic()
     with app.app_context():
-        outbox.deliverer(app).run_once()
+        gateway_state(app).deliverer.run_once()
     elapsed = time.monotonic() - started
 
     assert elapsed < 1 + 1
@@ -130,7 +130,7 @@ def test_the_deliverer_stops_sending_before_its_lease_runs_out(
     inngest.trickle_next(1, "body", seconds=8)
 
     with app.app_context():
-        deliverer = outbox.deliverer(app)
+        deliverer = gateway_state(app).deliverer
         claimed = deliverer.claim()
         assert claimed is not None
         assert claimed.lease_expires_at == rows(app)[0].claim_expires_at
@@ -162,7 +162,7 @@ def test_a_2xx_that_is_not_inngests_json_is_retried_not_counted_as_delivered(
     inngest.answer_next_raw(1, 200, raw, content_type)
 
     with app.app_context():
-        outbox.deliverer(app).run_once()
+        gateway_state(app).deliverer.run_once()
 
     (stored,) = rows(app)
     assert (stored.state, stored.attempts) == (PENDING, 1)

@@ -1,0 +1,144 @@
+"""`InngestGateway`: the Flask extension that serves `POST /api` in any app with Flask-Login.
+
+```python
+app = Flask(__name__)
+login_manager = LoginManager(app)   # the host's own users and login
+gateway = InngestGateway(app)       # or InngestGateway() then gateway.init_app(app)
+```
+
+Everything it adds lives in its blueprint (view, hooks, error handlers, rate limit, CORS)
+and under `app.extensions["inngest_gateway"]`; the host's request class, error handlers,
+logging, headers, cookies and proxy handling are left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Flask
+from flask.cli import AppGroup
+
+from . import api, outbox
+from .db import OwnDatabase, database_url
+from .delivery import Delivery
+from .inngest import InngestClient
+from .limits import RateLimiter
+from .outbox import Deliverer, OutboxBase, Writer
+from .settings import GATEWAY_SETTINGS, Settings, load_settings
+from .state import EXTENSION_KEY, GatewayState, gateway_state
+
+log = logging.getLogger(__name__)
+
+cli = AppGroup("inngest-gateway", help="The Inngest gateway's operator commands.")
+cli.add_command(outbox.outbox_cli)
+
+
+def _text(value: Any) -> str:
+    """A config value as the environment would spell it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _settings_source(app: Flask, environ: Mapping[str, str]) -> dict[str, str]:
+    """Each of the gateway's settings from `app.config` when set there, else the environment."""
+    source = {name: value for name, value in environ.items() if name in GATEWAY_SETTINGS}
+    for name in GATEWAY_SETTINGS:
+        value = app.config.get(name)
+        if value is not None:
+            source[name] = _text(value)
+    return source
+
+
+class InngestGateway:
+    """Serves `POST /api` (events to Inngest) in the app it is bound to.
+
+    `user_serializer(user)` turns the host's Flask-Login user into `data.user` (default:
+    `get_id()`, plus `email` and `name` when present); its `id` also names the poster, so
+    it must be stable per user. `url_prefix` and `path` place the endpoint; `redirect_to`
+    (a path, or a function returning one) is where a form post lands when it names no page
+    to go back to. `settings`, already loaded, replaces app.config and the environment
+    (the standalone service passes its own).
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        user_serializer: Callable[[Any], dict[str, Any]] | None = None,
+        url_prefix: str | None = None,
+        path: str = "/api",
+        redirect_to: str | Callable[[], str] = "/",
+        settings: Settings | None = None,
+    ) -> None:
+        self.user_serializer = user_serializer or api.default_user_serializer
+        self.url_prefix = url_prefix
+        self.path = path
+        self.redirect_to = redirect_to
+        self.settings = settings
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Read the settings, make the sender, outbox and limiter, register the blueprint and CLI.
+
+        A missing or invalid setting raises `settings.ConfigError`. Nothing starts here:
+        the deliverer thread starts with the first post in each process (after any fork),
+        or when `start` is called (e.g. from gunicorn's `post_worker_init`).
+        """
+        settings = self.settings or load_settings(_settings_source(app, os.environ))
+        url = settings.outbox_database_url or _instance_sqlite(app.instance_path)
+        outbox_db = OwnDatabase(
+            database_url(url, app.instance_path),
+            OutboxBase.metadata,
+            sqlite_synchronous=settings.sqlite_synchronous,
+            write_timeout=settings.outbox_write_timeout,
+        )
+        client = InngestClient(settings)
+        writer = Writer(settings, outbox_db)
+        deliverer = Deliverer(app, settings, client, outbox_db)
+        app.extensions[EXTENSION_KEY] = GatewayState(
+            settings=settings,
+            client=client,
+            outbox_db=outbox_db,
+            writer=writer,
+            deliverer=deliverer,
+            delivery=Delivery(settings, client, writer, deliverer),
+            limiter=RateLimiter(settings),
+            user_serializer=self.user_serializer,
+            redirect_to=self.redirect_to,
+        )
+        outbox_db.ensure_schema()  # a database still down is retried by the first post
+        app.register_blueprint(
+            api.blueprint(settings, self.path),
+            url_prefix=self.url_prefix,
+        )
+        rule = self.path if self.url_prefix is None else _join(self.url_prefix, self.path)
+        # After the POST rule, so that POST (and its OPTIONS) match that one first.
+        app.url_map.add(api.FallbackRule(rule, endpoint=api.FALLBACK_ENDPOINT))
+        app.view_functions[api.FALLBACK_ENDPOINT] = api.method_not_allowed
+        app.cli.add_command(cli)
+
+    def start(self, app: Flask) -> None:
+        """Start this process's deliverer thread now (outbox mode, when embedded); idempotent."""
+        gateway_state(app).delivery.start()
+
+    def stop(self, app: Flask) -> int:
+        """Stop this process's deliverer, delivering what is stored for OUTBOX_DRAIN_SECONDS.
+
+        For a host's gunicorn `worker_exit`; the deliverer also stops at interpreter exit.
+        Returns how many events were delivered while draining.
+        """
+        return gateway_state(app).delivery.stop()
+
+
+def _join(prefix: str, path: str) -> str:
+    return "/".join((prefix.rstrip("/"), path.lstrip("/")))
+
+
+def _instance_sqlite(instance_path: str) -> str:
+    os.makedirs(instance_path, exist_ok=True)
+    return f"sqlite:///{os.path.join(instance_path, 'inngest-gateway-outbox.db')}"

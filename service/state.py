@@ -1,0 +1,40 @@
+"""The gateway's state in an app, and the one accessor every module reaches it through."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, current_app
+
+if TYPE_CHECKING:
+    from .db import OwnDatabase
+    from .delivery import Delivery
+    from .inngest import InngestClient
+    from .limits import RateLimiter
+    from .outbox import Deliverer, Writer
+    from .settings import Settings
+
+EXTENSION_KEY = "inngest_gateway"
+
+
+@dataclass
+class GatewayState:
+    """What `InngestGateway.init_app` made for one app: settings, sender, outbox, limits."""
+
+    settings: Settings
+    client: InngestClient
+    outbox_db: OwnDatabase
+    writer: Writer
+    deliverer: Deliverer
+    delivery: Delivery
+    limiter: RateLimiter
+    user_serializer: Callable[[Any], dict[str, Any]]
+    redirect_to: str | Callable[[], str]
+
+
+def gateway_state(app: Flask | None = None) -> GatewayState:
+    """The gateway mounted on `app` (default: the current app)."""
+    state: GatewayState = (app or current_app).extensions[EXTENSION_KEY]
+    return state

@@ -1,0 +1,620 @@
+"""`InngestGateway` mounted in host apps that are not the service: their users, their pages.
+
+Each host here has its own LoginManager and in-memory users, its own 404 page, header,
+cookie and error handler; posts go through Flask's test client to the real stand-in for
+Inngest, with the outbox in a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Blueprint, Flask, Request, Response, request
+from flask.testing import FlaskClient
+from flask_login import LoginManager, UserMixin
+
+from service import InngestGateway
+from service.state import gateway_state
+from tests.standin import InngestStandIn
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "host-secret-0123456789abcdef0123456789"
+
+
+class HostUser(UserMixin):
+    """A host's own user: Flask-Login's protocol and nothing of ours."""
+
+    def __init__(self, user_id: str, email: str, name: str, team: str) -> None:
+        self.id, self.email, self.name, self.team = user_id, email, name, team
+
+
+USERS = {
+    "7": HostUser("7", "grace@example.com", "Grace Hopper", "compilers"),
+    "8": HostUser("8", "alan@example.com", "Alan Turing", "machines"),
+}
+
+
+class HostError(Exception):
+    """An error of the host's own, with the host's own handler."""
+
+
+def make_host(instance: Path) -> Flask:
+    """A host app as a team would have it, before it mounts anything."""
+    app = Flask("host", instance_path=str(instance))
+    app.config.update(SECRET_KEY=SECRET, TESTING=True)
+    login_manager = LoginManager(app)
+
+    @login_manager.user_loader
+    def load_user(user_id: str) -> HostUser | None:
+        return USERS.get(user_id)
+
+    @app.get("/")
+    def home() -> str:
+        return "host home"
+
+    @app.post("/echo-form")
+    def echo_form() -> Any:
+        return {"fields": request.form.to_dict()}
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise HostError("the host's own failure")
+
+    @app.errorhandler(404)
+    def not_found(_: Exception) -> tuple[str, int]:
+        return "<h1>Host: no such page</h1>", 404
+
+    @app.errorhandler(HostError)
+    def host_error(exc: HostError) -> tuple[str, int]:
+        return f"host handled: {exc}", 418
+
+    @app.after_request
+    def host_headers(response: Response) -> Response:
+        response.headers["X-Host"] = "yes"
+        response.set_cookie("host_pref", "dark")
+        return response
+
+    return app
+
+
+@pytest.fixture
+def host_config(inngest: InngestStandIn) -> dict[str, Any]:
+    """The gateway's settings, given the way a host would: in app.config."""
+    return {
+        "INNGEST_EVENT_KEY": inngest.event_key,
+        "INNGEST_BASE_URL": inngest.url,
+        "INNGEST_SEND_TIMEOUT": 2,
+        "DELIVERY_MODE": "sync",
+        "OUTBOX_EMBEDDED_DELIVERER": False,
+    }
+
+
+@pytest.fixture
+def hosts(tmp_path: Path, host_config: dict[str, Any]) -> Iterator[Callable[..., Flask]]:
+    """Host apps with the gateway mounted (`mount=False`: not yet), cleaned up afterwards."""
+    made: list[Flask] = []
+
+    def factory(mount: bool = True, config: dict[str, Any] | None = None, **kwargs: Any) -> Flask:
+        app = make_host(tmp_path / f"instance-{len(made)}")
+        app.config.update({**host_config, **(config or {})})
+        if mount:
+            InngestGateway(app, **kwargs)
+        made.append(app)
+        return app
+
+    yield factory
+    for app in made:
+        state = app.extensions.get("inngest_gateway")
+        if state is not None:
+            state.deliverer.stop(drain_seconds=0)
+            state.outbox_db.dispose()
+
+
+def log_in(client: FlaskClient, user_id: str) -> None:
+    """Log in as the host does it: Flask-Login's user id in the host's session."""
+    with client.session_transaction() as session:
+        session["_user_id"] = user_id
+        session["_fresh"] = True
+
+
+def only_event(inngest: InngestStandIn) -> dict[str, Any]:
+    assert len(inngest.accepted) == 1, inngest.accepted
+    event: dict[str, Any] = inngest.accepted[0]
+    return event
+
+
+def assert_gateway_envelope(response: Any, status: int, code: str) -> dict[str, Any]:
+    """Our JSON envelope, with the request id we gave the request."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body: dict[str, Any] = response.get_json()
+    assert body["status"] == "error" and body["code"] == code
+    assert re.fullmatch(r"[0-9a-f]{32}", body["request_id"])
+    assert response.headers["X-Request-ID"] == body["request_id"]
+    return body
+
+
+# -- posting as the host's user ----------------------------------------------------------------
+
+
+def test_logged_in_post_carries_the_hosts_user(
+    hosts: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    client = hosts().test_client()
+    log_in(client, "7")
+
+    response = client.post("/api", json={"name": "app/report.run", "data": {"report": 3}})
+
+    assert response.status_code == 200, response.get_data(as_text=True)
+    event = only_event(inngest)
+    assert response.get_json() == {"status": "ok", "ids": [event["id"]]}
+    assert event["name"] == "app/report.run"
+    assert event["data"]["report"] == 3
+    # The default serializer: get_id(), email and name; nothing else of the host's model.
+    assert event["data"]["user"] == {
+        "id": "7",
+        "email": "grace@example.com",
+        "name": "Grace Hopper",
+    }
+    assert event["data"]["request"]["id"] == response.headers["X-Request-ID"]
+
+
+def test_anonymous_post_has_no_user(hosts: Callable[..., Flask], inngest: InngestStandIn) -> None:
+    response = hosts().test_client().post("/api", json={"data": {"a": 1}})
+
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert only_event(inngest)["data"]["user"] is None
+
+
+def test_login_can_be_required(hosts: Callable[..., Flask], inngest: InngestStandIn) -> None:
+    client = hosts(config={"API_REQUIRE_LOGIN": True}).test_client()
+
+    assert_gateway_envelope(client.post("/api", json={"data": {}}), 401, "login_required")
+    log_in(client, "8")
+    assert client.post("/api", json={"data": {}}).status_code == 200
+    assert only_event(inngest)["data"]["user"]["id"] == "8"
+
+
+def test_idempotency_key_is_scoped_to_the_hosts_user(
+    hosts: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    grace = hosts().test_client()
+    log_in(grace, "7")
+    first = grace.post("/api", json={"data": {}}, headers={"Idempotency-Key": "k-1"})
+    log_in(grace, "7")  # a new login of the same user: the same poster
+    again = grace.post("/api", json={"data": {}}, headers={"Idempotency-Key": "k-1"})
+    log_in(grace, "8")
+    other = grace.post("/api", json={"data": {}}, headers={"Idempotency-Key": "k-1"})
+
+    assert first.get_json()["ids"] == again.get_json()["ids"]
+    assert other.get_json()["ids"] != first.get_json()["ids"]
+
+
+# -- bad input, wrong methods ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"data": b"{nope", "content_type": "application/json"}, 400, "invalid_json"),
+        ({"json": {"name": "inngest/function.failed"}}, 403, "event_not_allowed"),
+        ({"json": {"data": "x", "ts": "soon"}}, 422, "validation_failed"),
+        ({"data": "plain", "content_type": "text/plain"}, 415, "unsupported_media_type"),
+        ({"data": b"x" * 2048, "content_type": "application/json"}, 413, "payload_too_large"),
+        (
+            {
+                "data": b"--b\r\nContent-Disposition: form-data; name=x\r\n\r\n1",
+                "content_type": "multipart/form-data; boundary=b",
+            },
+            400,
+            "invalid_form",
+        ),
+    ],
+)
+def test_bad_input_gets_the_envelope(
+    hosts: Callable[..., Flask],
+    inngest: InngestStandIn,
+    kwargs: dict[str, Any],
+    status: int,
+    code: str,
+) -> None:
+    client = hosts(config={"API_MAX_BODY_BYTES": 1024}).test_client()
+
+    assert_gateway_envelope(client.post("/api", **kwargs), status, code)
+    assert inngest.received == []
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "FROBNICATE"])
+def test_other_methods_get_the_json_405(hosts: Callable[..., Flask], method: str) -> None:
+    response = hosts().test_client().open("/api", method=method)
+
+    assert_gateway_envelope(response, 405, "method_not_allowed")
+    assert {m.strip() for m in response.headers["Allow"].split(",")} == {"POST", "OPTIONS"}
+
+
+def test_cross_site_posts_are_refused(hosts: Callable[..., Flask], inngest: InngestStandIn) -> None:
+    client = hosts().test_client()
+    log_in(client, "7")
+
+    response = client.post(
+        "/api",
+        json={"data": {}},
+        headers={"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"},
+    )
+
+    assert_gateway_envelope(response, 403, "cross_site_request")
+    assert inngest.received == []
+
+
+def test_rate_limit_from_the_hosts_config(
+    hosts: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    client = hosts(config={"RATELIMIT_API": "2 per minute"}).test_client()
+
+    assert [client.post("/api", json={"data": {}}).status_code for _ in range(2)] == [200, 200]
+    refused = client.post("/api", json={"data": {}})
+    assert_gateway_envelope(refused, 429, "rate_limited")
+    assert 1 <= int(refused.headers["Retry-After"]) <= 61
+    assert len(inngest.accepted) == 2
+
+
+# -- the host keeps its own ways ---------------------------------------------------------------
+
+
+def snapshot(app: Flask) -> dict[str, Any]:
+    """Everything app-wide that an extension could change behind the host's back."""
+    return {
+        "request_class": app.request_class,
+        "wsgi_app": app.wsgi_app,
+        # App-wide hooks and handlers live under the key None; a blueprint's under its name.
+        "before_request": list(app.before_request_funcs.get(None, [])),
+        "after_request": list(app.after_request_funcs.get(None, [])),
+        "teardown_request": list(app.teardown_request_funcs.get(None, [])),
+        "teardown_appcontext": list(app.teardown_appcontext_funcs),
+        "url_value_preprocessors": list(app.url_value_preprocessors.get(None, [])),
+        "context_processors": list(app.template_context_processors.get(None, [])),
+        "error_handlers": {
+            code: dict(handlers) for code, handlers in app.error_handler_spec[None].items()
+        },
+        "config": dict(app.config),
+        "session_interface": app.session_interface,
+        "json": app.json,
+        "root_log_handlers": list(logging.getLogger().handlers),
+        "root_log_level": logging.getLogger().level,
+    }
+
+
+def test_mounting_changes_nothing_app_wide(hosts: Callable[..., Flask]) -> None:
+    app = hosts(mount=False)
+    before = snapshot(app)
+
+    InngestGateway(app)
+
+    assert snapshot(app) == before
+    assert app.request_class is Request
+    assert set(app.blueprints) == {"inngest_gateway"}
+
+
+def test_hosts_routes_keep_their_pages_headers_and_cookies(hosts: Callable[..., Flask]) -> None:
+    client = hosts().test_client()
+
+    home = client.get("/")
+    missing = client.get("/nope")
+    api_slash = client.post("/api/", json={})  # not our path: the host's 404
+    failing = client.get("/boom")
+
+    assert home.get_data(as_text=True) == "host home"
+    for response in (missing, api_slash):
+        assert response.status_code == 404
+        assert response.get_data(as_text=True) == "<h1>Host: no such page</h1>"
+    assert (failing.status_code, failing.get_data(as_text=True)) == (
+        418,
+        "host handled: the host's own failure",
+    )
+    for response in (home, missing, api_slash, failing):
+        assert response.headers["X-Host"] == "yes"
+        assert any("host_pref=dark" in c for c in response.headers.getlist("Set-Cookie"))
+        for ours in ("X-Request-ID", "Content-Security-Policy", "X-Frame-Options"):
+            assert ours not in response.headers
+
+
+def test_hosts_own_form_parsing_is_left_alone(hosts: Callable[..., Flask]) -> None:
+    """Our strict form parser is for our requests only: the host's stay lenient."""
+    malformed = {
+        "data": b"--b\r\nContent-Disposition: form-data; name=x\r\n\r\n1",
+        "content_type": "multipart/form-data; boundary=b",
+    }
+    client = hosts().test_client()
+
+    assert client.post("/echo-form", **malformed).get_json() == {"fields": {}}
+    assert_gateway_envelope(client.post("/api", **malformed), 400, "invalid_form")
+
+
+def test_our_answers_carry_the_hosts_after_request_too(
+    hosts: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    response = hosts().test_client().post("/api", json={"data": {}})
+
+    assert response.status_code == 200
+    assert response.headers["X-Host"] == "yes"  # the host's hooks still run on our path
+    assert "Content-Security-Policy" not in response.headers
+
+
+# -- a second host: its own serializer, under a prefix -----------------------------------------
+
+
+def serialize_with_team(user: HostUser) -> dict[str, Any]:
+    return {"id": f"u{user.id}", "team": user.team}
+
+
+def test_custom_serializer_and_url_prefix(
+    hosts: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = hosts(user_serializer=serialize_with_team, url_prefix="/hooks")
+    client = app.test_client()
+    log_in(client, "8")
+
+    response = client.post("/hooks/api", json={"data": {"x": 1}})
+
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert only_event(inngest)["data"]["user"] == {"id": "u8", "team": "machines"}
+    assert client.post("/api", json={}).get_data(as_text=True) == "<h1>Host: no such page</h1>"
+    assert_gateway_envelope(client.get("/hooks/api"), 405, "method_not_allowed")
+
+
+def test_form_post_redirects_to_the_configured_page(
+    hosts: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    client = hosts(url_prefix="/hooks", redirect_to=lambda: "/thanks").test_client()
+
+    response = client.post("/hooks/api", data={"name": "app/form.sent", "color": "blue"})
+
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/thanks"
+    assert only_event(inngest)["data"]["color"] == "blue"
+
+
+def test_init_app_pattern(
+    tmp_path: Path, host_config: dict[str, Any], inngest: InngestStandIn
+) -> None:
+    gateway = InngestGateway(url_prefix="/v1")  # made before any app, as in an app factory
+
+    def create_host() -> Flask:
+        app = make_host(tmp_path / "factory")
+        app.config.update(host_config)
+        gateway.init_app(app)
+        return app
+
+    app = create_host()
+    try:
+        response = app.test_client().post("/v1/api", json={"data": {"from": "factory"}})
+        assert response.status_code == 200
+        assert only_event(inngest)["data"]["from"] == "factory"
+    finally:
+        gateway_state(app).outbox_db.dispose()
+
+
+def test_app_config_wins_over_the_environment(
+    hosts: Callable[..., Flask], inngest: InngestStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("API_DEFAULT_EVENT", "app/from.environment")
+    monkeypatch.setenv("API_ALLOWED_EVENTS", "app/*,env/*")
+    app = hosts(config={"API_DEFAULT_EVENT": "app/from.config"})
+
+    assert app.test_client().post("/api", json={"data": {}}).status_code == 200
+    assert app.test_client().post("/api", json={"name": "env/x", "data": {}}).status_code == 200
+    assert [event["name"] for event in inngest.accepted] == ["app/from.config", "env/x"]
+
+
+def test_a_bad_setting_stops_the_mount(hosts: Callable[..., Flask]) -> None:
+    from service.settings import ConfigError
+
+    with pytest.raises(ConfigError, match="DELIVERY_MODE"):
+        hosts(config={"DELIVERY_MODE": "carrier-pigeon"})
+
+
+# -- the outbox, its deliverer and its commands on the host ------------------------------------
+
+
+def test_outbox_mode_is_delivered_by_the_deliverer(
+    hosts: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = hosts(
+        config={
+            "DELIVERY_MODE": "outbox",
+            "OUTBOX_EMBEDDED_DELIVERER": True,
+            "OUTBOX_POLL_SECONDS": "0.05",
+        }
+    )
+    client = app.test_client()
+    log_in(client, "7")
+
+    response = client.post("/api", json={"name": "app/queued", "data": {}})
+
+    assert response.status_code == 202, response.get_data(as_text=True)
+    deadline = time.monotonic() + 10
+    while not inngest.accepted and time.monotonic() < deadline:
+        time.sleep(0.02)
+    event = only_event(inngest)
+    assert event["id"] == response.get_json()["ids"][0]
+    assert event["data"]["user"]["email"] == "grace@example.com"
+    # The outbox is a SQLite file in the host's instance folder, on the gateway's own engine.
+    assert (Path(app.instance_path) / "inngest-gateway-outbox.db").is_file()
+
+
+def test_cli_group_on_the_host(hosts: Callable[..., Flask], inngest: InngestStandIn) -> None:
+    app = hosts(config={"DELIVERY_MODE": "outbox"})
+    runner = app.test_cli_runner()
+    assert app.test_client().post("/api", json={"data": {}}).status_code == 202
+
+    status = runner.invoke(args=["inngest-gateway", "outbox", "status"])
+    assert status.exit_code == 0, status.output
+    assert "pending: 1" in status.output
+    assert inngest.received == []  # the command itself delivers nothing
+
+    deliver = runner.invoke(args=["inngest-gateway", "outbox", "deliver", "--once"])
+    assert deliver.exit_code == 0, deliver.output
+    assert "handled 1 event(s)" in deliver.output
+    assert len(inngest.accepted) == 1
+    after = runner.invoke(args=["inngest-gateway", "outbox", "status"])
+    assert "pending: 0" in after.output
+    assert runner.invoke(args=["outbox", "status"]).exit_code != 0  # only the service has that
+
+
+# -- installed with pip, as `inngest_gateway`; the README's example --------------------------
+
+
+def readme_example() -> str:
+    """The Python example of the README's "Mount it in your Flask app" section."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Mount it in your Flask app", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert blocks, "the README's mount section has no Python example"
+    return str(blocks[0])
+
+
+AFTER_EXAMPLE = """
+import json
+client = app.test_client()
+with client.session_transaction() as session:
+    session["_user_id"] = "1"
+answer = client.post("/api", json={"name": "app/readme.tried", "data": {"n": 1}})
+drained = gateway.stop(app)
+import inngest_gateway
+print(json.dumps({
+    "status": answer.status_code,
+    "ids": answer.get_json()["ids"],
+    "drained": drained,
+    "module": inngest_gateway.__file__,
+}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)  # above pip's build (120 s) and the example's run (30 s)
+def test_pip_installs_inngest_gateway_and_the_readme_example_runs(
+    tmp_path: Path, inngest: InngestStandIn
+) -> None:
+    source = tmp_path / "checkout"  # a copy: building writes build/ and egg-info into it
+    source.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(
+        ROOT / "service", source / "service", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    target = tmp_path / "site"
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    installed = target / "inngest_gateway"
+    assert (installed / "extension.py").is_file()
+    assert (installed / "templates" / "index.html").is_file()
+
+    workdir = tmp_path / "host"
+    workdir.mkdir()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(target),
+        "SECRET_KEY": SECRET,
+        "INNGEST_EVENT_KEY": inngest.event_key,
+        "INNGEST_BASE_URL": inngest.url,
+        "OUTBOX_POLL_SECONDS": "0.05",
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", readme_example() + AFTER_EXAMPLE],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["module"].startswith(str(installed))  # not the checkout's service/
+    assert result["status"] == 202
+    event = only_event(inngest)  # delivered by the time stop() returned
+    assert event["id"] == result["ids"][0]
+    assert event["data"]["user"] == {"id": "1", "email": "ada@example.com", "name": "Ada Lovelace"}
+    assert (workdir / "instance" / "inngest-gateway-outbox.db").is_file()
+
+
+def test_cors_for_trusted_origins_on_our_path_only(hosts: Callable[..., Flask]) -> None:
+    trusted = "https://app.example.com"
+    client = hosts(config={"TRUSTED_ORIGINS": trusted}).test_client()
+    preflight = {
+        "Origin": trusted,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "Content-Type",
+    }
+
+    ours = client.options("/api", headers=preflight)
+    theirs = client.options("/", headers=preflight)
+    stranger = client.options("/api", headers={**preflight, "Origin": "https://evil.example"})
+
+    assert ours.headers["Access-Control-Allow-Origin"] == trusted
+    assert ours.headers["Access-Control-Allow-Credentials"] == "true"
+    assert "Access-Control-Allow-Origin" not in theirs.headers
+    assert "Access-Control-Allow-Origin" not in stranger.headers
+
+
+def test_the_gateways_state_does_not_show_its_secrets(
+    hosts: Callable[..., Flask], inngest: InngestStandIn, tmp_path: Path
+) -> None:
+    """A host that logs or prints its extensions must not leak a key, secret or database URL."""
+    outbox = f"sqlite:///{tmp_path / 'outbox.db'}"  # a server's URL would hold a password
+    app = hosts(config={"OUTBOX_DATABASE_URL": outbox})
+    shown = repr(app.extensions)
+
+    assert inngest.event_key not in shown
+    assert SECRET not in shown
+    assert outbox not in shown
+
+
+def test_a_host_with_its_own_api_blueprint(
+    hosts: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    """Hosts often have a blueprint named "api" already: ours must not collide with it."""
+    app = hosts(mount=False)
+    theirs = Blueprint("api", __name__, url_prefix="/v2")
+
+    @theirs.get("/things")
+    def things() -> dict[str, Any]:
+        return {"things": []}
+
+    app.register_blueprint(theirs)
+    InngestGateway(app)
+    client = app.test_client()
+
+    assert client.get("/v2/things").get_json() == {"things": []}
+    assert client.post("/api", json={"data": {}}).status_code == 200
+    assert len(inngest.accepted) == 1
