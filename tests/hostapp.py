@@ -16,8 +16,10 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-from collections.abc import Mapping
+import subprocess
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,6 +50,8 @@ from sqlalchemy import (
     update,
 )
 from werkzeug.security import check_password_hash, generate_password_hash
+
+from tests.processes import BIN, Server, clean_env, free_port, wait_until_healthy
 
 TABLE = "host_users"
 HOST_HEADER = ("X-Host-App", "yes")
@@ -314,3 +318,77 @@ def create_host_app(config: Mapping[str, Any] | None = None) -> Flask:
         return response
 
     return app
+
+
+# --- running it for real --------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+BESIDE_SITE = ROOT / "deploy" / "nginx-beside.conf"
+
+
+def start_app(
+    spec: str, directory: Path, env: Mapping[str, str], *, port: int | None = None
+) -> Server:
+    """gunicorn serving a factory (`tests.hostapp:create_host_app()`) with 2 workers.
+
+    It reads no gunicorn.conf.py: that one is the service's, with the service's hooks.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    config = directory / "gunicorn.conf.py"
+    config.write_text("# the defaults; the command line says the rest\n")
+    log_path = directory / "gunicorn.log"
+    log_file = log_path.open("ab")
+    process = subprocess.Popen(
+        [
+            str(BIN / "gunicorn"),
+            spec,
+            "--config",
+            str(config),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--worker-class",
+            "gthread",
+            "--threads",
+            "2",
+            "--graceful-timeout",
+            "5",
+        ],
+        cwd=ROOT,
+        env=clean_env(directory) | dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    server = Server(process, log_file, log_path, f"http://127.0.0.1:{port}")
+    try:
+        wait_until_healthy(server)
+    except BaseException:
+        server.kill()
+        raise
+    return server
+
+
+def beside_site(host_port: int, service_port: int) -> Callable[[int, int, Path], str]:
+    """deploy/nginx-beside.conf as it is, for loopback ports, plus the same server over TLS."""
+
+    def render(port: int, tls_port: int, directory: Path) -> str:
+        site = BESIDE_SITE.read_text()
+        for line in ("listen 80;", "server 127.0.0.1:5000;", "server 127.0.0.1:8000;"):
+            assert line in site, line
+        site = site.replace("server 127.0.0.1:5000;", f"server 127.0.0.1:{host_port};")
+        site = site.replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{service_port};")
+        server = site[site.index("server {") :]
+        plain = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
+        tls = server.replace(
+            "listen 80;",
+            f"listen 127.0.0.1:{tls_port} ssl;\n"
+            f"    ssl_certificate {directory / 'cert.pem'};\n"
+            f"    ssl_certificate_key {directory / 'key.pem'};",
+        )
+        return plain + "\n" + tls
+
+    return render

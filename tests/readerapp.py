@@ -40,6 +40,10 @@ def create_reader_app(env: Mapping[str, str] | None = None) -> Flask:
         user = current_user.public() if current_user.is_authenticated else None
         return jsonify(user=user)
 
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify(status="ok")
+
     @app.post("/api/meddle")
     def meddle() -> Response:
         """Writes the session and sets the host's cookies, as a careless hook might."""

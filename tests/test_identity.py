@@ -19,6 +19,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+import requests
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
 from flask.testing import FlaskClient
@@ -37,8 +38,15 @@ from service.identity import (
 )
 from service.settings import ConfigError
 from tests.conftest import PASSWORD, SECRET_KEY, assert_envelope
-from tests.hostapp import add_user, create_host_app, drop_tables, set_active
-from tests.processes import free_port
+from tests.hostapp import (
+    add_user,
+    beside_site,
+    create_host_app,
+    drop_tables,
+    set_active,
+    start_app,
+)
+from tests.processes import free_port, start_nginx
 from tests.readerapp import create_reader_app
 
 SQL = "SELECT id, email, name, created_at FROM host_users WHERE id = :id AND active"
@@ -229,8 +237,10 @@ def _swap_payload(cookie: str) -> str:
 
 
 def _flip_signature(cookie: str) -> str:
-    last = cookie[-1]
-    return cookie[:-1] + ("A" if last != "A" else "B")
+    """One character of the signature changed; the first, as the last one's low bits are padding."""
+    rest, signature = cookie.rsplit(".", 1)
+    first = "A" if signature[0] != "A" else "B"
+    return f"{rest}.{first}{signature[1:]}"
 
 
 def _old_stamp(cookie: str) -> str:
@@ -461,6 +471,44 @@ def test_the_interface_alone_opens_and_never_saves(
         from flask import request
 
         assert dict(interface.open_session(app, request)) == {}
+
+
+def test_the_pieces_on_a_bare_app_make_current_user_the_hosts_user(
+    make_host: HostFactory, sqlite_host_db: str
+) -> None:
+    """The interface and a login manager with the lookup, on an app that is nothing else."""
+    cookies = host_cookies(make_host(sqlite_host_db))
+    settings = load_identity_settings(
+        {
+            "IDENTITY": "flask-session",
+            "SECRET_KEY": SECRET_KEY,
+            "USERS_DATABASE_URL": sqlite_host_db,
+            "USERS_SQL": SQL,
+        }
+    )
+    app = Flask("tiny")
+    app.config["SECRET_KEY"] = SECRET_KEY
+    app.session_interface = HostSessionInterface()
+    lookup = UserLookup(settings.users_database_url, settings.users_sql)
+    identity.make_login_manager(settings, lookup).init_app(app)
+
+    @app.get("/me")
+    def me() -> Any:
+        from flask_login import current_user
+
+        if not current_user.is_authenticated:
+            return {"user": None}
+        return {"user": current_user.public(), "id": current_user.get_id()}
+
+    client = with_cookies(app.test_client(), cookies)
+    try:
+        response = client.get("/me")
+        assert response.get_json()["id"] == "1"
+        assert response.get_json()["user"]["email"] == "ada@example.com"
+        assert set_cookie_names(response) == []
+        assert app.test_client().get("/me").get_json() == {"user": None}
+    finally:
+        lookup.dispose()
 
 
 # --- lookups that fail ----------------------------------------------------------------------
@@ -769,3 +817,101 @@ def test_check_users_sql_accepts_one_select(sql: str, expected: str | None) -> N
 def test_json_safe(value: Any, expected: Any) -> None:
     assert json_safe(value) == expected
     json.dumps(json_safe(value), allow_nan=False)
+
+
+# --- beside the host, behind nginx ----------------------------------------------------------
+
+
+def _token(page: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match, page
+    return match.group(1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_beside_the_host_behind_nginx(tmp_path: Path, make_host: HostFactory) -> None:
+    """deploy/nginx-beside.conf: the host's pages and login, and /api reading its session."""
+    db = f"sqlite:///{tmp_path / 'host.db'}"
+    make_host(db)  # the table and its users
+    foreign = host_cookies(make_host(db, OTHER_KEY, users=False))
+    host_env = {"SECRET_KEY": SECRET_KEY, "HOST_DATABASE_URL": db}
+    service_env = {
+        "IDENTITY": "flask-session",
+        "SECRET_KEY": SECRET_KEY,
+        "USERS_DATABASE_URL": db,
+        "USERS_SQL": SQL,
+        "LOGIN_URL": "/login",
+    }
+    servers: list[Any] = []
+    try:
+        host = start_app("tests.hostapp:create_host_app()", tmp_path / "host", host_env)
+        servers.append(host)
+        service = start_app(
+            "tests.readerapp:create_reader_app()", tmp_path / "service", service_env
+        )
+        servers.append(service)
+        (tmp_path / "nginx").mkdir()
+        nginx = start_nginx(
+            tmp_path / "nginx",
+            0,
+            beside_site(int(host.url.rsplit(":", 1)[1]), int(service.url.rsplit(":", 1)[1])),
+        )
+        servers.append(nginx)
+        base = nginx.url
+        with requests.Session() as browser:
+            # The host's own pages, headers and cookie, through nginx.
+            home = browser.get(f"{base}/", timeout=10)
+            assert home.status_code == 200 and 'action="/api"' in home.text
+            assert home.headers["X-Host-App"] == "yes"
+            assert "host_pref" in home.cookies
+            script = browser.get(f"{base}/static/host.js", timeout=10)
+            assert script.status_code == 200 and "fetch(" in script.text
+            # Only /api itself is the service's: /api/whoami is a page of the host's.
+            missing = browser.get(f"{base}/api/whoami", timeout=10)
+            assert missing.status_code == 404 and "Host app: page not found" in missing.text
+
+            def post(**kwargs: Any) -> requests.Response:
+                return browser.post(f"{base}/api", timeout=10, allow_redirects=False, **kwargs)
+
+            anonymous = post(json={"name": "app/x"})
+            assert anonymous.status_code == 401, anonymous.text
+            assert anonymous.json()["code"] == "login_required"
+            assert "X-Host-App" not in anonymous.headers
+            form = post(data={"name": "app/x"}, headers={"Referer": f"{base}/orders?id=7"})
+            assert form.status_code == 303
+            assert form.headers["Location"] == "/login?next=%2Forders%3Fid%3D7"
+
+            # Log in on the host, through its own form.
+            token = _token(browser.get(f"{base}/login", timeout=10).text)
+            login = browser.post(
+                f"{base}/login",
+                data={"csrf_token": token, "email": "ada@example.com", "password": PASSWORD},
+                timeout=10,
+                allow_redirects=False,
+            )
+            assert login.status_code == 303, login.text
+            for _ in range(4):  # both workers of the service, whichever answers
+                answer = post(json={"name": "app/x"})
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["user"]["email"] == "ada@example.com"
+                assert "Set-Cookie" not in answer.headers
+
+            # Logged out on the host: anonymous again.
+            logout = browser.post(
+                f"{base}/logout", data={"csrf_token": token}, timeout=10, allow_redirects=False
+            )
+            assert logout.status_code == 303
+            assert post(json={"name": "app/x"}).status_code == 401
+
+            # The cookies of a host with another key: anonymous.
+            browser.cookies.set("session", foreign["session"])
+            assert post(json={"name": "app/x"}).status_code == 401
+
+            # nginx's own limit on /api, in the service's envelope.
+            large = post(data=b"x" * (1024 * 1024 + 1), headers={"Content-Type": "text/plain"})
+            assert large.status_code == 413 and large.json()["code"] == "payload_too_large"
+        assert "users lookup failed" not in service.output()
+    finally:
+        for server in reversed(servers):
+            server.kill()
