@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -21,7 +22,7 @@ from datetime import date, datetime
 from datetime import time as time_of_day
 from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from uuid import UUID
 
 from flask import Flask, Request, Response, redirect, request
@@ -29,7 +30,7 @@ from flask.sessions import SecureCookieSession, SecureCookieSessionInterface, Se
 from flask_login import LoginManager, UserMixin
 from flask_login.utils import decode_cookie
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from werkzeug.wrappers import Response as BaseResponse
@@ -377,8 +378,14 @@ class UserLookup:
 
     def _create_engine(self, url: str) -> Engine:
         if url.startswith("sqlite"):
+            # mode=rw: a missing file is an error, never a new empty database on the host's path.
+            uri = f"file:{quote(make_url(url).database or '')}?mode=rw"
             # One connection per lookup: nothing pooled to hold a read snapshot or a lock.
-            engine = create_engine(url, poolclass=NullPool)
+            engine = create_engine(
+                "sqlite://",
+                creator=lambda: sqlite3.connect(uri, uri=True),
+                poolclass=NullPool,
+            )
             busy_ms = max(1, int(self.timeout * 1000))
 
             def on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -617,10 +617,31 @@ def test_the_sqlite_connection_is_read_only(make_host: HostFactory, sqlite_host_
         lookup.dispose()
 
 
-def test_the_lookup_raises_users_unavailable(tmp_path: Path) -> None:
-    lookup = UserLookup(f"sqlite:///{tmp_path / 'missing' / 'users.db'}", SQL)
-    with pytest.raises(UsersUnavailable):
-        lookup.load("1")
+@pytest.mark.parametrize("name", ["host users.db", "host#1.db"])
+def test_an_sqlite_path_with_uri_characters_is_read(
+    tmp_path: Path, make_host: HostFactory, name: str
+) -> None:
+    url = f"sqlite:///{tmp_path / name}"
+    make_host(url)
+    lookup = UserLookup(url, SQL)
+    try:
+        user = lookup.load("1")
+        assert user is not None and user.public()["name"] == "Ada Lovelace"
+        assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    finally:
+        lookup.dispose()
+
+
+@pytest.mark.parametrize("name", ["missing/users.db", "users.db"])
+def test_a_missing_sqlite_database_is_503_and_stays_missing(tmp_path: Path, name: str) -> None:
+    """The lookup never creates the host's database file."""
+    lookup = UserLookup(f"sqlite:///{tmp_path / name}", SQL)
+    try:
+        with pytest.raises(UsersUnavailable):
+            lookup.load("1")
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
+    finally:
+        lookup.dispose()
 
 
 # --- logging in on the host ----------------------------------------------------------------
