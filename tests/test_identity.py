@@ -736,6 +736,16 @@ def test_flask_session_settings_are_read() -> None:
 
 
 FLASK_SESSION = {"IDENTITY": "flask-session", "SECRET_KEY": SECRET_KEY}
+
+
+@pytest.mark.parametrize(
+    "login_url", ["/login", "/accounts/login?lang=en", "https://app.example.com/login"]
+)
+def test_login_url_may_be_a_path_or_an_https_url(login_url: str) -> None:
+    settings = load_identity_settings({**FLASK_SESSION, "LOGIN_URL": f" {login_url} "})
+    assert settings.login_url == login_url
+
+
 USERS = {"USERS_DATABASE_URL": "sqlite:///users.db", "USERS_SQL": SQL}
 
 
