@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -206,8 +207,15 @@ def render_site(upstream_port: int, port: int, tls_port: int, directory: Path) -
     return plain + "\n" + tls
 
 
-def start_nginx(directory: Path, upstream_port: int) -> Nginx:
-    """nginx in the foreground, in its own process group, with its files under `directory`."""
+def start_nginx(
+    directory: Path,
+    upstream_port: int,
+    render: Callable[[int, int, Path], str] | None = None,
+) -> Nginx:
+    """nginx in the foreground, in its own process group, with its files under `directory`.
+
+    `render(port, tls_port, directory)` gives another site than deploy/nginx.conf.
+    """
     if not Path(NGINX).exists():
         pytest.fail(f"{NGINX} is missing: `make test` installs it (apt-get install nginx)")
     subprocess.run(
@@ -234,7 +242,12 @@ def start_nginx(directory: Path, upstream_port: int) -> Nginx:
         timeout=60,
     )
     port, tls_port = free_port(), free_port()
-    (directory / "site.conf").write_text(render_site(upstream_port, port, tls_port, directory))
+    site = (
+        render(port, tls_port, directory)
+        if render is not None
+        else render_site(upstream_port, port, tls_port, directory)
+    )
+    (directory / "site.conf").write_text(site)
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (directory / sub).mkdir(exist_ok=True)
     user = "user root;" if os.geteuid() == 0 else ""

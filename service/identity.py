@@ -1,0 +1,527 @@
+"""Who is posting when the service runs beside another Flask app: that app's session and users.
+
+With `IDENTITY=flask-session` the service reads the host app's signed session cookie (same
+`SECRET_KEY`, cookie name and salt) without ever writing it, takes Flask-Login's user id from
+it (or from Flask-Login's remember cookie), and looks the user up in the host's database with
+a read-only query (`USERS_SQL`). Each piece works on its own; `init_app` puts them together.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from datetime import time as time_of_day
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from uuid import UUID
+
+from flask import Flask, Request, Response, redirect, request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface, SessionMixin
+from flask_login import LoginManager, UserMixin
+from flask_login.utils import decode_cookie
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
+from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+from werkzeug.wrappers import Response as BaseResponse
+
+from .errors import APIError, LoginRequired
+from .payload import FORM_TYPES, referrer_path, wants_json
+from .settings import ConfigError, parse_duration
+
+log = logging.getLogger(__name__)
+
+IDENTITY_SERVICE = "service"
+IDENTITY_FLASK_SESSION = "flask-session"
+FLASK_SESSION_SALT = "cookie-session"  # Flask's SecureCookieSessionInterface.salt
+DEFAULT_SESSION_MAX_AGE = 31 * 86400.0  # Flask's default PERMANENT_SESSION_LIFETIME
+MAX_USER_ID_LENGTH = 512
+# A cookie name is an RFC 6265 token.
+_COOKIE_NAME = re.compile(r"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+
+
+class UsersUnavailable(APIError):
+    """The host's users database did not answer the lookup: neither a user nor anonymous."""
+
+    status_code, code = 503, "users_unavailable"
+    message = "The users database is unavailable; try again shortly."
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": "5"})
+
+
+# --- Settings -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    """How the service knows who is posting; `service` mode needs none of the rest."""
+
+    identity: str = IDENTITY_SERVICE
+    session_cookie_name: str = "session"
+    session_salt: str = FLASK_SESSION_SALT
+    session_max_age: float = DEFAULT_SESSION_MAX_AGE
+    remember_cookie_name: str = "remember_token"
+    users_database_url: str | None = field(default=None, repr=False)  # may hold a password
+    users_sql: str | None = None
+    users_sql_timeout: float = 2.0
+    login_url: str | None = None
+
+    @property
+    def flask_session(self) -> bool:
+        """Whether the user comes from the host app's session rather than our own logins."""
+        return self.identity == IDENTITY_FLASK_SESSION
+
+
+class _Duration(fields.Field[float]):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+
+
+def check_users_sql(sql: str) -> str:
+    """USERS_SQL without a trailing `;`, if it is one SELECT whose only parameter is `:id`."""
+    body = sql.strip()
+    if body.endswith(";"):
+        body = body[:-1].rstrip()
+    if ";" in body:
+        raise ValueError("must be a single statement (no `;` inside)")
+    if not re.match(r"select\b", body, re.IGNORECASE):
+        raise ValueError("must be a SELECT statement")
+    try:
+        names = set(text(body).compile().params)
+    except ArgumentError as exc:  # pragma: no cover - text() accepts any string today
+        raise ValueError(f"cannot be parsed: {exc}") from None
+    if "id" not in names:
+        raise ValueError("must use the bind parameter :id, e.g. `WHERE id = :id`")
+    if names != {"id"}:
+        others = ", ".join(f":{name}" for name in sorted(names - {"id"}))
+        raise ValueError(f"may use only the bind parameter :id, not {others}")
+    return body
+
+
+def users_engine_url(url: str) -> str:
+    """A SQLite or PostgreSQL URL, PostgreSQL through psycopg 3; anything else is refused."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    if url.startswith(("postgresql+psycopg://", "sqlite:///")):
+        return url
+    raise ValueError("must be a sqlite:/// or postgresql:// URL")
+
+
+def check_login_url(url: str) -> str:
+    """A path on this site (`/login`) or an http(s) URL; never `//host` or control characters."""
+    url = url.strip()
+    if any(ord(c) < 0x20 or c in "\\ " for c in url):
+        raise ValueError("must not contain spaces, backslashes or control characters")
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return url
+    if url.startswith("/") and not url.startswith("//") and not parts.netloc:
+        return url
+    raise ValueError(f"must be a path like /login or an http(s) URL, got {url!r}")
+
+
+class _IdentitySchema(Schema):
+    """Environment variables to IdentitySettings; names are the variables' own."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    IDENTITY = fields.String(
+        load_default=IDENTITY_SERVICE,
+        validate=validate.OneOf([IDENTITY_SERVICE, IDENTITY_FLASK_SESSION]),
+    )
+    SESSION_COOKIE_NAME = fields.String(
+        load_default="session", validate=validate.Regexp(_COOKIE_NAME, error="not a cookie name")
+    )
+    SESSION_SALT = fields.String(load_default=FLASK_SESSION_SALT)
+    SESSION_MAX_AGE = _Duration(
+        load_default=DEFAULT_SESSION_MAX_AGE, validate=validate.Range(min=1, max=400 * 86400)
+    )
+    REMEMBER_COOKIE_NAME = fields.String(
+        load_default="remember_token",
+        validate=validate.Regexp(_COOKIE_NAME, error="not a cookie name"),
+    )
+    USERS_DATABASE_URL = fields.String(load_default=None)
+    USERS_SQL = fields.String(load_default=None)
+    USERS_SQL_TIMEOUT = _Duration(load_default=2.0, validate=validate.Range(min=0.05, max=10))
+    LOGIN_URL = fields.String(load_default=None)
+    # Only checked: reading the host's cookies needs the host's key, never a generated one.
+    SECRET_KEY = fields.String(load_default=None)
+
+    @post_load
+    def _build(self, raw: dict[str, Any], **_: Any) -> IdentitySettings:
+        flask_session = raw["IDENTITY"] == IDENTITY_FLASK_SESSION
+        if not flask_session:
+            for name in ("USERS_DATABASE_URL", "USERS_SQL", "LOGIN_URL"):
+                if raw[name] is not None:
+                    raise ValidationError("is only read with IDENTITY=flask-session", name)
+        elif raw["SECRET_KEY"] is None:
+            raise ValidationError(
+                "is required with IDENTITY=flask-session: the host app's own key", "SECRET_KEY"
+            )
+        url, sql = raw["USERS_DATABASE_URL"], raw["USERS_SQL"]
+        if sql is not None and url is None:
+            raise ValidationError("is required when USERS_SQL is set", "USERS_DATABASE_URL")
+        if url is not None and sql is None:
+            raise ValidationError("is set but USERS_SQL is not", "USERS_DATABASE_URL")
+        try:
+            url = users_engine_url(url) if url is not None else None
+        except ValueError as exc:  # never echo the URL: it may hold a password
+            raise ValidationError(str(exc), "USERS_DATABASE_URL") from None
+        try:
+            sql = check_users_sql(sql) if sql is not None else None
+        except ValueError as exc:
+            raise ValidationError(str(exc), "USERS_SQL") from None
+        try:
+            login_url = check_login_url(raw["LOGIN_URL"]) if raw["LOGIN_URL"] else None
+        except ValueError as exc:
+            raise ValidationError(str(exc), "LOGIN_URL") from None
+        return IdentitySettings(
+            identity=raw["IDENTITY"],
+            session_cookie_name=raw["SESSION_COOKIE_NAME"],
+            session_salt=raw["SESSION_SALT"],
+            session_max_age=raw["SESSION_MAX_AGE"],
+            remember_cookie_name=raw["REMEMBER_COOKIE_NAME"],
+            users_database_url=url,
+            users_sql=sql,
+            users_sql_timeout=raw["USERS_SQL_TIMEOUT"],
+            login_url=login_url,
+        )
+
+
+def _first_error(messages: Any) -> str:
+    name, inner = next(iter(messages.items()))
+    while isinstance(inner, list | dict):
+        inner = inner[0] if isinstance(inner, list) else next(iter(inner.values()))
+    return f"{name}: {inner}"
+
+
+def load_identity_settings(env: Mapping[str, str]) -> IdentitySettings:
+    """Parse the identity settings from the environment, or raise ConfigError with one line."""
+    given = {name: value for name, value in env.items() if value.strip()}
+    try:
+        settings: IdentitySettings = _IdentitySchema().load(given)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc.messages)) from None
+    return settings
+
+
+# --- The host's session cookie, read-only ---------------------------------------------------
+
+
+class HostSessionInterface(SecureCookieSessionInterface):
+    """Opens the host app's session cookie and never writes one.
+
+    The signature is checked as Flask checks it (same key, its fallbacks, salt and signer),
+    and so is its age. A cookie that is missing, tampered with, signed with another key, too
+    old or not a session at all opens as an empty session: the request is anonymous. Flask-Login
+    may still change the session in memory during a request; nothing of it is ever sent back,
+    and any `Set-Cookie` for the host's session or remember cookie is taken off the response,
+    so the service cannot log anyone out of the host or overwrite what the host stored.
+    """
+
+    def __init__(
+        self,
+        cookie_name: str = "session",
+        *,
+        salt: str = FLASK_SESSION_SALT,
+        max_age: float = DEFAULT_SESSION_MAX_AGE,
+        guarded_cookies: tuple[str, ...] = ("remember_token",),
+    ) -> None:
+        self.cookie_name = cookie_name
+        self.salt = salt
+        self.max_age = max_age
+        self.guarded_cookies = frozenset((cookie_name, *guarded_cookies))
+
+    def get_cookie_name(self, app: Flask) -> str:
+        """The host's cookie name, whatever this app's SESSION_COOKIE_NAME says."""
+        return self.cookie_name
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession:
+        """The host's session, or an empty one; never None, never an error."""
+        value = request.cookies.get(self.cookie_name)
+        serializer = self.get_signing_serializer(app)
+        if not value or serializer is None:
+            return self.session_class()
+        try:
+            data = serializer.loads(value, max_age=int(self.max_age))
+            return self.session_class(data)
+        except Exception as exc:  # noqa: BLE001 - any cookie we cannot read is anonymous
+            log.info("host session cookie not accepted: %s", type(exc).__name__)
+            return self.session_class()
+
+    def should_set_cookie(self, app: Flask, session: SessionMixin) -> bool:
+        """Never: the cookie is the host's."""
+        return False
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        """Write nothing, and take off any cookie of the host's that another hook set."""
+        if session.accessed:
+            response.vary.add("Cookie")
+        kept = [
+            value
+            for value in response.headers.getlist("Set-Cookie")
+            if value.split("=", 1)[0].strip() not in self.guarded_cookies
+        ]
+        if len(kept) != len(response.headers.getlist("Set-Cookie")):
+            del response.headers["Set-Cookie"]
+            for value in kept:
+                response.headers.add("Set-Cookie", value)
+
+
+def session_user_id(session: Mapping[str, Any]) -> str | None:
+    """Flask-Login's user id in a session, as the text the loader receives."""
+    return _user_id(session.get("_user_id"))
+
+
+def remembered_user_id(cookie: str | None, secret_key: str | bytes) -> str | None:
+    """The user id in Flask-Login's remember cookie, if its HMAC is right for `secret_key`."""
+    if not cookie:
+        return None
+    return _user_id(decode_cookie(cookie, key=secret_key))
+
+
+def _user_id(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    text_id = str(value)
+    if not text_id or len(text_id) > MAX_USER_ID_LENGTH:
+        return None
+    return text_id
+
+
+# --- The host's users -----------------------------------------------------------------------
+
+
+def json_safe(value: Any) -> Any:
+    """A database value as JSON can carry it: dates as ISO 8601, decimals and UUIDs as text."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, datetime | date | time_of_day):
+        return value.isoformat()
+    if isinstance(value, Decimal | UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_safe(v) for v in value]
+    return str(value)
+
+
+class HostUser(UserMixin):  # type: ignore[misc]
+    """A user of the host app, as Flask-Login sees it: the id from the session, the row."""
+
+    def __init__(self, user_id: str, row: Mapping[str, Any] | None = None) -> None:
+        self.id = user_id
+        self.row: dict[str, Any] = dict(row) if row is not None else {"id": user_id}
+
+    def get_id(self) -> str:
+        """The id the host's session holds for this user."""
+        return self.id
+
+    def public(self) -> dict[str, Any]:
+        """The user as events carry it in `data.user`: the row, JSON-safe."""
+        return {str(name): json_safe(value) for name, value in self.row.items()}
+
+    def __repr__(self) -> str:
+        return f"HostUser(id={self.id!r})"
+
+
+class UserLookup:
+    """Finds the host's user for an id with USERS_SQL, read-only and within a time limit.
+
+    Without a query every id is a user carrying only its id. The engine is the lookup's own
+    (never the service's database), opened lazily in each process.
+    """
+
+    def __init__(self, url: str | None, sql: str | None, timeout: float = 2.0) -> None:
+        if (url is None) != (sql is None):
+            raise ValueError("USERS_DATABASE_URL and USERS_SQL go together")
+        self.url = users_engine_url(url) if url else None
+        self.sql = text(check_users_sql(sql)) if sql else None
+        self.timeout = timeout
+        self._engine: Engine | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        """This process's engine for the users database."""
+        if self.url is None:
+            raise RuntimeError("no USERS_DATABASE_URL")
+        with self._lock:
+            if self._engine is None or self._pid != os.getpid():
+                if self._engine is not None:  # inherited through fork: leave the parent's
+                    self._engine.dispose(close=False)
+                self._engine = self._create_engine(self.url)
+                self._pid = os.getpid()
+            return self._engine
+
+    def _create_engine(self, url: str) -> Engine:
+        if url.startswith("sqlite"):
+            # mode=rw: a missing file is an error, never a new empty database on the host's path.
+            uri = f"file:{quote(make_url(url).database or '')}?mode=rw"
+            # One connection per lookup: nothing pooled to hold a read snapshot or a lock.
+            engine = create_engine(
+                "sqlite://",
+                creator=lambda: sqlite3.connect(uri, uri=True),
+                poolclass=NullPool,
+            )
+            busy_ms = max(1, int(self.timeout * 1000))
+
+            def on_connect(dbapi_connection: Any, _record: Any) -> None:
+                cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA query_only=ON")
+                cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+                cursor.close()
+
+            event.listen(engine, "connect", on_connect)
+            return engine
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_timeout=self.timeout,
+            # libpq counts whole seconds, 2 at least.
+            connect_args={"connect_timeout": max(2, math.ceil(self.timeout))},
+        )
+
+    def load(self, user_id: str) -> HostUser | None:
+        """The user with this id, or None without a row; UsersUnavailable if the query fails."""
+        if self.sql is None:
+            return HostUser(user_id)
+        started = time.monotonic()
+        try:
+            row = self._query(user_id)
+        except SQLAlchemyError as exc:
+            # The class only: a driver's message may quote the URL or the query's values.
+            log.warning(
+                "users lookup failed after %.0f ms: %s",
+                (time.monotonic() - started) * 1000,
+                type(getattr(exc, "orig", None) or exc).__name__,
+            )
+            raise UsersUnavailable() from None
+        return None if row is None else HostUser(user_id, row)
+
+    def _query(self, user_id: str) -> dict[str, Any] | None:
+        assert self.sql is not None
+        deadline = time.monotonic() + self.timeout
+        with self.engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            driver: Any = connection.connection.driver_connection
+            if sqlite:
+                driver.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
+            else:
+                connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+                connection.exec_driver_sql(
+                    "SELECT set_config('statement_timeout', %(ms)s, true)",
+                    {"ms": str(max(1, int(self.timeout * 1000)))},
+                )
+            try:
+                row = connection.execute(self.sql, {"id": user_id}).mappings().first()
+            finally:
+                connection.rollback()  # nothing to keep; ends the read-only transaction
+                if sqlite:
+                    driver.set_progress_handler(None, 0)
+        return dict(row) if row is not None else None
+
+    def dispose(self) -> None:
+        """Close this process's connections."""
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+# --- Logging in elsewhere -------------------------------------------------------------------
+
+
+def login_redirect_url(login_url: str, next_path: str | None) -> str:
+    """LOGIN_URL with `next` set to the page to come back to, keeping LOGIN_URL's own query."""
+    if not next_path:
+        return login_url
+    parts = urlsplit(login_url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "next"]
+    query.append(("next", next_path))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def login_required(login_url: str | None) -> BaseResponse:
+    """Answer a post that needs a login: a form goes to the host's login page, the rest get 401.
+
+    A form post (from a page, not asking for JSON) is redirected with `303` to LOGIN_URL with
+    `next` set to the referring page, when that page is on this site. JSON, fetch and XHR posts,
+    and every post when LOGIN_URL is unset, get the `401 login_required` envelope.
+    """
+    if login_url is None or request.mimetype not in FORM_TYPES or wants_json(request):
+        raise LoginRequired()
+    return redirect(login_redirect_url(login_url, referrer_path(request)), 303)
+
+
+# --- Putting it together --------------------------------------------------------------------
+
+
+def make_login_manager(
+    settings: IdentitySettings, lookup: UserLookup | None = None
+) -> LoginManager:
+    """A Flask-Login manager that knows the host's users (unbound: call `init_app`).
+
+    Session protection is off: in "strong" mode Flask-Login would delete the remember cookie
+    of a browser whose address changed, and this service must never touch the host's cookies.
+    """
+    lookup = lookup or UserLookup(
+        settings.users_database_url, settings.users_sql, settings.users_sql_timeout
+    )
+    manager = LoginManager()
+    manager.session_protection = None
+    manager.user_loader(_loader(lookup))
+    manager.unauthorized_handler(lambda: login_required(settings.login_url))
+    return manager
+
+
+def _loader(lookup: UserLookup) -> Callable[[Any], HostUser | None]:
+    def load(user_id: Any) -> HostUser | None:
+        text_id = _user_id(user_id)
+        return None if text_id is None else lookup.load(text_id)
+
+    return load
+
+
+def init_app(app: Flask, settings: IdentitySettings) -> LoginManager:
+    """Read the host app's session and users on `app` (IDENTITY=flask-session).
+
+    Installs the read-only session interface and a Flask-Login manager whose loader runs
+    USERS_SQL; Flask-Login then honours the host's remember cookie as the host does. Call it
+    instead of binding the service's own logins.
+    """
+    if not settings.flask_session:
+        raise ValueError("identity.init_app is for IDENTITY=flask-session")
+    app.session_interface = HostSessionInterface(
+        settings.session_cookie_name,
+        salt=settings.session_salt,
+        max_age=settings.session_max_age,
+        guarded_cookies=(settings.remember_cookie_name,),
+    )
+    app.config["REMEMBER_COOKIE_NAME"] = settings.remember_cookie_name
+    app.config["REMEMBER_COOKIE_REFRESH_EACH_REQUEST"] = False
+    lookup = UserLookup(settings.users_database_url, settings.users_sql, settings.users_sql_timeout)
+    manager = make_login_manager(settings, lookup)
+    manager.init_app(app)
+    app.extensions["identity"] = lookup
+    return manager
