@@ -24,7 +24,7 @@ from flask import Blueprint, Flask, Request, Response, request
 from flask.testing import FlaskClient
 from flask_login import LoginManager, UserMixin
 
-from service import InngestGateway
+from service import InngestGateway, outbox
 from service.state import gateway_state
 from tests.standin import InngestStandIn
 
@@ -618,3 +618,44 @@ def test_a_host_with_its_own_api_blueprint(
     assert client.get("/v2/things").get_json() == {"things": []}
     assert client.post("/api", json={"data": {}}).status_code == 200
     assert len(inngest.accepted) == 1
+
+
+@pytest.mark.timeout(60)  # above the child's own wait (20 s)
+def test_a_forked_worker_gets_its_own_connections_and_deliverer(
+    hosts: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    """As under gunicorn with preload: the app is built, and has used its outbox, in the master."""
+    app = hosts(config={"DELIVERY_MODE": "outbox", "OUTBOX_EMBEDDED_DELIVERER": True})
+    state = gateway_state(app)
+    assert outbox.status(state.outbox_db)["pending"] == 0  # the master's pool has a connection
+    parents_pool = state.outbox_db.engine.pool
+
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only, and never return
+        code = 1
+        try:
+            fresh = state.outbox_db.engine.pool is not parents_pool  # never the parent's sockets
+            answer = app.test_client().post("/api", json={"name": "app/child", "data": {}})
+            # The stand-in's records live in the parent: here, watch the outbox empty.
+            until = time.monotonic() + 20
+            while (pending := outbox.status(state.outbox_db)["pending"]) and (
+                time.monotonic() < until
+            ):
+                time.sleep(0.02)
+            delivered = pending == 0
+            # Each failure its own bit, so the parent can tell which.
+            code = (not fresh) * 4 | (answer.status_code != 202) * 8 | (not delivered) * 16
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+
+    failed = os.waitstatus_to_exitcode(status)
+    assert failed == 0, {
+        "kept the parent's pool": failed & 4,
+        "post refused": failed & 8,
+        "not delivered": failed & 16,
+        "crashed": failed & 1,
+    }
+    assert [event["name"] for event in inngest.accepted] == ["app/child"]
+    assert state.outbox_db.engine.pool is parents_pool  # the master's own, untouched
+    assert outbox.status(state.outbox_db)["pending"] == 0
