@@ -85,9 +85,11 @@ class InngestGateway:
     def init_app(self, app: Flask) -> None:
         """Read the settings, make the sender, outbox and limiter, register the blueprint and CLI.
 
-        A missing or invalid setting raises `settings.ConfigError`. Nothing starts here:
-        the deliverer thread starts with the first post in each process (after any fork),
-        or when `start` is called (e.g. from gunicorn's `post_worker_init`).
+        A missing or invalid setting raises `settings.ConfigError`. In outbox mode the
+        deliverer thread starts here in a process that serves the app, so a stored backlog
+        goes out without waiting for a post; not in `flask` commands, and in gunicorn's
+        master under `preload_app` only in each worker it forks (see
+        `Delivery.start_when_serving`).
         """
         settings = self.settings or load_settings(_settings_source(app, os.environ))
         url = settings.outbox_database_url or _instance_sqlite(app.instance_path)
@@ -121,6 +123,7 @@ class InngestGateway:
         app.url_map.add(api.FallbackRule(rule, endpoint=api.FALLBACK_ENDPOINT))
         app.view_functions[api.FALLBACK_ENDPOINT] = api.method_not_allowed
         app.cli.add_command(cli)
+        app.extensions[EXTENSION_KEY].delivery.start_when_serving()
 
     def start(self, app: Flask) -> None:
         """Start this process's deliverer thread now (outbox mode, when embedded); idempotent."""

@@ -9,6 +9,13 @@ its own, and a page whose form and script post to `/api`, which nginx sends to t
 Settings (a mapping given to `create_host_app`, else the environment): `SECRET_KEY`,
 `HOST_DATABASE_URL` (default: `host.db` in the instance folder), `HOST_API_URL` (where its
 pages post; `/api`), `HOST_SESSION_COOKIE_NAME` (`session`).
+
+`HOST_MOUNT_GATEWAY=true` (default: off) makes it mount `InngestGateway` itself, the way the
+README's "Mount it in your Flask app" says, with the app-factory pattern: the module-level
+`gateway`, bound in `create_host_app`. The gateway's settings then come from the same mapping
+(or the environment) under their own names (`INNGEST_EVENT_KEY`, `DELIVERY_MODE`, ...).
+
+    flask --app 'tests.hostapp:create_host_app()' inngest-gateway outbox status
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import hmac
 import os
 import secrets
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,6 +58,8 @@ from sqlalchemy import (
 )
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from service import InngestGateway
+from service.settings import GATEWAY_SETTINGS
 from tests.processes import BIN, Server, clean_env, free_port, wait_until_healthy
 
 TABLE = "host_users"
@@ -60,6 +69,9 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
 )
+
+# Unbound, as an app factory has it; `create_host_app` binds it when HOST_MOUNT_GATEWAY is set.
+gateway = InngestGateway()
 
 metadata = MetaData()
 host_users = Table(
@@ -236,6 +248,9 @@ def create_host_app(config: Mapping[str, Any] | None = None) -> Flask:
     metadata.create_all(engine)
     app.extensions["host_db"] = engine
     api_url = given.get("HOST_API_URL") or "/api"
+    if str(given.get("HOST_MOUNT_GATEWAY", "")).lower() in ("1", "true", "yes", "on"):
+        app.config.update({k: v for k, v in given.items() if k in GATEWAY_SETTINGS})
+        gateway.init_app(app)
 
     login_manager = LoginManager(app)
     login_manager.login_view = "login"
@@ -327,16 +342,23 @@ BESIDE_SITE = ROOT / "deploy" / "nginx-beside.conf"
 
 
 def start_app(
-    spec: str, directory: Path, env: Mapping[str, str], *, port: int | None = None
+    spec: str,
+    directory: Path,
+    env: Mapping[str, str],
+    *,
+    port: int | None = None,
+    config_text: str = "# the defaults; the command line says the rest\n",
+    extra_args: Sequence[str] = (),
 ) -> Server:
     """gunicorn serving a factory (`tests.hostapp:create_host_app()`) with 2 workers.
 
-    It reads no gunicorn.conf.py: that one is the service's, with the service's hooks.
+    It reads no gunicorn.conf.py: that one is the service's, with the service's hooks;
+    `config_text` is its config file instead, `extra_args` more of its options.
     """
     directory.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     config = directory / "gunicorn.conf.py"
-    config.write_text("# the defaults; the command line says the rest\n")
+    config.write_text(config_text)
     log_path = directory / "gunicorn.log"
     log_file = log_path.open("ab")
     process = subprocess.Popen(
@@ -355,6 +377,7 @@ def start_app(
             "2",
             "--graceful-timeout",
             "5",
+            *extra_args,
         ],
         cwd=ROOT,
         env=clean_env(directory) | dict(env),
