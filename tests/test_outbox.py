@@ -428,6 +428,26 @@ def test_operator_commands(app: Flask, inngest: InngestStandIn) -> None:
     assert "pending: 0" in cli(app, "status").output
 
 
+def test_status_counts_leased_events_as_in_flight_until_the_lease_runs_out(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_outbox_app(OUTBOX_LEASE_SECONDS="1", INNGEST_SEND_TIMEOUT="0.5")  # a 1 s lease
+    client = app.test_client()
+    client.post("/api", json=[{"id": "a"}, {"id": "b"}])
+    with app.app_context():
+        claimed = another_deliverer(app).claim()  # leased, never sent: as if its process died
+    assert claimed is not None and len(claimed.ids) == 2
+    client.post("/api", json={"id": "c"})  # never claimed
+
+    leased = cli(app, "status").output
+    time.sleep(1.2)
+    expired = cli(app, "status").output
+
+    assert "pending: 3" in leased and "in_flight: 2" in leased
+    assert "pending: 3" in expired and "in_flight: 0" in expired
+    assert inngest.received == []
+
+
 def test_purge_removes_old_dead_letters(app: Flask, inngest: InngestStandIn) -> None:
     inngest.fail_next(1, 400, body={"ids": [], "status": 400, "error": "bad"})
     app.test_client().post("/api", json={"id": "gone"})
