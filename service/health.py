@@ -7,9 +7,9 @@ import logging
 from flask import Blueprint, Flask, Response, current_app, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import outbox
 from .db import db, ensure_schema, ping
 from .errors import NotReady
+from .outbox import queries
 from .state import gateway_state
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,8 @@ def readyz() -> Response:
         outbox_db = gateway_state().outbox_db
         if not outbox_db.ensure_schema():
             raise NotReady("The outbox's schema could not be created.")
-        outbox.check_writable(outbox_db)
-        depth = outbox.status(outbox_db)
+        queries.check_writable(outbox_db)
+        depth = queries.status(outbox_db)
     except SQLAlchemyError as exc:
         db.session.rollback()
         gateway_state().outbox_db.session.remove()

@@ -193,13 +193,14 @@ class OutboxCollector(Collector):
     """The outbox's depth and oldest pending event's age, read from the database per scrape."""
 
     def collect(self) -> Iterable[Metric]:
-        from . import outbox  # which imports this module
+        # Here, not at the top: the outbox's deliverer imports this module.
+        from .outbox import queries
 
         database = gateway_state().outbox_db
         try:
             if not database.ensure_schema():
                 return
-            status = outbox.status(database)
+            status = queries.status(database)
         except SQLAlchemyError as exc:
             database.session.remove()
             log.warning("outbox metrics unavailable: %s", type(exc).__name__)

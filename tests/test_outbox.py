@@ -17,30 +17,19 @@ from typing import Any
 import psycopg
 import pytest
 from flask import Flask
-from sqlalchemy import make_url, select
+from sqlalchemy import make_url
 
 from service import outbox
-from service.db import db
-from service.outbox import DEAD, DELIVERED, PENDING, OutboxEvent
+from service.outbox import DEAD, DELIVERED, PENDING
 from service.state import gateway_state
 from tests.conftest import assert_envelope
+from tests.outboxes import FAST, deliver_until, outbox_app_factory, rows, run_once
 from tests.standin import InngestStandIn
-
-FAST = {
-    "DELIVERY_MODE": "outbox",
-    "OUTBOX_RETRY_BASE": "50ms",
-    "OUTBOX_RETRY_MAX": "200ms",
-    "INNGEST_SEND_TIMEOUT": "1",
-    "OUTBOX_LEASE_SECONDS": "2",
-}
 
 
 @pytest.fixture
 def make_outbox_app(make_app: Callable[..., Flask], database_url: str) -> Callable[..., Flask]:
-    def factory(**overrides: str) -> Flask:
-        return make_app(**{"DATABASE_URL": database_url, **FAST, **overrides})
-
-    return factory
+    return outbox_app_factory(make_app, database_url, FAST)
 
 
 @pytest.fixture
@@ -52,27 +41,6 @@ def another_deliverer(app: Flask) -> outbox.Deliverer:
     """A deliverer besides the app's own, as another process would run."""
     state = gateway_state(app)
     return outbox.Deliverer(app, state.settings, state.client, state.outbox_db)
-
-
-def rows(app: Flask) -> list[OutboxEvent]:
-    with app.app_context():
-        found = list(db.session.scalars(select(OutboxEvent).order_by(OutboxEvent.id)))
-        db.session.expunge_all()
-        return found
-
-
-def run_once(app: Flask) -> int:
-    with app.app_context():
-        return gateway_state(app).deliverer.run_once()
-
-
-def deliver_until(app: Flask, done: Callable[[], bool], seconds: float = 10.0) -> None:
-    """Run the deliverer until `done()`, as its thread would; fail after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while not done():
-        assert time.monotonic() < deadline, f"not done after {seconds}s: {rows(app)}"
-        if run_once(app) == 0:
-            time.sleep(0.02)
 
 
 def cli(app: Flask, *args: str) -> Any:
@@ -426,6 +394,26 @@ def test_operator_commands(app: Flask, inngest: InngestStandIn) -> None:
     assert "handled 3 event(s)" in cli(app, "deliver", "--once").output
     assert sorted(inngest.accepted_ids()) == sorted(ids)
     assert "pending: 0" in cli(app, "status").output
+
+
+def test_status_counts_leased_events_as_in_flight_until_the_lease_runs_out(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_outbox_app(OUTBOX_LEASE_SECONDS="1", INNGEST_SEND_TIMEOUT="0.5")  # a 1 s lease
+    client = app.test_client()
+    client.post("/api", json=[{"id": "a"}, {"id": "b"}])
+    with app.app_context():
+        claimed = another_deliverer(app).claim()  # leased, never sent: as if its process died
+    assert claimed is not None and len(claimed.ids) == 2
+    client.post("/api", json={"id": "c"})  # never claimed
+
+    leased = cli(app, "status").output
+    time.sleep(1.2)
+    expired = cli(app, "status").output
+
+    assert "pending: 3" in leased and "in_flight: 2" in leased
+    assert "pending: 3" in expired and "in_flight: 0" in expired
+    assert inngest.received == []
 
 
 def test_purge_removes_old_dead_letters(app: Flask, inngest: InngestStandIn) -> None:

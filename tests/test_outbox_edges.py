@@ -18,51 +18,19 @@ from typing import Any
 import psycopg
 import pytest
 from flask import Flask
-from sqlalchemy import select
 
-from service.db import db
 from service.outbox import DEAD, PENDING, OutboxEvent, now_ms
 from service.state import gateway_state
+from tests.outboxes import FAST, deliver_until, outbox_app_factory, rows, run_once
 from tests.standin import Fault, InngestStandIn, Received
 
-FAST = {
-    "DELIVERY_MODE": "outbox",
-    "OUTBOX_RETRY_BASE": "50ms",
-    "OUTBOX_RETRY_MAX": "200ms",
-    "INNGEST_SEND_TIMEOUT": "1",
-    "OUTBOX_LEASE_SECONDS": "2",
-}
 WRITE_TIMEOUT = 1.0
 STALL_LIMIT = 40.0  # longer than any request may wait, whatever the code under test
 
 
 @pytest.fixture
 def make_outbox_app(make_app: Callable[..., Flask], database_url: str) -> Callable[..., Flask]:
-    def factory(**overrides: str) -> Flask:
-        return make_app(**{"DATABASE_URL": database_url, **FAST, **overrides})
-
-    return factory
-
-
-def rows(app: Flask) -> list[OutboxEvent]:
-    with app.app_context():
-        found = list(db.session.scalars(select(OutboxEvent).order_by(OutboxEvent.id)))
-        db.session.expunge_all()
-        return found
-
-
-def run_once(app: Flask) -> int:
-    with app.app_context():
-        return gateway_state(app).deliverer.run_once()
-
-
-def deliver_until(app: Flask, done: Callable[[], bool], seconds: float = 10.0) -> None:
-    """Run the deliverer until `done()`, as its thread would; fail after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while not done():
-        assert time.monotonic() < deadline, f"not done after {seconds}s: {rows(app)}"
-        if run_once(app) == 0:
-            time.sleep(0.02)
+    return outbox_app_factory(make_app, database_url, FAST)
 
 
 def event_ids(record: Received) -> list[str]:

@@ -14,35 +14,18 @@ from collections.abc import Callable
 
 import pytest
 from flask import Flask
-from sqlalchemy import select
 
-from service.db import db
-from service.outbox import PENDING, OutboxEvent, now_ms
+from service.outbox import PENDING, now_ms
 from service.state import gateway_state
+from tests.outboxes import FAST, deliver_until, outbox_app_factory, rows
 from tests.standin import InngestStandIn
 
-SETTINGS = {
-    "DELIVERY_MODE": "outbox",
-    "OUTBOX_RETRY_BASE": "50ms",
-    "OUTBOX_RETRY_MAX": "100ms",
-    "INNGEST_SEND_TIMEOUT": "1",
-    "OUTBOX_LEASE_SECONDS": "2",
-}
+SETTINGS = {**FAST, "OUTBOX_RETRY_MAX": "100ms"}
 
 
 @pytest.fixture
 def make_outbox_app(make_app: Callable[..., Flask], database_url: str) -> Callable[..., Flask]:
-    def factory(**overrides: str) -> Flask:
-        return make_app(**{"DATABASE_URL": database_url, **SETTINGS, **overrides})
-
-    return factory
-
-
-def rows(app: Flask) -> list[OutboxEvent]:
-    with app.app_context():
-        found = list(db.session.scalars(select(OutboxEvent).order_by(OutboxEvent.id)))
-        db.session.expunge_all()
-        return found
+    return outbox_app_factory(make_app, database_url, SETTINGS)
 
 
 def post(app: Flask, events: list[dict[str, object]]) -> list[str]:
@@ -52,12 +35,7 @@ def post(app: Flask, events: list[dict[str, object]]) -> list[str]:
 
 
 def deliver_until_empty(app: Flask, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while rows(app):
-        assert time.monotonic() < deadline, f"not delivered after {seconds}s: {rows(app)}"
-        with app.app_context():
-            if gateway_state(app).deliverer.run_once() == 0:
-                time.sleep(0.02)
+    deliver_until(app, lambda: not rows(app), seconds)
 
 
 def assert_same_batch_every_time(inngest: InngestStandIn, ids: list[str]) -> None:
