@@ -241,7 +241,10 @@ def test_a_batch_throttled_with_retry_after_is_not_split(
 
     deliver_until(app, lambda: len(inngest.accepted) == 2)
 
-    assert [r.status for r in inngest.received] == [429, 429, 429, 200]
+    statuses = [r.status for r in inngest.received]
+    # A 200 whose answer came too late for the 1 s budget (a loaded machine) is sent again,
+    # as the same batch: what matters is that it was never split.
+    assert statuses[:4] == [429, 429, 429, 200] and set(statuses[4:]) <= {200}, statuses
     assert {tuple(labels(r)) for r in inngest.received} == {("t1", "t2")}
     assert len({tuple(event_ids(r)) for r in inngest.received}) == 1
     assert len({r.seed for r in inngest.received}) == 1
