@@ -27,8 +27,8 @@ from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.routing import Rule
 
 from . import csrf, errors, limits, metrics
-from .errors import LoginRequired
 from .events import build_events
+from .identity import login_required
 from .limits import client_ip
 from .logs import client_request_id
 from .payload import (
@@ -138,7 +138,7 @@ def post_events() -> Any:
     settings = state.settings
     user = current_poster()
     if user is None and settings.api_require_login:
-        raise LoginRequired()
+        return login_required(state.login_url)  # 401, or a form post to the login page
     payload = read_payload(request, settings.api_max_batch)
     events = build_events(
         payload.items,

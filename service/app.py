@@ -3,6 +3,10 @@
 It brings what a host app would: its users and login pages, request ids and logging,
 security headers, proxy handling, JSON error pages, health checks, metrics and docs; the
 `POST /api` itself is `InngestGateway`, mounted as any host app mounts it.
+
+With `IDENTITY=flask-session` it runs beside another Flask app instead: the user comes from
+that app's session cookie and users table (`identity`), and the service has no users, login
+pages or demo pages of its own; it serves `/api`, health checks, metrics and docs.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from . import (
     db,
     errors,
     health,
+    identity,
     logs,
     metrics,
     openapi,
@@ -29,6 +34,7 @@ from . import (
     users,
 )
 from .extension import InngestGateway
+from .identity import IdentitySettings
 from .settings import Settings, environment, instance_secret, load_settings
 from .state import gateway_state
 
@@ -36,14 +42,16 @@ from .state import gateway_state
 def create_app(env: Mapping[str, str] | None = None, *, instance_path: str | None = None) -> Flask:
     """Build the service; settings come from `env`, else from the environment and `.env`."""
     app = Flask(__name__, instance_path=instance_path)
-    settings = load_settings(environment() if env is None else env)
+    source = environment() if env is None else env
+    settings = load_settings(source)
+    id_settings = identity.load_identity_settings(source)
     configure_app(app, settings)
     configure_logger(settings, app.config["SECRET_KEY"])
-    register_extensions(app, settings)
-    register_blueprints(app)
+    register_extensions(app, settings, id_settings)
+    register_blueprints(app, id_settings)
     register_errorhandlers(app)
-    register_commands(app)
-    if settings.inngest_dev and settings.create_demo_user:
+    register_commands(app, id_settings)
+    if settings.inngest_dev and settings.create_demo_user and not id_settings.flask_session:
         create_demo_user(app)
     return app
 
@@ -76,8 +84,12 @@ def _sent_page() -> str:
     return url_for("pages.sent")
 
 
-def register_extensions(app: Flask, settings: Settings) -> None:
-    """Bind the extensions and our modules that need the app; mount the gateway."""
+def register_extensions(app: Flask, settings: Settings, id_settings: IdentitySettings) -> None:
+    """Bind the extensions and our modules that need the app; mount the gateway.
+
+    Who is posting comes from the service's own logins, or (IDENTITY=flask-session) from the
+    host app's session cookie and users, read-only.
+    """
     logs.init_app(app)
     url = db.database_url(settings.database_url, app.instance_path)
     db.init_app(
@@ -90,25 +102,39 @@ def register_extensions(app: Flask, settings: Settings) -> None:
     settings = dataclasses.replace(
         settings, outbox_database_url=settings.outbox_database_url or url
     )
-    InngestGateway(
-        app,
-        settings=settings,
-        user_serializer=users.User.public,
-        redirect_to=_sent_page,
-    )
+    if id_settings.flask_session:
+        # No pages of our own: a form post lands back on the host's page, or its home.
+        InngestGateway(
+            app,
+            settings=settings,
+            user_serializer=identity.HostUser.public,
+            redirect_to="/",
+            login_url=id_settings.login_url,
+        )
+    else:
+        InngestGateway(
+            app,
+            settings=settings,
+            user_serializer=users.User.public,
+            redirect_to=_sent_page,
+        )
     security.init_app(app)
-    app.before_request(payload.buffer_streamed_body)  # for the login form; /api does its own
-    auth.init_app(app)
+    if id_settings.flask_session:
+        identity.init_app(app, id_settings)
+    else:
+        app.before_request(payload.buffer_streamed_body)  # for the login form; /api does its own
+        auth.init_app(app)
     metrics.init_app(app)
     # The service starts its deliverer with its first request of any kind, as it always has;
     # gunicorn.conf.py starts it in each worker as soon as the worker is up.
     app.before_request(lambda: gateway_state(app).delivery.start())
 
 
-def register_blueprints(app: Flask) -> None:
-    """The service's own views: login, health checks, the demo pages and the docs."""
+def register_blueprints(app: Flask, id_settings: IdentitySettings) -> None:
+    """The service's own views: health checks, the docs, and the demo pages (not beside a host)."""
     health.init_app(app)
-    pages.init_app(app)
+    if not id_settings.flask_session:
+        pages.init_app(app)
     openapi.init_app(app)
 
 
@@ -117,9 +143,11 @@ def register_errorhandlers(app: Flask) -> None:
     errors.init_app(app)
 
 
-def register_commands(app: Flask) -> None:
-    """`flask users ...`, and `flask outbox ...` (also `flask inngest-gateway outbox ...`)."""
-    users.init_app(app)
+def register_commands(app: Flask, id_settings: IdentitySettings) -> None:
+    """`flask users ...` (not beside a host: its users are its own), and `flask outbox ...`
+    (also `flask inngest-gateway outbox ...`)."""
+    if not id_settings.flask_session:
+        users.init_app(app)
     app.cli.add_command(outbox.outbox_cli)
 
 

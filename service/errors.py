@@ -119,6 +119,16 @@ class OutboxUnavailable(APIError):
     message = "The event could not be stored; try again shortly."
 
 
+class UsersUnavailable(APIError):
+    """IDENTITY=flask-session: the host's users database did not answer the lookup."""
+
+    status_code, code = 503, "users_unavailable"
+    message = "The users database is unavailable; try again shortly."
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": "5"})
+
+
 class DatabaseUnavailable(APIError):
     status_code, code = 503, "database_unavailable"
     message = "The database is unavailable; try again shortly."

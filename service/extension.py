@@ -24,6 +24,7 @@ from flask.cli import AppGroup
 from . import api, outbox
 from .db import OwnDatabase, database_url
 from .delivery import Delivery
+from .identity import check_login_url
 from .inngest import InngestClient
 from .limits import RateLimiter
 from .outbox import Deliverer, OutboxBase, Writer
@@ -60,7 +61,9 @@ class InngestGateway:
     `get_id()`, plus `email` and `name` when present); its `id` also names the poster, so
     it must be stable per user. `url_prefix` and `path` place the endpoint; `redirect_to`
     (a path, or a function returning one) is where a form post lands when it names no page
-    to go back to. `settings`, already loaded, replaces app.config and the environment
+    to go back to. `login_url` (a path or an http(s) URL), when set, is where a form post
+    that needs a login (API_REQUIRE_LOGIN) is sent, with `next`; other posts get the 401.
+    `settings`, already loaded, replaces app.config and the environment
     (the standalone service passes its own).
     """
 
@@ -72,12 +75,14 @@ class InngestGateway:
         url_prefix: str | None = None,
         path: str = "/api",
         redirect_to: str | Callable[[], str] = "/",
+        login_url: str | None = None,
         settings: Settings | None = None,
     ) -> None:
         self.user_serializer = user_serializer or api.default_user_serializer
         self.url_prefix = url_prefix
         self.path = path
         self.redirect_to = redirect_to
+        self.login_url = check_login_url(login_url) if login_url else None
         self.settings = settings
         if app is not None:
             self.init_app(app)
@@ -112,6 +117,7 @@ class InngestGateway:
             limiter=RateLimiter(settings),
             user_serializer=self.user_serializer,
             redirect_to=self.redirect_to,
+            login_url=self.login_url,
         )
         outbox_db.ensure_schema()  # a database still down is retried by the first post
         app.register_blueprint(

@@ -35,7 +35,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from werkzeug.wrappers import Response as BaseResponse
 
-from .errors import APIError, LoginRequired
+from .errors import LoginRequired, UsersUnavailable
 from .payload import FORM_TYPES, referrer_path, wants_json
 from .settings import ConfigError, parse_duration
 
@@ -48,16 +48,6 @@ DEFAULT_SESSION_MAX_AGE = 31 * 86400.0  # Flask's default PERMANENT_SESSION_LIFE
 MAX_USER_ID_LENGTH = 512
 # A cookie name is an RFC 6265 token.
 _COOKIE_NAME = re.compile(r"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-
-
-class UsersUnavailable(APIError):
-    """The host's users database did not answer the lookup: neither a user nor anonymous."""
-
-    status_code, code = 503, "users_unavailable"
-    message = "The users database is unavailable; try again shortly."
-
-    def __init__(self) -> None:
-        super().__init__(headers={"Retry-After": "5"})
 
 
 # --- Settings -------------------------------------------------------------------------------

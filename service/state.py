@@ -32,6 +32,7 @@ class GatewayState:
     limiter: RateLimiter
     user_serializer: Callable[[Any], dict[str, Any]]
     redirect_to: str | Callable[[], str]
+    login_url: str | None = None  # where a form post that needs a login goes; else 401
 
 
 def gateway_state(app: Flask | None = None) -> GatewayState:

@@ -9,18 +9,19 @@ import math
 import os
 import re
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from datetime import time as time_of_day
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import pytest
 import requests
-from flask import Flask
+from flask import Flask, Response, jsonify, make_response, session
 from flask.sessions import SecureCookieSessionInterface
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
@@ -46,8 +47,8 @@ from tests.hostapp import (
     set_active,
     start_app,
 )
-from tests.processes import free_port, start_nginx
-from tests.readerapp import create_reader_app
+from tests.processes import BIN, ROOT, clean_env, free_port, start_gunicorn, start_nginx
+from tests.standin import InngestStandIn
 
 SQL = "SELECT id, email, name, created_at FROM host_users WHERE id = :id AND active"
 OTHER_KEY = "another-apps-secret-fedcba9876543210"
@@ -109,20 +110,35 @@ def host(make_host: HostFactory, host_db: str) -> Flask:
     return make_host(host_db)
 
 
-ReaderFactory = Callable[..., FlaskClient]
+class Reader(FlaskClient):
+    """A client of the service in IDENTITY=flask-session mode, and the stand-in it sends to."""
+
+    inngest: InngestStandIn
+
+
+ReaderFactory = Callable[..., Reader]
+# The service as it runs beside a host: the host's users, posts that need a login.
+READER_ENV = {"IDENTITY": "flask-session", "API_REQUIRE_LOGIN": "true"}
+
+
+def reader_app(make_app: Callable[..., Flask], **env: str) -> Flask:
+    """The service itself (create_app) in IDENTITY=flask-session mode, sync delivery."""
+    return make_app(**{**READER_ENV, **env})
 
 
 @pytest.fixture
-def make_reader() -> Iterator[ReaderFactory]:
-    """Clients of the reader app, configured like the service in IDENTITY=flask-session mode."""
+def make_reader(make_app: Callable[..., Flask], inngest: InngestStandIn) -> Iterator[ReaderFactory]:
+    """Clients of the service configured with IDENTITY=flask-session; SECRET_KEY is the host's."""
     apps: list[Flask] = []
 
-    def factory(**env: str) -> FlaskClient:
-        settings = {"IDENTITY": "flask-session", "SECRET_KEY": SECRET_KEY, **env}
-        app = create_reader_app({k: v for k, v in settings.items() if v})
-        app.config["TESTING"] = True
+    def factory(app: Flask | None = None, **env: str) -> Reader:
+        app = app or reader_app(make_app, **env)
+        app.test_client_class = Reader
         apps.append(app)
-        return app.test_client()
+        client = app.test_client()
+        assert isinstance(client, Reader)
+        client.inngest = inngest
+        return client
 
     yield factory
     for app in apps:
@@ -149,17 +165,29 @@ def host_cookies(host: Flask, email: str = "ada@example.com", *, remember: bool 
     return {name: c.value for name in names if (c := client.get_cookie(name)) is not None}
 
 
-def with_cookies(client: FlaskClient, cookies: dict[str, str]) -> FlaskClient:
+ClientT = TypeVar("ClientT", bound=FlaskClient)
+
+
+def with_cookies(client: ClientT, cookies: dict[str, str]) -> ClientT:
     for name, value in cookies.items():
         client.set_cookie(name, value)
     return client
 
 
-def whoami(client: FlaskClient) -> Any:
-    """The user the reader found for this client's cookies (None when anonymous)."""
-    response = client.get("/api/whoami")
+def whoami(client: Reader) -> Any:
+    """The user a post from this client carries in `data.user` (None when anonymous).
+
+    A real post to the service's /api: anonymous is the 401 that API_REQUIRE_LOGIN gives, or
+    an event whose `data.user` is null when the service does not require a login.
+    """
+    response = client.post("/api", json={"name": "app/whoami"})
+    if response.status_code == 401:
+        assert_envelope(response, 401, "login_required")
+        return None
     assert response.status_code == 200, response.get_data(as_text=True)
-    return response.get_json()["user"]
+    (event_id,) = response.get_json()["ids"]
+    (event,) = [e for r in client.inngest.received for e in r.events if e["id"] == event_id]
+    return event["data"]["user"]
 
 
 def set_cookie_names(response: TestResponse) -> list[str]:
@@ -185,9 +213,12 @@ def test_the_hosts_session_cookie_gives_the_hosts_user(
     }
     # A timestamp column arrives as text JSON can carry (ISO 8601 from PostgreSQL).
     assert isinstance(user["created_at"], str) and user["created_at"].startswith("2024-05-17")
-    response = reader.post("/api", json={"name": "app/x"})
-    assert response.status_code == 200
-    assert response.get_json()["user"] == user
+    # Every post carries it, and the service answers as it does for its own users.
+    response = reader.post("/api", json={"name": "app/x", "data": {"n": 2}})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    (event,) = reader.inngest.received[-1].events
+    assert event["name"] == "app/x" and event["data"]["n"] == 2
+    assert event["data"]["user"] == user
     # Bob's own login is Bob.
     bob = with_cookies(
         make_reader(USERS_DATABASE_URL=host_db, USERS_SQL=SQL),
@@ -351,6 +382,37 @@ def test_a_session_older_than_session_max_age_is_anonymous(
     assert whoami(long) == {"id": "1"}
 
 
+def test_without_a_required_login_an_anonymous_post_is_sent_without_a_user(
+    make_reader: ReaderFactory, make_host: HostFactory, sqlite_host_db: str
+) -> None:
+    make_host(sqlite_host_db)
+    reader = make_reader(USERS_DATABASE_URL=sqlite_host_db, USERS_SQL=SQL, API_REQUIRE_LOGIN="")
+    assert whoami(reader) is None  # a 200, and the event's data.user is null
+    assert len(reader.inngest.received) == 1
+    reader.set_cookie("session", "forged")
+    assert whoami(reader) is None
+    assert len(reader.inngest.received) == 2
+
+
+def test_beside_a_host_the_service_has_no_pages_or_users_of_its_own(
+    make_reader: ReaderFactory, make_app: Callable[..., Flask]
+) -> None:
+    """Only /api, health checks, metrics and docs: the host has the login and the pages."""
+    reader = make_reader()
+    for path in ("/", "/sent", "/auth/login", "/auth/me"):
+        assert_envelope(reader.get(path), 404, "not_found")
+    assert_envelope(reader.post("/auth/login", json={}), 404, "not_found")
+    assert reader.get("/healthz").status_code == 200
+    assert reader.get("/openapi.json").status_code == 200
+    commands = reader.application.test_cli_runner().invoke(args=["--help"]).output
+    assert "outbox" in commands and "users" not in commands
+    # The service's own mode keeps them all.
+    own = make_app().test_client()
+    assert own.get("/auth/me").status_code in (200, 401)
+    assert own.get("/").status_code == 200
+    assert "users" in make_app().test_cli_runner().invoke(args=["--help"]).output
+
+
 # --- the host's users -----------------------------------------------------------------------
 
 
@@ -375,7 +437,8 @@ def test_the_remember_cookie_alone_logs_in(
     reader = make_reader(USERS_DATABASE_URL=host_db, USERS_SQL=SQL)
     reader.set_cookie("remember_token", cookies["remember_token"])
     assert whoami(reader)["email"] == "ada@example.com"
-    response = reader.get("/api/whoami")
+    response = reader.post("/api", json={"name": "app/x"})
+    assert response.status_code == 200
     assert set_cookie_names(response) == []  # Flask-Login wrote the session in memory only
 
     # The same cookie once the host has disabled Ada: anonymous.
@@ -416,30 +479,50 @@ def test_the_remember_cookie_name_is_a_setting(
 # --- never a cookie -------------------------------------------------------------------------
 
 
-def test_the_reader_never_sets_the_hosts_cookies(
-    make_host: HostFactory, sqlite_host_db: str, make_reader: ReaderFactory
+def add_meddling_route(app: Flask, session_cookie: str = "session") -> None:
+    """`POST /meddle`: writes the session and sets the host's cookies, as a careless hook might."""
+
+    @app.post("/meddle")
+    def meddle() -> Response:
+        session["_user_id"] = "someone-else"
+        session["extra"] = "x"
+        response = make_response(jsonify(status="ok"))
+        response.set_cookie(session_cookie, "forged")
+        response.set_cookie("remember_token", "forged")
+        response.set_cookie("reader_own", "kept")
+        return response
+
+
+def test_the_service_never_sets_the_hosts_cookies(
+    make_host: HostFactory,
+    sqlite_host_db: str,
+    make_reader: ReaderFactory,
+    make_app: Callable[..., Flask],
 ) -> None:
     cookies = host_cookies(make_host(sqlite_host_db), remember=True)
-    reader = with_cookies(make_reader(USERS_DATABASE_URL=sqlite_host_db, USERS_SQL=SQL), cookies)
+    app = reader_app(make_app, USERS_DATABASE_URL=sqlite_host_db, USERS_SQL=SQL)
+    add_meddling_route(app)
+    reader = with_cookies(make_reader(app), cookies)
     for response in (
-        reader.get("/api/whoami"),
         reader.post("/api", json={"name": "app/x"}),
-        reader.post("/api/meddle"),
+        reader.post("/api", data={"name": "app/x"}),  # a form post, redirected
+        reader.post("/meddle"),
     ):
-        assert response.status_code == 200
+        assert response.status_code in (200, 303)
         assert "session" not in set_cookie_names(response)
         assert "remember_token" not in set_cookie_names(response)
         assert "Cookie" in response.vary
     # Cookies of its own are its business.
-    assert set_cookie_names(reader.post("/api/meddle")) == ["reader_own"]
+    assert set_cookie_names(reader.post("/meddle")) == ["reader_own"]
     # Nothing changed: the host's cookies are as the host made them.
     assert whoami(reader)["id"] == 1
     assert reader.get_cookie("session").value == cookies["session"]  # type: ignore[union-attr]
 
     # The check can fail: Flask's own interface on the same app writes the cookie.
-    stock = create_reader_app({"IDENTITY": "flask-session", "SECRET_KEY": SECRET_KEY})
+    stock = reader_app(make_app)
+    add_meddling_route(stock)
     stock.session_interface = SecureCookieSessionInterface()
-    written = with_cookies(stock.test_client(), cookies).post("/api/meddle")
+    written = with_cookies(stock.test_client(), cookies).post("/meddle")
     assert "session" in set_cookie_names(written)
 
 
@@ -530,7 +613,10 @@ def test_a_users_database_that_is_down_is_503_and_keeps_its_password(
     reader = with_cookies(make_reader(USERS_DATABASE_URL=down, USERS_SQL=SQL), cookies)
     caplog.set_level(logging.INFO)
     started = time.monotonic()
-    for response in (reader.post("/api", json={"name": "app/x"}), reader.get("/api/whoami")):
+    for response in (
+        reader.post("/api", json={"name": "app/x"}),
+        reader.post("/api", data={"name": "app/x"}),
+    ):
         _assert_unavailable(response)
         assert "s3cret-pw" not in response.get_data(as_text=True)
     assert time.monotonic() - started < 10
@@ -563,7 +649,7 @@ def test_a_locked_sqlite_database_is_503_within_the_timeout(
     try:
         holder.execute("BEGIN EXCLUSIVE")
         started = time.monotonic()
-        _assert_unavailable(reader.get("/api/whoami"))
+        _assert_unavailable(reader.post("/api", json={"name": "app/x"}))
         assert 0.25 < time.monotonic() - started < 3
     finally:
         holder.execute("ROLLBACK")
@@ -582,7 +668,7 @@ def test_a_slow_postgres_query_is_cut_at_the_timeout(
     )
     with_cookies(reader, cookies)
     started = time.monotonic()
-    _assert_unavailable(reader.get("/api/whoami"))
+    _assert_unavailable(reader.post("/api", json={"name": "app/x"}))
     assert time.monotonic() - started < 3
 
 
@@ -594,7 +680,7 @@ def test_the_postgres_query_runs_read_only(
     reader = with_cookies(
         make_reader(USERS_DATABASE_URL=postgres_host_db, USERS_SQL=writes), cookies
     )
-    _assert_unavailable(reader.get("/api/whoami"))
+    _assert_unavailable(reader.post("/api", json={"name": "app/x"}))
     lookup = UserLookup(postgres_host_db, SQL)
     try:
         with lookup.engine.connect() as connection:  # the same call outside the lookup works
@@ -861,8 +947,11 @@ def _token(page: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
-def test_beside_the_host_behind_nginx(tmp_path: Path, make_host: HostFactory) -> None:
-    """deploy/nginx-beside.conf: the host's pages and login, and /api reading its session."""
+def test_beside_the_host_behind_nginx(
+    tmp_path: Path, make_host: HostFactory, inngest: InngestStandIn
+) -> None:
+    """deploy/nginx-beside.conf: the host's pages and login, and the service's /api (wsgi:app
+    under gunicorn, IDENTITY=flask-session) reading its session."""
     db = f"sqlite:///{tmp_path / 'host.db'}"
     make_host(db)  # the table and its users
     foreign = host_cookies(make_host(db, OTHER_KEY, users=False))
@@ -873,14 +962,15 @@ def test_beside_the_host_behind_nginx(tmp_path: Path, make_host: HostFactory) ->
         "USERS_DATABASE_URL": db,
         "USERS_SQL": SQL,
         "LOGIN_URL": "/login",
+        "API_REQUIRE_LOGIN": "true",
+        "TRUSTED_PROXIES": "1",
     }
     servers: list[Any] = []
     try:
         host = start_app("tests.hostapp:create_host_app()", tmp_path / "host", host_env)
         servers.append(host)
-        service = start_app(
-            "tests.readerapp:create_reader_app()", tmp_path / "service", service_env
-        )
+        (tmp_path / "service").mkdir()
+        service = start_gunicorn(tmp_path / "service", inngest, env=service_env)
         servers.append(service)
         (tmp_path / "nginx").mkdir()
         nginx = start_nginx(
@@ -925,8 +1015,12 @@ def test_beside_the_host_behind_nginx(tmp_path: Path, make_host: HostFactory) ->
             for _ in range(4):  # both workers of the service, whichever answers
                 answer = post(json={"name": "app/x"})
                 assert answer.status_code == 200, answer.text
-                assert answer.json()["user"]["email"] == "ada@example.com"
                 assert "Set-Cookie" not in answer.headers
+                (event_id,) = answer.json()["ids"]
+                (event,) = inngest.received[-1].events
+                assert event["id"] == event_id
+                assert event["data"]["user"]["email"] == "ada@example.com"
+                assert event["data"]["request"]["ip"] == "127.0.0.1"  # nginx's, trusted
 
             # Logged out on the host: anonymous again.
             logout = browser.post(
@@ -946,3 +1040,36 @@ def test_beside_the_host_behind_nginx(tmp_path: Path, make_host: HostFactory) ->
     finally:
         for server in reversed(servers):
             server.kill()
+
+
+@pytest.mark.timeout(60)
+def test_gunicorn_refuses_a_bad_identity_setting_in_the_master(tmp_path: Path) -> None:
+    """A bad identity setting stops gunicorn once, with one line, before any worker boots."""
+    env = clean_env(tmp_path) | {
+        "PYTHONPATH": str(ROOT),
+        "SECRET_KEY": SECRET_KEY,
+        "INNGEST_EVENT_KEY": "some-key",
+        "IDENTITY": "flask-session",
+        "USERS_DATABASE_URL": "postgresql://reader:hunter2@127.0.0.1/app",
+        "USERS_SQL": "SELECT id FROM users",
+        "GUNICORN_BIND": f"127.0.0.1:{free_port()}",
+    }
+    result = subprocess.run(
+        [str(BIN / "gunicorn"), "wsgi:app", "-c", str(ROOT / "gunicorn.conf.py")],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=45,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Booting worker" not in output, output
+    (line,) = [line for line in output.splitlines() if "configuration error" in line]
+    assert line == (
+        "inngest-gateway: configuration error: USERS_SQL: must use the bind parameter :id, "
+        "e.g. `WHERE id = :id`"
+    )
+    assert "hunter2" not in output and "some-key" not in output
