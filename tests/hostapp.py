@@ -23,7 +23,6 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,7 +59,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from service import InngestGateway
 from service.settings import GATEWAY_SETTINGS
-from tests.processes import BIN, Server, clean_env, free_port, wait_until_healthy
+from tests.processes import BIN, Server, clean_env, free_port, launch
 
 TABLE = "host_users"
 HOST_HEADER = ("X-Host-App", "yes")
@@ -359,9 +358,7 @@ def start_app(
     port = port or free_port()
     config = directory / "gunicorn.conf.py"
     config.write_text(config_text)
-    log_path = directory / "gunicorn.log"
-    log_file = log_path.open("ab")
-    process = subprocess.Popen(
+    return launch(
         [
             str(BIN / "gunicorn"),
             spec,
@@ -379,20 +376,10 @@ def start_app(
             "5",
             *extra_args,
         ],
-        cwd=ROOT,
-        env=clean_env(directory) | dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        clean_env(directory) | dict(env),
+        directory / "gunicorn.log",
+        port,
     )
-    server = Server(process, log_file, log_path, f"http://127.0.0.1:{port}")
-    try:
-        wait_until_healthy(server)
-    except BaseException:
-        server.kill()
-        raise
-    return server
 
 
 def beside_site(host_port: int, service_port: int) -> Callable[[int, int, Path], str]:

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -99,6 +99,27 @@ class Server:
                 self.log_file.close()
 
 
+def launch(command: Sequence[str], env: Mapping[str, str], log_path: Path, port: int) -> Server:
+    """Start a server process on a loopback port, its output in `log_path`; wait until healthy."""
+    log_file = log_path.open("ab")
+    process = subprocess.Popen(
+        list(command),
+        cwd=ROOT,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    server = Server(process, log_file, log_path, f"http://127.0.0.1:{port}")
+    try:
+        wait_until_healthy(server)
+    except BaseException:
+        server.kill()
+        raise
+    return server
+
+
 def start_gunicorn(
     directory: Path,
     standin: InngestStandIn,
@@ -129,24 +150,8 @@ def start_gunicorn(
         }
         | (env or {})
     )
-    log_path = directory / "gunicorn.log"
-    log_file = log_path.open("ab")
-    process = subprocess.Popen(
-        [str(BIN / "gunicorn"), "wsgi:app", "-c", "gunicorn.conf.py"],
-        cwd=ROOT,
-        env=settings,
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    server = Server(process, log_file, log_path, f"http://127.0.0.1:{port}")
-    try:
-        wait_until_healthy(server)
-    except BaseException:
-        server.kill()
-        raise
-    return server
+    command = [str(BIN / "gunicorn"), "wsgi:app", "-c", "gunicorn.conf.py"]
+    return launch(command, settings, directory / "gunicorn.log", port)
 
 
 def wait_until_healthy(server: Server, timeout: float = 30) -> None:

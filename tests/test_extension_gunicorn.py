@@ -30,7 +30,7 @@ from tests.hostapp import (
     create_host_app,
     start_app,
 )
-from tests.processes import BIN, ROOT, Server, clean_env, free_port, wait_until_healthy
+from tests.processes import BIN, ROOT, Server, clean_env, free_port, launch
 from tests.standin import InngestStandIn
 
 pytestmark = pytest.mark.slow
@@ -114,24 +114,8 @@ def flask_run(directory: Path, env: dict[str, str]) -> Server:
     """`flask run` (the development server, no reloader) serving the host on a loopback port."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log_path = directory / "flask-run.log"
-    log_file = log_path.open("ab")
-    process = subprocess.Popen(
-        [str(BIN / "flask"), "--app", HOST_SPEC, "run", "--port", str(port), "--no-reload"],
-        cwd=ROOT,
-        env=clean_env(directory) | env,
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    server = Server(process, log_file, log_path, f"http://127.0.0.1:{port}")
-    try:
-        wait_until_healthy(server)
-    except BaseException:
-        server.kill()
-        raise
-    return server
+    command = [str(BIN / "flask"), "--app", HOST_SPEC, "run", "--port", str(port), "--no-reload"]
+    return launch(command, clean_env(directory) | env, directory / "flask-run.log", port)
 
 
 def flask_cli(env: dict[str, str], directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
