@@ -26,8 +26,8 @@ from flask_login import current_user
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.routing import Rule
 
-from . import csrf, errors, limits, metrics
-from .events import build_events
+from . import apidoc, csrf, errors, limits, metrics
+from .events import RESERVED_PREFIX, build_events
 from .identity import login_required
 from .limits import client_ip
 from .logs import client_request_id
@@ -39,6 +39,7 @@ from .payload import (
     same_origin_path,
     wants_json,
 )
+from .schemas import MAX_ID_LENGTH
 from .settings import Settings
 from .state import gateway_state
 
@@ -126,6 +127,102 @@ def _redirect_target(payload: Payload) -> str:
     return same_origin_path(payload.next) or referrer_path(request) or default
 
 
+def _form_body() -> dict[str, Any]:
+    value = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+    return {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "description": "The event name (else the default)."},
+            "next": {"type": "string", "description": "A path on this site to go to next."},
+        },
+        "additionalProperties": value,
+        "description": "Every other field goes into `data`; a repeated field as a list.",
+    }
+
+
+def _post_events_doc(settings: Settings) -> dict[str, Any]:
+    """The operation of `POST /api`: its limits and names come from the settings."""
+    checked = settings.event_schemas is not None and bool(settings.event_schemas.rules)
+    event = apidoc.ref("CheckedEvent" if checked else "Event")
+    batch = {"type": "array", "items": event, "minItems": 1, "maxItems": settings.api_max_batch}
+    return {
+        "summary": "Send events",
+        "description": (
+            "One event object, or an array of them, as JSON; or an HTML form (its fields "
+            "become `data`). The server sets `data.user` (the logged-in user, else null) and "
+            "`data.request`; clients may not send them, nor `data._inngest` (Inngest's own). "
+            "Event names must match "
+            f"API_ALLOWED_EVENTS ({', '.join(settings.api_allowed_events)}) and never start "
+            f"with `{RESERVED_PREFIX}`; a post without a name sends "
+            f"`{settings.api_default_event}`. JSON must be strict: UTF-8, finite numbers, "
+            "nested at most 64 levels. Outbox mode answers 202 once stored, sync mode 200 "
+            "once Inngest has accepted; a form submitted by a page is redirected (303)."
+        ),
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "The client key of an event that names no `id` (suffixed "
+                "`:index` in a batch); the event id is derived from it and the poster.",
+                "schema": {"type": "string", "maxLength": MAX_ID_LENGTH - 8},
+            },
+            apidoc.REQUEST_ID,
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                apidoc.JSON: {"schema": {"oneOf": [event, batch]}},
+                **{form: {"schema": _form_body()} for form in apidoc.FORMS},
+            },
+        },
+        "responses": {
+            "200": apidoc.ok("Sent to Inngest (DELIVERY_MODE=sync)", "Accepted"),
+            "202": apidoc.ok("Stored for delivery (DELIVERY_MODE=outbox)", "Accepted"),
+            "303": apidoc.see_other(
+                "A form post from a page: to `next`, the referring page or /sent"
+            ),
+            "400": apidoc.error(
+                "The body cannot be parsed",
+                "invalid_json",
+                "invalid_form",
+                "empty_body",
+                "bad_request",
+            ),
+            "401": apidoc.error(
+                "API_REQUIRE_LOGIN is set and nobody is logged in", "login_required"
+            ),
+            "403": apidoc.error(
+                "A cross-site request, or an event name that is not allowed",
+                "cross_site_request",
+                "event_not_allowed",
+            ),
+            "413": apidoc.error(
+                "The body exceeds API_MAX_BODY_BYTES, or an event API_MAX_EVENT_BYTES",
+                "payload_too_large",
+                "event_too_large",
+            ),
+            "415": apidoc.error("Neither JSON nor a form", "unsupported_media_type"),
+            "422": apidoc.error(
+                "The events are invalid (including data refused by EVENT_SCHEMAS)",
+                "validation_failed",
+            ),
+            "429": apidoc.RATE_LIMITED,
+            "500": apidoc.UNEXPECTED,
+            "502": apidoc.error("Inngest refused the events (sync mode)", "upstream_rejected"),
+            "503": apidoc.error(
+                "Inngest, the outbox or the database is unavailable, or the outbox is full",
+                "upstream_unavailable",
+                "outbox_unavailable",
+                "outbox_full",
+                "database_unavailable",
+                retry=True,
+            ),
+        },
+    }
+
+
+@apidoc.documented("post", _post_events_doc)
 @csrf.protect  # first: a refused request never counts against the rate limit
 @limits.limit(lambda: gateway_state().settings.ratelimit_api, scope="api", key=poster_key)
 def post_events() -> Any:

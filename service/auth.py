@@ -19,7 +19,7 @@ from flask import (
 from flask_login import LoginManager, current_user, login_user, logout_user
 from marshmallow import EXCLUDE, ValidationError
 
-from . import csrf, limits
+from . import apidoc, csrf, limits
 from .api import ANONYMOUS_SCOPE_KEY
 from .errors import InvalidCredentials, LoginRequired, ValidationFailed
 from .payload import (
@@ -100,12 +100,72 @@ def _navigation() -> bool:
     return request.mimetype in FORM_TYPES and not wants_json(request)
 
 
+_LOGIN_FORM: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "email": {"type": "string"},
+        "password": {"type": "string"},
+        "remember": {"type": "string"},
+        "next": {"type": "string"},
+    },
+    "required": ["email", "password"],
+}
+
+
+@apidoc.documented(
+    "get",
+    {
+        "summary": "The login page",
+        "parameters": [
+            {"name": "next", "in": "query", "required": False, "schema": {"type": "string"}}
+        ],
+        "responses": {
+            "200": apidoc.page("The login form"),
+            "500": apidoc.UNEXPECTED,
+            "503": apidoc.DATABASE,
+        },
+    },
+)
 @bp.get("/login")
 def login_page() -> str:
     """The login form; it works without JavaScript."""
     return render_template("login.html", next=same_origin_path(request.args.get("next")))
 
 
+@apidoc.documented(
+    "post",
+    {
+        "summary": "Log in",
+        "description": "Unknown e-mail and wrong password get the same answer.",
+        "requestBody": {
+            "required": True,
+            "content": {
+                apidoc.JSON: {"schema": apidoc.ref("Login")},
+                **{form: {"schema": _LOGIN_FORM} for form in apidoc.FORMS},
+            },
+        },
+        "responses": {
+            "200": apidoc.ok("Logged in; the session cookie is set", "LoggedIn"),
+            "303": apidoc.see_other("A form post from a page: logged in, to `next` or /"),
+            "400": apidoc.error(
+                "The body cannot be parsed", "invalid_json", "invalid_form", "empty_body"
+            ),
+            "401": {
+                **apidoc.error("The e-mail or password is incorrect", "invalid_credentials"),
+                "content": {
+                    **apidoc.error("", "invalid_credentials")["content"],
+                    apidoc.HTML: {"schema": {"type": "string"}},
+                },
+            },
+            "403": apidoc.CROSS_SITE,
+            "413": apidoc.TOO_LARGE_BODY,
+            "422": apidoc.error("The credentials are missing or malformed", "validation_failed"),
+            "429": apidoc.RATE_LIMITED,
+            "500": apidoc.UNEXPECTED,
+            "503": apidoc.DATABASE,
+        },
+    },
+)
 @bp.post("/login")
 @csrf.protect  # first: a refused request never counts against the rate limits
 @limits.limit(lambda: _settings().ratelimit_login_ip, scope="login-ip")
@@ -144,6 +204,20 @@ def login() -> Any:
     return jsonify(status="ok", user=user.public())
 
 
+@apidoc.documented(
+    "post",
+    {
+        "summary": "Log out: end this login on the server",
+        "responses": {
+            "200": apidoc.ok("The session has ended", "Ok"),
+            "303": apidoc.see_other("A form post from a page: to /"),
+            "403": apidoc.CROSS_SITE,
+            "413": apidoc.TOO_LARGE_BODY,
+            "500": apidoc.UNEXPECTED,
+            "503": apidoc.DATABASE,
+        },
+    },
+)
 @bp.post("/logout")
 @csrf.protect
 def logout() -> Any:
@@ -158,6 +232,18 @@ def logout() -> Any:
     return jsonify(status="ok")
 
 
+@apidoc.documented(
+    "get",
+    {
+        "summary": "The logged-in user",
+        "responses": {
+            "200": apidoc.ok("The user", "User"),
+            "401": apidoc.error("Nobody is logged in", "login_required"),
+            "500": apidoc.UNEXPECTED,
+            "503": apidoc.DATABASE,
+        },
+    },
+)
 @bp.get("/me")
 def me() -> Response:
     """The logged-in user, or 401."""

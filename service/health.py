@@ -7,6 +7,7 @@ import logging
 from flask import Blueprint, Flask, Response, current_app, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import apidoc
 from .db import db, ensure_schema, ping
 from .errors import NotReady
 from .outbox import queries
@@ -16,12 +17,36 @@ log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
 
 
+@apidoc.documented(
+    "get",
+    {
+        "summary": "Liveness: the process answers",
+        "responses": {
+            "200": apidoc.ok("Alive", "Ok"),
+            "500": apidoc.UNEXPECTED,
+            "503": apidoc.DATABASE,
+        },
+    },
+)
 @bp.get("/healthz")
 def healthz() -> Response:
     """The process answers."""
     return jsonify(status="ok")
 
 
+@apidoc.documented(
+    "get",
+    {
+        "summary": "Readiness: the database answers and takes writes",
+        "responses": {
+            "200": apidoc.ok("Ready, with the outbox's state", "Ready"),
+            "500": apidoc.UNEXPECTED,
+            "503": apidoc.error(
+                "Not ready", "not_ready", "database_unavailable", "outbox_unavailable"
+            ),
+        },
+    },
+)
 @bp.get("/readyz")
 def readyz() -> Response:
     """The database answers and takes writes; with the outbox's depth and oldest event's age."""

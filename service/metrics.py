@@ -32,6 +32,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import apidoc
 from .errors import envelope
 from .settings import Settings
 from .state import gateway_state
@@ -266,6 +267,22 @@ def _refusal(settings: Settings) -> Response | None:
 bp = Blueprint("metrics", __name__)
 
 
+@apidoc.documented(
+    "get",
+    {
+        "summary": "Prometheus metrics (see METRICS_TOKEN, METRICS_INTERNAL_ONLY)",
+        "responses": {
+            "200": {
+                "description": "The Prometheus text exposition format",
+                "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            "401": apidoc.error("The metrics token is missing or wrong", "unauthorized"),
+            "403": apidoc.error("Not an internal address", "forbidden"),
+            "500": apidoc.UNEXPECTED,
+        },
+    },
+)
 @bp.get("/metrics")
 def scrape() -> Response:
     """The metrics in Prometheus' text format."""

@@ -6,150 +6,25 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
+import re
 from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template
-from marshmallow import Schema, fields, validate
+from werkzeug.routing import Rule
 
-from . import __version__
+from . import __version__, apidoc
 from .auth import current
 from .event_schemas import glob_regex
-from .events import RESERVED_PREFIX
-from .schemas import MAX_ID_LENGTH, SERVER_KEYS, TS_MAX, EventSchema, LoginSchema
+from .schemas import SERVER_KEYS, TS_MAX, EventSchema, LoginSchema
 from .settings import Settings
 from .state import gateway_state
 
 bp = Blueprint("openapi", __name__)
-JSON = "application/json"
-HTML = "text/html"
-FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
-# -- the answers, as marshmallow schemas ---------------------------------------------------
-class ErrorSchema(Schema):
-    """The envelope every error is answered with."""
-
-    status = fields.String(required=True, validate=validate.OneOf(["error"]))
-    code = fields.String(
-        required=True, metadata={"description": "Machine-readable; see each answer's codes."}
-    )
-    message = fields.String(required=True, metadata={"description": "For people."})
-    errors = fields.Dict(
-        required=True,
-        metadata={
-            "description": "Failing fields and their messages; in a batch, keyed by the "
-            "event's index first. Empty when no field is to blame."
-        },
-    )
-    request_id = fields.String(
-        required=True, allow_none=True, metadata={"description": "Also in X-Request-ID."}
-    )
-
-
-class AcceptedSchema(Schema):
-    """Events taken: their ids, in the order posted."""
-
-    status = fields.String(required=True, validate=validate.OneOf(["ok"]))
-    ids = fields.List(fields.String(), required=True)
-
-
-class OkSchema(Schema):
-    status = fields.String(required=True, validate=validate.OneOf(["ok"]))
-
-
-class UserSchema(Schema):
-    """A user as events (`data.user`) and `/auth/me` show them."""
-
-    id = fields.Integer(required=True)
-    email = fields.String(required=True)
-    name = fields.String(required=True)
-
-
-class LoggedInSchema(OkSchema):
-    user = fields.Nested(UserSchema, required=True)
-
-
-class OutboxStatusSchema(Schema):
-    pending = fields.Integer(required=True)
-    in_flight = fields.Integer(required=True)
-    dead = fields.Integer(required=True)
-    delivered = fields.Integer(required=True)
-    oldest_pending_age_seconds = fields.Float(required=True)
-
-
-class ReadySchema(OkSchema):
-    database = fields.String(required=True, validate=validate.OneOf(["ok"]))
-    outbox = fields.Nested(OutboxStatusSchema, required=True)
-
-
-# -- building blocks -----------------------------------------------------------------------
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _error(description: str, *codes: str, retry: bool = False) -> dict[str, Any]:
-    """An error answer: the envelope, with the codes this answer can carry."""
-    schema = {"allOf": [_ref("Error")], "properties": {"code": {"enum": list(codes)}}}
-    headers: dict[str, Any] = {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}}
-    if retry:
-        headers["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
-    codes_text = ", ".join(f"`{code}`" for code in codes)
-    return {
-        "description": f"{description} (code: {codes_text})",
-        "headers": headers,
-        "content": {JSON: {"schema": schema}},
-    }
-
-
-def _ok(description: str, schema: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
-        "content": {JSON: {"schema": _ref(schema)}},
-    }
-
-
-def _page(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
-        "content": {HTML: {"schema": {"type": "string"}}},
-    }
-
-
-def _see_other(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "headers": {
-            "Location": {"description": "Where the page goes next.", "schema": {"type": "string"}},
-            "X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"},
-        },
-    }
-
-
-_UNEXPECTED = _error("The service failed unexpectedly", "internal_error")
-_DATABASE = _error("The database is unavailable", "database_unavailable", retry=True)
-_CROSS_SITE = _error("A cross-site request (by Sec-Fetch-Site and Origin)", "cross_site_request")
-_TOO_LARGE_BODY = _error("The body is larger than API_MAX_BODY_BYTES", "payload_too_large")
-_RATE_LIMITED = _error("Too many requests", "rate_limited", retry=True)
-_REQUEST_ID = "X-Request-ID"  # the parameter component, resolved by apispec
-
-
-def _form_body() -> dict[str, Any]:
-    value = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
-    return {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string", "description": "The event name (else the default)."},
-            "next": {"type": "string", "description": "A path on this site to go to next."},
-        },
-        "additionalProperties": value,
-        "description": "Every other field goes into `data`; a repeated field as a list.",
-    }
-
-
+# -- the document -------------------------------------------------------------------------
 def _event_schema_components(settings: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Components for the EVENT_SCHEMAS, and the conditions tying them to event names."""
     if settings.event_schemas is None:
@@ -170,240 +45,34 @@ def _event_schema_components(settings: Settings) -> tuple[dict[str, Any], list[d
         condition: dict[str, Any] = named
         if fnmatch.fnmatchcase(settings.api_default_event, rule.pattern):
             condition = {"anyOf": [named, {"not": {"required": ["name"]}}]}
-        conditions.append({"if": condition, "then": {"properties": {"data": _ref(name)}}})
+        conditions.append({"if": condition, "then": {"properties": {"data": apidoc.ref(name)}}})
     return components, conditions
 
 
-def _post_api(settings: Settings, checked: bool) -> dict[str, Any]:
-    event = _ref("CheckedEvent" if checked else "Event")
-    batch = {"type": "array", "items": event, "minItems": 1, "maxItems": settings.api_max_batch}
-    return {
-        "summary": "Send events",
-        "description": (
-            "One event object, or an array of them, as JSON; or an HTML form (its fields "
-            "become `data`). The server sets `data.user` (the logged-in user, else null) and "
-            "`data.request`; clients may not send them, nor `data._inngest` (Inngest's own). "
-            "Event names must match "
-            f"API_ALLOWED_EVENTS ({', '.join(settings.api_allowed_events)}) and never start "
-            f"with `{RESERVED_PREFIX}`; a post without a name sends "
-            f"`{settings.api_default_event}`. JSON must be strict: UTF-8, finite numbers, "
-            "nested at most 64 levels. Outbox mode answers 202 once stored, sync mode 200 "
-            "once Inngest has accepted; a form submitted by a page is redirected (303)."
-        ),
-        "parameters": [
-            {
-                "name": "Idempotency-Key",
-                "in": "header",
-                "required": False,
-                "description": "The client key of an event that names no `id` (suffixed "
-                "`:index` in a batch); the event id is derived from it and the poster.",
-                "schema": {"type": "string", "maxLength": MAX_ID_LENGTH - 8},
-            },
-            _REQUEST_ID,
-        ],
-        "requestBody": {
-            "required": True,
-            "content": {
-                JSON: {"schema": {"oneOf": [event, batch]}},
-                **{form: {"schema": _form_body()} for form in FORMS},
-            },
-        },
-        "responses": {
-            "200": _ok("Sent to Inngest (DELIVERY_MODE=sync)", "Accepted"),
-            "202": _ok("Stored for delivery (DELIVERY_MODE=outbox)", "Accepted"),
-            "303": _see_other("A form post from a page: to `next`, the referring page or /sent"),
-            "400": _error(
-                "The body cannot be parsed",
-                "invalid_json",
-                "invalid_form",
-                "empty_body",
-                "bad_request",
-            ),
-            "401": _error("API_REQUIRE_LOGIN is set and nobody is logged in", "login_required"),
-            "403": _error(
-                "A cross-site request, or an event name that is not allowed",
-                "cross_site_request",
-                "event_not_allowed",
-            ),
-            "413": _error(
-                "The body exceeds API_MAX_BODY_BYTES, or an event API_MAX_EVENT_BYTES",
-                "payload_too_large",
-                "event_too_large",
-            ),
-            "415": _error("Neither JSON nor a form", "unsupported_media_type"),
-            "422": _error(
-                "The events are invalid (including data refused by EVENT_SCHEMAS)",
-                "validation_failed",
-            ),
-            "429": _RATE_LIMITED,
-            "500": _UNEXPECTED,
-            "502": _error("Inngest refused the events (sync mode)", "upstream_rejected"),
-            "503": _error(
-                "Inngest, the outbox or the database is unavailable, or the outbox is full",
-                "upstream_unavailable",
-                "outbox_unavailable",
-                "outbox_full",
-                "database_unavailable",
-                retry=True,
-            ),
-        },
-    }
+def _path(rule: Rule) -> str:
+    """A URL rule as an OpenAPI path: `<int:id>` becomes `{id}`."""
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
 
 
-def _paths(settings: Settings, checked: bool) -> dict[str, dict[str, Any]]:
-    login_form = {
-        "type": "object",
-        "properties": {
-            "email": {"type": "string"},
-            "password": {"type": "string"},
-            "remember": {"type": "string"},
-            "next": {"type": "string"},
-        },
-        "required": ["email", "password"],
-    }
-    return {
-        "/api": {"post": _post_api(settings, checked)},
-        "/auth/login": {
-            "get": {
-                "summary": "The login page",
-                "parameters": [
-                    {"name": "next", "in": "query", "required": False, "schema": {"type": "string"}}
-                ],
-                "responses": {
-                    "200": _page("The login form"),
-                    "500": _UNEXPECTED,
-                    "503": _DATABASE,
-                },
-            },
-            "post": {
-                "summary": "Log in",
-                "description": "Unknown e-mail and wrong password get the same answer.",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        JSON: {"schema": _ref("Login")},
-                        **{form: {"schema": login_form} for form in FORMS},
-                    },
-                },
-                "responses": {
-                    "200": _ok("Logged in; the session cookie is set", "LoggedIn"),
-                    "303": _see_other("A form post from a page: logged in, to `next` or /"),
-                    "400": _error(
-                        "The body cannot be parsed", "invalid_json", "invalid_form", "empty_body"
-                    ),
-                    "401": {
-                        **_error("The e-mail or password is incorrect", "invalid_credentials"),
-                        "content": {
-                            **_error("", "invalid_credentials")["content"],
-                            HTML: {"schema": {"type": "string"}},
-                        },
-                    },
-                    "403": _CROSS_SITE,
-                    "413": _TOO_LARGE_BODY,
-                    "422": _error("The credentials are missing or malformed", "validation_failed"),
-                    "429": _RATE_LIMITED,
-                    "500": _UNEXPECTED,
-                    "503": _DATABASE,
-                },
-            },
-        },
-        "/auth/logout": {
-            "post": {
-                "summary": "Log out: end this login on the server",
-                "responses": {
-                    "200": _ok("The session has ended", "Ok"),
-                    "303": _see_other("A form post from a page: to /"),
-                    "403": _CROSS_SITE,
-                    "413": _TOO_LARGE_BODY,
-                    "500": _UNEXPECTED,
-                    "503": _DATABASE,
-                },
-            }
-        },
-        "/auth/me": {
-            "get": {
-                "summary": "The logged-in user",
-                "responses": {
-                    "200": _ok("The user", "User"),
-                    "401": _error("Nobody is logged in", "login_required"),
-                    "500": _UNEXPECTED,
-                    "503": _DATABASE,
-                },
-            }
-        },
-        "/metrics": {
-            "get": {
-                "summary": "Prometheus metrics (see METRICS_TOKEN, METRICS_INTERNAL_ONLY)",
-                "responses": {
-                    "200": {
-                        "description": "The Prometheus text exposition format",
-                        "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    },
-                    "401": _error("The metrics token is missing or wrong", "unauthorized"),
-                    "403": _error("Not an internal address", "forbidden"),
-                    "500": _UNEXPECTED,
-                },
-            }
-        },
-        "/healthz": {
-            "get": {
-                "summary": "Liveness: the process answers",
-                "responses": {"200": _ok("Alive", "Ok"), "500": _UNEXPECTED, "503": _DATABASE},
-            }
-        },
-        "/readyz": {
-            "get": {
-                "summary": "Readiness: the database answers and takes writes",
-                "responses": {
-                    "200": _ok("Ready, with the outbox's state", "Ready"),
-                    "500": _UNEXPECTED,
-                    "503": _error(
-                        "Not ready", "not_ready", "database_unavailable", "outbox_unavailable"
-                    ),
-                },
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "summary": "This document",
-                "responses": {
-                    "200": {
-                        "description": "The OpenAPI 3.1 document",
-                        "content": {JSON: {"schema": {"type": "object"}}},
-                    },
-                    "500": _UNEXPECTED,
-                    "503": _DATABASE,
-                },
-            }
-        },
-        "/": {
-            "get": {
-                "summary": "The demo page: a form and a fetch button posting to /api",
-                "responses": {"200": _page("The page"), "500": _UNEXPECTED, "503": _DATABASE},
-            }
-        },
-        "/sent": {
-            "get": {
-                "summary": "Where a form post lands when it names no page; shows the sent ids",
-                "responses": {"200": _page("The page"), "500": _UNEXPECTED, "503": _DATABASE},
-            }
-        },
-        "/docs": {
-            "get": {
-                "summary": "This document as a page",
-                "responses": {
-                    "200": _page("The document, readable"),
-                    "500": _UNEXPECTED,
-                    "503": _DATABASE,
-                },
-            }
-        },
-    }
+def _documented_paths(app: Flask, settings: Settings) -> dict[str, dict[str, Any]]:
+    """What each view of the app declares (`apidoc.documented`), at the path it is served on."""
+    paths: dict[str, dict[str, Any]] = {}
+    for rule in app.url_map.iter_rules():
+        declared = apidoc.operations(app.view_functions[rule.endpoint], settings)
+        methods = {method.lower() for method in rule.methods or ()}
+        for method, operation in declared.items():
+            if method in methods:
+                paths.setdefault(_path(rule), {})[method] = operation
+    return paths
 
 
-def build_spec(settings: Settings) -> dict[str, Any]:
-    """The OpenAPI 3.1 document for these settings."""
+def build_spec(app: Flask, settings: Settings | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the app's documented routes, for its gateway's settings.
+
+    The paths are the app's own URL rules, so a gateway mounted under a prefix or another
+    path is documented where it is served.
+    """
+    settings = settings or gateway_state(app).settings
     spec = APISpec(
         title="inngest-gateway",
         version=__version__,
@@ -419,13 +88,13 @@ def build_spec(settings: Settings) -> dict[str, Any]:
     for name, schema in (
         ("Event", EventSchema),
         ("Login", LoginSchema),
-        ("Error", ErrorSchema),
-        ("Accepted", AcceptedSchema),
-        ("Ok", OkSchema),
-        ("User", UserSchema),
-        ("LoggedIn", LoggedInSchema),
-        ("OutboxStatus", OutboxStatusSchema),
-        ("Ready", ReadySchema),
+        ("Error", apidoc.ErrorSchema),
+        ("Accepted", apidoc.AcceptedSchema),
+        ("Ok", apidoc.OkSchema),
+        ("User", apidoc.UserSchema),
+        ("LoggedIn", apidoc.LoggedInSchema),
+        ("OutboxStatus", apidoc.OutboxStatusSchema),
+        ("Ready", apidoc.ReadySchema),
     ):
         spec.components.schema(name, schema=schema)
     data_components, conditions = _event_schema_components(settings)
@@ -437,7 +106,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
             {
                 "description": "An event whose data is checked by the EVENT_SCHEMAS entries "
                 "its name matches (all of them).",
-                "allOf": [_ref("Event"), *conditions],
+                "allOf": [apidoc.ref("Event"), *conditions],
             },
         )
     spec.components.header(
@@ -464,7 +133,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
             "schema": {"type": "string", "maxLength": 128},
         },
     )
-    for path, operations in _paths(settings, bool(conditions)).items():
+    for path, operations in _documented_paths(app, settings).items():
         spec.path(path=path, operations=operations)
     document = spec.to_dict()
     _refine_event(document["components"]["schemas"]["Event"])
@@ -498,6 +167,20 @@ def _document() -> dict[str, Any]:
     return document
 
 
+@apidoc.documented(
+    "get",
+    {
+        "summary": "This document",
+        "responses": {
+            "200": {
+                "description": "The OpenAPI 3.1 document",
+                "content": {apidoc.JSON: {"schema": {"type": "object"}}},
+            },
+            "500": apidoc.UNEXPECTED,
+            "503": apidoc.DATABASE,
+        },
+    },
+)
 @bp.get("/openapi.json")
 def openapi_json() -> Response:
     """The OpenAPI document."""
@@ -548,6 +231,17 @@ def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)
 
 
+@apidoc.documented(
+    "get",
+    {
+        "summary": "This document as a page",
+        "responses": {
+            "200": apidoc.page("The document, readable"),
+            "500": apidoc.UNEXPECTED,
+            "503": apidoc.DATABASE,
+        },
+    },
+)
 @bp.get("/docs")
 def docs() -> str:
     """The document as a page: no script, no external assets."""
@@ -564,6 +258,6 @@ def docs() -> str:
 
 
 def init_app(app: Flask) -> None:
-    """Build the document once, from the settings, and register `/openapi.json` and `/docs`."""
-    app.extensions["openapi"] = build_spec(gateway_state(app).settings)
+    """Register `/openapi.json` and `/docs`, then build the document once; call it last."""
     app.register_blueprint(bp)
+    app.extensions["openapi"] = build_spec(app)

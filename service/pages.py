@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, render_template
 
+from . import apidoc
 from .auth import current
 from .state import gateway_state
 
 bp = Blueprint("pages", __name__)
 
 
+@apidoc.documented(
+    "get",
+    {
+        "summary": "The demo page: a form and a fetch button posting to /api",
+        "responses": {
+            "200": apidoc.page("The page"),
+            "500": apidoc.UNEXPECTED,
+            "503": apidoc.DATABASE,
+        },
+    },
+)
 @bp.get("/")
 def index() -> str:
     """Who is logged in, and two ways to post to `/api`: a plain form and `fetch`."""
@@ -22,6 +34,17 @@ def index() -> str:
     )
 
 
+@apidoc.documented(
+    "get",
+    {
+        "summary": "Where a form post lands when it names no page; shows the sent ids",
+        "responses": {
+            "200": apidoc.page("The page"),
+            "500": apidoc.UNEXPECTED,
+            "503": apidoc.DATABASE,
+        },
+    },
+)
 @bp.get("/sent")
 def sent() -> str:
     """Where a form post lands when it names no page to return to."""

@@ -1,19 +1,25 @@
-"""Typed settings, read once from the environment (and `.env`) when the app is created."""
+"""Typed settings, read once from the environment (and `.env`) when the app is created.
+
+Each setting is declared once, as a field of `Settings`: its marshmallow field, default (as the
+environment spells it), group and help text. The schema that reads the environment is made
+from those declarations, and a test checks the README's table and `.env.example` against them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from limits import parse_many
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, missing, post_load, validate
 
 from .event_schemas import EventSchemas, EventSchemasError, load_event_schemas
 
@@ -25,67 +31,89 @@ DEFAULT_SESSION_LIFETIME = 14 * 86400.0
 DEFAULT_REMEMBER_COOKIE_DURATION = 30 * 86400.0
 _FALSY = {"", "0", "false"}
 
+# The groups, in the order the README and `.env.example` show them.
+INNGEST = "Inngest"
+API = "API"
+OUTBOX = "Outbox"
+RATE_LIMITS = "Rate limits"
+IDENTITY = "Identity & sessions"
+LOGS_METRICS = "Logs & metrics"
+SERVER = "Server"
+GROUPS = (INNGEST, API, OUTBOX, RATE_LIMITS, IDENTITY, LOGS_METRICS, SERVER)
+UNSET = "(unset)"
+_DECLARATION = "setting"
+
 
 class ConfigError(Exception):
     """A setting is missing or invalid; the service must not start."""
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Every setting the service reads, already parsed and checked."""
+class Declaration:
+    """One environment variable: how it is read, its default, and how the docs show it."""
 
-    # Secrets, and URLs that may hold a password, stay out of repr (and so out of logs).
-    secret_key: str | None = field(repr=False)
-    database_url: str | None = field(repr=False)
-    inngest_dev: bool
-    inngest_event_key: str = field(repr=False)
-    inngest_origin: str
-    inngest_env: str | None
-    inngest_send_timeout: float
-    api_allowed_events: tuple[str, ...]
-    api_default_event: str
-    api_require_login: bool
-    api_max_event_bytes: int
-    api_max_body_bytes: int
-    api_max_batch: int
-    trusted_origins: tuple[str, ...]
-    log_level: str
-    log_format: str
-    create_demo_user: bool
-    delivery_mode: str
-    sqlite_synchronous: str
-    outbox_max_pending: int
-    outbox_max_age: float
-    outbox_keep_delivered: float
-    outbox_drain_seconds: float
-    outbox_lease_seconds: float
-    outbox_retry_base: float
-    outbox_retry_max: float
-    outbox_poll_seconds: float
-    outbox_max_batch_bytes: int
-    outbox_embedded_deliverer: bool
-    trusted_proxies: int
-    event_schemas: EventSchemas | None
-    ratelimit_enabled: bool
-    ratelimit_storage_uri: str
-    ratelimit_key_prefix: str
-    ratelimit_api: str
-    ratelimit_login_ip: str
-    ratelimit_login_email: str
-    metrics_token: str | None = field(repr=False)
-    metrics_internal_only: bool
-    session_lifetime: float = DEFAULT_SESSION_LIFETIME
-    remember_cookie_duration: float = DEFAULT_REMEMBER_COOKIE_DURATION
-    # The schema below sets these; the defaults only spare code that builds Settings by hand.
-    outbox_write_timeout: float = 5.0
-    outbox_split_after: int = 5
-    # Unset: the service uses DATABASE_URL's database, a host app a file in its instance folder.
-    outbox_database_url: str | None = field(default=None, repr=False)
+    name: str
+    group: str
+    help: str
+    # The default as the environment would spell it (`7d`, `true`); None: unset.
+    default: str | None = None
+    # The README's words for a default that is not one value (`dev mode: ...`).
+    doc_default: str | None = None
+    # The value `.env.example` gives, when it is not the default (a working dev setup).
+    example: str | None = None
+    # None: read by gunicorn.conf.py, not by `load_settings`.
+    field: fields.Field[Any] | None = None
+    # The standalone service's own (users, logins, logs, proxies, metrics): a host app
+    # mounting the gateway has its own ways, so the extension never reads these names.
+    service_only: bool = False
 
     @property
-    def event_api_url(self) -> str:
-        """The full event API URL; it holds the key, so it is never logged."""
-        return f"{self.inngest_origin}/e/{self.inngest_event_key}"
+    def shown_default(self) -> str:
+        """The default as the README's table shows it."""
+        if self.doc_default is not None:
+            return self.doc_default
+        return UNSET if self.default is None else f"`{self.default}`"
+
+
+def setting(
+    field: fields.Field[Any],
+    *,
+    group: str,
+    help: str,
+    default: str | None = None,
+    doc_default: str | None = None,
+    example: str | None = None,
+    service_only: bool = False,
+    secret: bool = False,
+) -> Any:
+    """Declare a `Settings` field read from the variable of the same name in upper case.
+
+    The default is given as the environment spells it and parsed by the field itself, so the
+    docs and the code cannot disagree on it. A secret (or a URL that may hold a password)
+    stays out of repr, and so out of logs.
+    """
+    if group not in GROUPS:
+        raise ValueError(f"unknown settings group {group!r}")
+    if default is not None:
+        field.load_default = field.deserialize(default)
+    elif field.load_default is missing:
+        field.load_default = None
+    declaration = Declaration(
+        name="",  # the attribute's name, in upper case; filled in by `_declarations`
+        group=group,
+        help=help,
+        default=default,
+        doc_default=doc_default,
+        example=example,
+        field=field,
+        service_only=service_only,
+    )
+    return dataclasses.field(metadata={_DECLARATION: declaration}, repr=not secret)
+
+
+def derived() -> Any:
+    """A `Settings` field computed from other settings, read from no variable of its own."""
+    return dataclasses.field()
 
 
 def _dev_mode(raw: str | None) -> tuple[bool, str | None]:
@@ -115,6 +143,22 @@ class _EnvBool(fields.Boolean):
     falsy = {"0", "false", "no", "off", "", "False", "FALSE", "No", "NO", "Off", "OFF"}
 
 
+class _DevMode(fields.Field[bool]):
+    """INNGEST_DEV: whether dev mode is on (a URL value also names the server, see `_build`)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        return _dev_mode(str(value))[0]
+
+
+class _Csv(fields.Field[tuple[str, ...]]):
+    """Comma-separated items, blanks dropped."""
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, **kwargs: Any
+    ) -> tuple[str, ...]:
+        return _csv(str(value))
+
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -137,97 +181,512 @@ class _Duration(fields.Field[float]):
             raise ValidationError(str(exc)) from None
 
 
-class _SettingsSchema(Schema):
-    """Environment variables to typed values; names are the variables' own."""
+def _limits(value: str) -> None:
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ValidationError(
+            f"must be limits like '300 per minute' or '5/minute;20/hour', got {value!r}"
+        ) from None
+
+
+def _days(most: int) -> validate.Range:
+    return validate.Range(min=1, max=most * 86400)
+
+
+# Browsers keep cookies at most 400 days.
+_COOKIE_DAYS = 400
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every setting the service reads, already parsed and checked; declared here, once."""
+
+    # -- Inngest (the names and precedence of the official SDKs) ------------------------------
+    inngest_dev: bool = setting(
+        _DevMode(load_default=False),
+        group=INNGEST,
+        doc_default="unset (cloud mode)",
+        example="1",
+        help=(
+            'Dev mode when set to anything but `""`, `0`, `false`; a URL value also names the dev '
+            "server. `make run` sets `1`."
+        ),
+    )
+    inngest_event_key: str = setting(
+        fields.String(),
+        group=INNGEST,
+        doc_default=f"dev mode: `{DEV_EVENT_KEY}`",
+        secret=True,
+        help="The event key. **Required outside dev mode**. Never logged or answered.",
+    )
+    inngest_event_api_base_url: str | None = setting(
+        fields.String(),
+        group=INNGEST,
+        secret=True,
+        help="Origin of the event API; wins over `INNGEST_BASE_URL`.",
+    )
+    inngest_base_url: str | None = setting(
+        fields.String(),
+        group=INNGEST,
+        secret=True,
+        help="Origin of Inngest; wins over an `INNGEST_DEV` URL.",
+    )
+    inngest_env: str | None = setting(
+        fields.String(),
+        group=INNGEST,
+        help="Branch environment, sent as `x-inngest-env`.",
+    )
+    inngest_send_timeout: float = setting(
+        fields.Float(validate=validate.Range(min=0.1, max=300)),
+        group=INNGEST,
+        default="10",
+        help=(
+            "Total seconds one send to Inngest may take, retries included, however slowly Inngest "
+            "answers (a wall-clock budget, not a per-read timeout), connecting and the TLS "
+            "handshake included; only the DNS lookup is outside it."
+        ),
+    )
+    # From INNGEST_EVENT_API_BASE_URL, INNGEST_BASE_URL or INNGEST_DEV, else the mode's own.
+    inngest_origin: str = derived()
+
+    # -- API: what browsers may send ----------------------------------------------------------
+    api_allowed_events: tuple[str, ...] = setting(
+        _Csv(),
+        group=API,
+        default="app/*",
+        help=(
+            "Comma-separated glob patterns of event names browsers may send. Names starting with "
+            "`inngest/` are always refused."
+        ),
+    )
+    api_default_event: str = setting(
+        fields.String(validate=validate.Length(min=1, max=256)),
+        group=API,
+        default="app/api.posted",
+        help="Event name used when a post names none.",
+    )
+    api_require_login: bool = setting(
+        _EnvBool(),
+        group=API,
+        default="false",
+        help="`true`: anonymous posts get `401`. `false`: they are sent with `data.user: null`.",
+    )
+    api_max_event_bytes: int = setting(
+        fields.Integer(validate=validate.Range(min=1024, max=3 * 1024 * 1024)),
+        group=API,
+        default="262144",
+        help=(
+            "Largest event, measured as it is sent to Inngest (after the server adds its keys). "
+            "Inngest Cloud's free plan allows 256 KiB."
+        ),
+    )
+    api_max_body_bytes: int = setting(
+        fields.Integer(validate=validate.Range(min=1024, max=64 * 1024 * 1024)),
+        group=API,
+        default="1048576",
+        help="Largest request body, checked before parsing, chunked bodies included.",
+    )
+    api_max_batch: int = setting(
+        fields.Integer(validate=validate.Range(min=1, max=INNGEST_MAX_EVENTS_PER_REQUEST)),
+        group=API,
+        default="100",
+        help="Most events in one JSON array (Inngest takes at most 5000).",
+    )
+    # Read as text; `_build` checks each origin.
+    trusted_origins: tuple[str, ...] = setting(
+        fields.String(),
+        group=API,
+        help=(
+            "Extra origins, besides the service's own, allowed to post with cookies "
+            "(comma-separated, e.g. `https://app.example.com`). They also get CORS headers on "
+            "`/api`."
+        ),
+    )
+    # Read as a path; `_build` loads the file, so that a bad one stops the start.
+    event_schemas: EventSchemas | None = setting(
+        fields.String(),
+        group=API,
+        help=(
+            "A JSON or YAML file mapping event names or glob patterns to a JSON Schema (2020-12 "
+            "unless `$schema` says otherwise) for `data`; see [API contract](#api-contract). Read "
+            "at start: a missing file or an invalid schema stops the service. Unset: data is not "
+            "checked."
+        ),
+    )
+
+    # -- Outbox: storing and delivering events ------------------------------------------------
+    delivery_mode: str = setting(
+        fields.String(validate=validate.OneOf(["outbox", "sync"])),
+        group=OUTBOX,
+        default="outbox",
+        help=(
+            "`outbox`: store, answer `202`, deliver in the background. `sync`: answer after "
+            "Inngest (`200`, `502`, `503`)."
+        ),
+    )
+    # Unset: the service uses DATABASE_URL's database, a host app a file in its instance folder.
+    outbox_database_url: str | None = setting(
+        fields.String(validate=validate.Length(min=1)),
+        group=OUTBOX,
+        doc_default="`DATABASE_URL`",
+        secret=True,
+        help=(
+            "The outbox's database (SQLAlchemy URL, PostgreSQL as for `DATABASE_URL`), on an "
+            "engine of its own. In a host app mounting the extension: a SQLite file "
+            "`inngest-gateway-outbox.db` in the app's instance folder."
+        ),
+    )
+    outbox_max_pending: int = setting(
+        fields.Integer(validate=validate.Range(min=1)),
+        group=OUTBOX,
+        default="100000",
+        help="Most events waiting for delivery; past it, posts get `503` with `Retry-After`.",
+    )
+    outbox_max_age: float = setting(
+        _Duration(validate=validate.Range(min=1)),
+        group=OUTBOX,
+        default="7d",
+        help=(
+            "Events not delivered within this time go to dead letter. Durations: `30`, `500ms`, "
+            "`30s`, `15m`, `2h`, `7d`."
+        ),
+    )
+    outbox_keep_delivered: float = setting(
+        _Duration(),
+        group=OUTBOX,
+        default="0",
+        help="How long delivered events stay in the table (`0`: removed at once).",
+    )
+    outbox_drain_seconds: float = setting(
+        _Duration(),
+        group=OUTBOX,
+        default="10",
+        help=(
+            "On shutdown, how long to keep delivering what is stored. Keep it under "
+            "`GUNICORN_GRACEFUL_TIMEOUT`."
+        ),
+    )
+    # At least twice INNGEST_SEND_TIMEOUT, whatever is set (`_build`).
+    outbox_lease_seconds: float = setting(
+        _Duration(validate=validate.Range(min=1)),
+        group=OUTBOX,
+        default="60",
+        help=(
+            "How long a claimed batch stays with its deliverer before another may take it over (at "
+            "least 2 × `INNGEST_SEND_TIMEOUT`)."
+        ),
+    )
+    outbox_retry_base: float = setting(
+        _Duration(validate=validate.Range(min=0.001)),
+        group=OUTBOX,
+        default="1s",
+        help=(
+            "The first backoff between delivery attempts while Inngest is unreachable or "
+            "failing (exponential, with jitter)."
+        ),
+    )
+    outbox_retry_max: float = setting(
+        _Duration(validate=validate.Range(min=0.001)),
+        group=OUTBOX,
+        default="60s",
+        help="The longest backoff between delivery attempts.",
+    )
+    outbox_poll_seconds: float = setting(
+        _Duration(validate=validate.Range(min=0.01, max=60)),
+        group=OUTBOX,
+        default="1",
+        help="How often an idle deliverer looks for events stored by other processes.",
+    )
+    outbox_max_batch_bytes: int = setting(
+        fields.Integer(validate=validate.Range(min=1024, max=64 * 1024 * 1024)),
+        group=OUTBOX,
+        default="1048576",
+        help=(
+            "Largest body the deliverer sends in one request (batches also stop at `API_MAX_BATCH` "
+            "events)."
+        ),
+    )
+    outbox_split_after: int = setting(
+        fields.Integer(validate=validate.Range(min=1)),
+        group=OUTBOX,
+        default="5",
+        help=(
+            "A batch of several events that keeps failing (`5xx`, timeouts) is split in halves "
+            "each time its events reach another this many failed attempts, down to single events, "
+            "so one bad event cannot hold back the others. Not on Inngest's `429` (a rate answer); "
+            "a `5xx` with `Retry-After` is split, and the delay honoured."
+        ),
+    )
+    # A post waits for at most two commits: keep that well under nginx's 25 s read timeout.
+    outbox_write_timeout: float = setting(
+        _Duration(validate=validate.Range(min=0.1, max=10)),
+        group=OUTBOX,
+        default="5s",
+        help=(
+            "Longest a commit of posted events may take, waiting for the write lock included "
+            "(SQLite: the lock file and `busy_timeout`; PostgreSQL: `lock_timeout` and "
+            "`statement_timeout`). Waiting for a free pooled connection counts too (the pool's "
+            "wait is this long, not 30 s); on PostgreSQL opening a connection gives up after it "
+            "(whole seconds, at least 2) and TCP keepalives notice a vanished server within "
+            "seconds. Past it the commit is rolled back and its posts get `503 "
+            "outbox_unavailable`. A post waits at most twice this (the commit under way, then its "
+            "own); at most `10s`, to stay well under nginx's 25 s read timeout."
+        ),
+    )
+    outbox_embedded_deliverer: bool = setting(
+        _EnvBool(),
+        group=OUTBOX,
+        default="true",
+        help=(
+            "Run a deliverer thread in each web worker; `false` if you run `flask --app wsgi "
+            "outbox deliver` instead."
+        ),
+    )
+    sqlite_synchronous: str = setting(
+        fields.String(validate=validate.OneOf(["NORMAL", "FULL"])),
+        group=OUTBOX,
+        default="NORMAL",
+        help=(
+            "SQLite only. `NORMAL`: an acknowledged event survives the process being killed (WAL "
+            "mode). `FULL`: it also survives a power loss or an OS crash, at the cost of an fsync "
+            "per commit (about a third of the outbox's throughput here)."
+        ),
+    )
+
+    # -- Rate limits --------------------------------------------------------------------------
+    ratelimit_enabled: bool = setting(
+        _EnvBool(),
+        group=RATE_LIMITS,
+        default="true",
+        help=(
+            "Rate limits on `POST /api` and `POST /auth/login` (the `limits` library, sliding "
+            "window counter)."
+        ),
+    )
+    ratelimit_storage_uri: str = setting(
+        fields.String(),
+        group=RATE_LIMITS,
+        default="memory://",
+        help=(
+            "Where counts live: `memory://` counts per worker process; `redis://host:6379/0` "
+            "shares them between workers and hosts."
+        ),
+    )
+    ratelimit_key_prefix: str = setting(
+        fields.String(),
+        group=RATE_LIMITS,
+        default="inngest-gateway",
+        help="Prefix of the counters' keys in shared storage.",
+    )
+    ratelimit_api: str = setting(
+        fields.String(validate=_limits),
+        group=RATE_LIMITS,
+        default="300 per minute",
+        help=(
+            "`POST /api` per logged-in user, or per client IP when anonymous. Several limits: `10 "
+            "per second;300 per minute`."
+        ),
+    )
+    ratelimit_login_ip: str = setting(
+        fields.String(validate=_limits),
+        group=RATE_LIMITS,
+        default="30 per minute",
+        service_only=True,
+        help="`POST /auth/login` per client IP.",
+    )
+    ratelimit_login_email: str = setting(
+        fields.String(validate=_limits),
+        group=RATE_LIMITS,
+        default="5 per minute;20 per hour",
+        service_only=True,
+        help=(
+            "Failed logins per e-mail; once over, even the right password waits (against password "
+            "guessing from many addresses)."
+        ),
+    )
+
+    # -- Identity & sessions ------------------------------------------------------------------
+    secret_key: str | None = setting(
+        fields.String(),
+        group=IDENTITY,
+        doc_default="dev mode: generated into `instance/secret_key`",
+        secret=True,
+        help=(
+            "Signs session cookies. **Required outside dev mode**: the service refuses to start "
+            "without it."
+        ),
+    )
+    session_lifetime: float = setting(
+        _Duration(validate=_days(_COOKIE_DAYS)),
+        group=IDENTITY,
+        default="14d",
+        service_only=True,
+        help=(
+            'How long a login without "remember me" lasts at most, enforced by the server (see '
+            "[Logins and sessions](#logins-and-sessions)). Durations as for `OUTBOX_MAX_AGE`; "
+            "at most `400d`."
+        ),
+    )
+    remember_cookie_duration: float = setting(
+        _Duration(validate=_days(_COOKIE_DAYS)),
+        group=IDENTITY,
+        default="30d",
+        service_only=True,
+        help=(
+            'How long a "remember me" login and its cookie last, enforced by the server too. At '
+            "most `400d`."
+        ),
+    )
+    create_demo_user: bool = setting(
+        _EnvBool(),
+        group=IDENTITY,
+        default="true",
+        service_only=True,
+        help="Dev mode only: create the demo user on an empty database.",
+    )
+
+    # -- Logs & metrics -----------------------------------------------------------------------
+    log_level: str = setting(
+        fields.String(validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])),
+        group=LOGS_METRICS,
+        default="INFO",
+        service_only=True,
+        help="The service's log level.",
+    )
+    # Unset: `text` in dev mode, else `json` (`_build`).
+    log_format: str = setting(
+        fields.String(validate=validate.OneOf(["json", "text"])),
+        group=LOGS_METRICS,
+        doc_default="`json` (`text` in dev mode)",
+        service_only=True,
+        help="`json`: one JSON object per line on stderr; `text`: the same lines for people.",
+    )
+    metrics_token: str | None = setting(
+        fields.String(),
+        group=LOGS_METRICS,
+        service_only=True,
+        secret=True,
+        help=(
+            "When set, `GET /metrics` needs `Authorization: Bearer <token>` (401 otherwise). Never "
+            "logged."
+        ),
+    )
+    metrics_internal_only: bool = setting(
+        _EnvBool(),
+        group=LOGS_METRICS,
+        default="true",
+        service_only=True,
+        help=(
+            "`GET /metrics` answers only loopback and private addresses (403 otherwise). Behind a "
+            "proxy, set `TRUSTED_PROXIES` so the address is the client's, not the proxy's."
+        ),
+    )
+
+    # -- Server -------------------------------------------------------------------------------
+    database_url: str | None = setting(
+        fields.String(validate=validate.Length(min=1)),
+        group=SERVER,
+        doc_default="`sqlite:///instance/gateway.db`",
+        service_only=True,
+        secret=True,
+        help="SQLAlchemy URL. PostgreSQL: `postgresql+psycopg://user:pw@host/db`.",
+    )
+    trusted_proxies: int = setting(
+        fields.Integer(validate=validate.Range(min=0, max=10)),
+        group=SERVER,
+        default="0",
+        service_only=True,
+        help=(
+            "How many proxies in front set `X-Forwarded-For`/`-Proto` (nginx alone: `1`). With `0` "
+            "those headers are ignored, so nobody can spoof an address or scheme."
+        ),
+    )
+
+    @property
+    def event_api_url(self) -> str:
+        """The full event API URL; it holds the key, so it is never logged."""
+        return f"{self.inngest_origin}/e/{self.inngest_event_key}"
+
+
+# Read by gunicorn.conf.py in the master process, not by `load_settings`.
+PROCESS_SETTINGS = (
+    Declaration(
+        "PROMETHEUS_MULTIPROC_DIR",
+        LOGS_METRICS,
+        doc_default="(a temporary directory)",
+        help=(
+            "Where gunicorn's workers keep their metric values so a scrape adds them up. "
+            "`gunicorn.conf.py` empties it at start, or makes (and later removes) a temporary one "
+            "when unset."
+        ),
+    ),
+    Declaration(
+        "GUNICORN_BIND",
+        SERVER,
+        default="127.0.0.1:8000",
+        help="gunicorn's listen address (`gunicorn.conf.py`).",
+    ),
+    Declaration(
+        "GUNICORN_WORKERS",
+        SERVER,
+        doc_default="`2 × cores + 1`",
+        help="Worker processes.",
+    ),
+    Declaration("GUNICORN_THREADS", SERVER, default="4", help="Threads per worker (gthread)."),
+    Declaration(
+        "GUNICORN_TIMEOUT",
+        SERVER,
+        default="30",
+        help="Seconds before a silent worker is restarted.",
+    ),
+    Declaration(
+        "GUNICORN_GRACEFUL_TIMEOUT",
+        SERVER,
+        default="30",
+        help="Seconds workers get to finish on restart or stop.",
+    ),
+    Declaration(
+        "GUNICORN_KEEPALIVE", SERVER, default="5", help="Seconds to keep idle connections."
+    ),
+    Declaration("GUNICORN_LOG_LEVEL", SERVER, default="info", help="gunicorn's own log level."),
+    Declaration(
+        "GUNICORN_ACCESS_LOG",
+        SERVER,
+        help="A path or `-` for gunicorn's access log (the service logs each request itself).",
+    ),
+)
+
+
+def _declarations() -> tuple[Declaration, ...]:
+    """The variables `Settings` reads, named after its fields, in the order declared."""
+    return tuple(
+        dataclasses.replace(item.metadata[_DECLARATION], name=item.name.upper())
+        for item in dataclasses.fields(Settings)
+        if _DECLARATION in item.metadata
+    )
+
+
+SETTINGS = _declarations()
+# Every variable the service and gunicorn.conf.py read, for the docs.
+DECLARATIONS = SETTINGS + PROCESS_SETTINGS
+SERVICE_ONLY_SETTINGS = frozenset(d.name for d in SETTINGS if d.service_only)
+# What the extension reads, from the host's app.config first, then the environment.
+GATEWAY_SETTINGS = frozenset(d.name for d in SETTINGS if not d.service_only)
+
+
+class _SettingsBase(Schema):
+    """Environment variables to `Settings`; the fields come from the declarations."""
 
     class Meta:
         unknown = EXCLUDE
 
-    SECRET_KEY = fields.String(load_default=None)
-    DATABASE_URL = fields.String(load_default=None, validate=validate.Length(min=1))
-    INNGEST_DEV = fields.String(load_default=None)
-    INNGEST_EVENT_KEY = fields.String(load_default=None)
-    INNGEST_BASE_URL = fields.String(load_default=None)
-    INNGEST_EVENT_API_BASE_URL = fields.String(load_default=None)
-    INNGEST_ENV = fields.String(load_default=None)
-    INNGEST_SEND_TIMEOUT = fields.Float(
-        load_default=10.0, validate=validate.Range(min=0.1, max=300)
-    )
-    API_ALLOWED_EVENTS = fields.String(load_default="app/*")
-    API_DEFAULT_EVENT = fields.String(
-        load_default="app/api.posted", validate=validate.Length(min=1, max=256)
-    )
-    API_REQUIRE_LOGIN = _EnvBool(load_default=False)
-    API_MAX_EVENT_BYTES = fields.Integer(
-        load_default=262144, validate=validate.Range(min=1024, max=3 * 1024 * 1024)
-    )
-    API_MAX_BODY_BYTES = fields.Integer(
-        load_default=1024 * 1024, validate=validate.Range(min=1024, max=64 * 1024 * 1024)
-    )
-    API_MAX_BATCH = fields.Integer(
-        load_default=100, validate=validate.Range(min=1, max=INNGEST_MAX_EVENTS_PER_REQUEST)
-    )
-    TRUSTED_ORIGINS = fields.String(load_default="")
-    CREATE_DEMO_USER = _EnvBool(load_default=True)
-    SQLITE_SYNCHRONOUS = fields.String(
-        load_default="NORMAL", validate=validate.OneOf(["NORMAL", "FULL"])
-    )
-    DELIVERY_MODE = fields.String(
-        load_default="outbox", validate=validate.OneOf(["outbox", "sync"])
-    )
-    OUTBOX_DATABASE_URL = fields.String(load_default=None, validate=validate.Length(min=1))
-    OUTBOX_MAX_PENDING = fields.Integer(load_default=100_000, validate=validate.Range(min=1))
-    OUTBOX_MAX_AGE = _Duration(load_default=7 * 86400.0, validate=validate.Range(min=1))
-    OUTBOX_KEEP_DELIVERED = _Duration(load_default=0.0)
-    OUTBOX_DRAIN_SECONDS = _Duration(load_default=10.0)
-    OUTBOX_LEASE_SECONDS = _Duration(load_default=60.0, validate=validate.Range(min=1))
-    OUTBOX_RETRY_BASE = _Duration(load_default=1.0, validate=validate.Range(min=0.001))
-    OUTBOX_RETRY_MAX = _Duration(load_default=60.0, validate=validate.Range(min=0.001))
-    OUTBOX_POLL_SECONDS = _Duration(load_default=1.0, validate=validate.Range(min=0.01, max=60))
-    OUTBOX_MAX_BATCH_BYTES = fields.Integer(
-        load_default=1024 * 1024, validate=validate.Range(min=1024, max=64 * 1024 * 1024)
-    )
-    OUTBOX_EMBEDDED_DELIVERER = _EnvBool(load_default=True)
-    OUTBOX_SPLIT_AFTER = fields.Integer(load_default=5, validate=validate.Range(min=1))
-    # A post waits for at most two commits: keep that well under nginx's 25 s read timeout.
-    OUTBOX_WRITE_TIMEOUT = _Duration(load_default=5.0, validate=validate.Range(min=0.1, max=10))
-    TRUSTED_PROXIES = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10))
-    EVENT_SCHEMAS = fields.String(load_default=None)
-    RATELIMIT_ENABLED = _EnvBool(load_default=True)
-    RATELIMIT_STORAGE_URI = fields.String(load_default="memory://")
-    RATELIMIT_KEY_PREFIX = fields.String(load_default="inngest-gateway")
-    RATELIMIT_API = fields.String(load_default="300 per minute")
-    RATELIMIT_LOGIN_IP = fields.String(load_default="30 per minute")
-    RATELIMIT_LOGIN_EMAIL = fields.String(load_default="5 per minute;20 per hour")
-    METRICS_TOKEN = fields.String(load_default=None)
-    METRICS_INTERNAL_ONLY = _EnvBool(load_default=True)
-    # Browsers keep cookies at most 400 days.
-    SESSION_LIFETIME = _Duration(
-        load_default=DEFAULT_SESSION_LIFETIME, validate=validate.Range(min=1, max=400 * 86400)
-    )
-    REMEMBER_COOKIE_DURATION = _Duration(
-        load_default=DEFAULT_REMEMBER_COOKIE_DURATION,
-        validate=validate.Range(min=1, max=400 * 86400),
-    )
-
-    @validates("RATELIMIT_API", "RATELIMIT_LOGIN_IP", "RATELIMIT_LOGIN_EMAIL")
-    def _limit(self, value: str, **_: Any) -> None:
-        try:
-            parse_many(value)
-        except ValueError:
-            raise ValidationError(
-                f"must be limits like '300 per minute' or '5/minute;20/hour', got {value!r}"
-            ) from None
-
-    LOG_FORMAT = fields.String(load_default=None, validate=validate.OneOf(["json", "text"]))
-    LOG_LEVEL = fields.String(
-        load_default="INFO",
-        validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]),
-    )
-
-    @post_load
-    def _build(self, raw: dict[str, Any], **_: Any) -> Settings:
-        dev, dev_url = _dev_mode(raw["INNGEST_DEV"])
+    @post_load(pass_original=True)
+    def _build(self, raw: dict[str, Any], original: Mapping[str, Any], **_: Any) -> Settings:
+        """The rules that tie settings together: dev mode, the key, the secret, the origin."""
+        values = {d.name.lower(): raw[d.name] for d in SETTINGS}
+        dev = raw["INNGEST_DEV"]
+        dev_url = _dev_mode(original.get("INNGEST_DEV"))[1]
         key = raw["INNGEST_EVENT_KEY"] or None
         if key is None:
             if not dev:
@@ -250,75 +709,23 @@ class _SettingsSchema(Schema):
             origin = _origin(dev_url, "INNGEST_DEV")
         else:
             origin = DEV_SERVER_ORIGIN if dev else CLOUD_ORIGIN
-        trusted = tuple(_origin(o, "TRUSTED_ORIGINS").lower() for o in _csv(raw["TRUSTED_ORIGINS"]))
-        patterns = _csv(raw["API_ALLOWED_EVENTS"])
-        return Settings(
-            secret_key=secret,
-            database_url=raw["DATABASE_URL"],
-            inngest_dev=dev,
+        trusted = _csv(raw["TRUSTED_ORIGINS"] or "")
+        values.update(
             inngest_event_key=key,
-            inngest_origin=origin,
+            secret_key=secret,
             inngest_env=raw["INNGEST_ENV"] or None,
-            inngest_send_timeout=raw["INNGEST_SEND_TIMEOUT"],
-            api_allowed_events=patterns,
-            api_default_event=raw["API_DEFAULT_EVENT"],
-            api_require_login=raw["API_REQUIRE_LOGIN"],
-            api_max_event_bytes=raw["API_MAX_EVENT_BYTES"],
-            api_max_body_bytes=raw["API_MAX_BODY_BYTES"],
-            api_max_batch=raw["API_MAX_BATCH"],
-            trusted_origins=trusted,
-            log_level=raw["LOG_LEVEL"],
+            trusted_origins=tuple(_origin(o, "TRUSTED_ORIGINS").lower() for o in trusted),
             log_format=raw["LOG_FORMAT"] or ("text" if dev else "json"),
-            create_demo_user=raw["CREATE_DEMO_USER"],
-            delivery_mode=raw["DELIVERY_MODE"],
-            sqlite_synchronous=raw["SQLITE_SYNCHRONOUS"],
-            outbox_max_pending=raw["OUTBOX_MAX_PENDING"],
-            outbox_max_age=raw["OUTBOX_MAX_AGE"],
-            outbox_keep_delivered=raw["OUTBOX_KEEP_DELIVERED"],
-            outbox_drain_seconds=raw["OUTBOX_DRAIN_SECONDS"],
             outbox_lease_seconds=max(raw["OUTBOX_LEASE_SECONDS"], raw["INNGEST_SEND_TIMEOUT"] * 2),
-            outbox_retry_base=raw["OUTBOX_RETRY_BASE"],
-            outbox_retry_max=raw["OUTBOX_RETRY_MAX"],
-            outbox_poll_seconds=raw["OUTBOX_POLL_SECONDS"],
-            outbox_max_batch_bytes=raw["OUTBOX_MAX_BATCH_BYTES"],
-            outbox_embedded_deliverer=raw["OUTBOX_EMBEDDED_DELIVERER"],
-            outbox_write_timeout=raw["OUTBOX_WRITE_TIMEOUT"],
-            outbox_split_after=raw["OUTBOX_SPLIT_AFTER"],
-            outbox_database_url=raw["OUTBOX_DATABASE_URL"],
-            trusted_proxies=raw["TRUSTED_PROXIES"],
             event_schemas=_event_schemas(raw["EVENT_SCHEMAS"]),
-            ratelimit_enabled=raw["RATELIMIT_ENABLED"],
-            ratelimit_storage_uri=raw["RATELIMIT_STORAGE_URI"],
-            ratelimit_key_prefix=raw["RATELIMIT_KEY_PREFIX"],
-            ratelimit_api=raw["RATELIMIT_API"],
-            ratelimit_login_ip=raw["RATELIMIT_LOGIN_IP"],
-            ratelimit_login_email=raw["RATELIMIT_LOGIN_EMAIL"],
             metrics_token=raw["METRICS_TOKEN"] or None,
-            metrics_internal_only=raw["METRICS_INTERNAL_ONLY"],
-            session_lifetime=raw["SESSION_LIFETIME"],
-            remember_cookie_duration=raw["REMEMBER_COOKIE_DURATION"],
         )
+        return Settings(inngest_origin=origin, **values)
 
 
-# The standalone service's own settings (its users, logins, logs, proxies, metrics): a host
-# app mounting the gateway has its own ways, so the extension never reads these names.
-SERVICE_ONLY_SETTINGS = frozenset(
-    {
-        "DATABASE_URL",
-        "SESSION_LIFETIME",
-        "REMEMBER_COOKIE_DURATION",
-        "LOG_LEVEL",
-        "LOG_FORMAT",
-        "CREATE_DEMO_USER",
-        "TRUSTED_PROXIES",
-        "RATELIMIT_LOGIN_IP",
-        "RATELIMIT_LOGIN_EMAIL",
-        "METRICS_TOKEN",
-        "METRICS_INTERNAL_ONLY",
-    }
+_SettingsSchema = _SettingsBase.from_dict(
+    {d.name: d.field for d in SETTINGS if d.field is not None}, name="_SettingsSchema"
 )
-# What the extension reads, from the host's app.config first, then the environment.
-GATEWAY_SETTINGS = frozenset(_SettingsSchema._declared_fields) - SERVICE_ONLY_SETTINGS
 
 
 def _event_schemas(path: str | None) -> EventSchemas | None:

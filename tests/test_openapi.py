@@ -17,7 +17,11 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from werkzeug.test import TestResponse
 
+from service.api import FALLBACK_ENDPOINT
+from service.extension import InngestGateway
+from service.openapi import build_spec
 from service.security import CONTENT_SECURITY_POLICY
+from service.state import gateway_state
 from tests.conftest import AuthActions
 from tests.standin import InngestStandIn
 
@@ -249,3 +253,53 @@ def test_docs_lists_every_operation_and_works_with_the_csp(client: FlaskClient) 
 def test_the_contract_needs_no_login(make_app: Callable[..., Flask], path: str) -> None:
     client = make_app(API_REQUIRE_LOGIN="true").test_client()
     assert client.get(path).status_code == 200
+
+
+def _routes(app: Flask) -> dict[str, set[str]]:
+    """Every path and method `app.url_map` serves, but static files and the catch-all 405."""
+    routes: dict[str, set[str]] = {}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in ("static", FALLBACK_ENDPOINT):
+            continue
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        methods = {m.lower() for m in rule.methods or ()} - {"head", "options"}
+        routes.setdefault(path, set()).update(methods)
+    return routes
+
+
+def test_every_route_in_the_url_map_is_documented(app: Flask, client: FlaskClient) -> None:
+    doc = document(client)
+    routes = _routes(app)
+
+    assert routes == PATHS
+    assert {path: set(ops) for path, ops in doc["paths"].items()} == routes
+    validate(doc)
+
+
+def test_the_mounted_api_documents_itself_at_its_own_path(
+    tmp_path: Path, inngest: InngestStandIn
+) -> None:
+    host = Flask("host", instance_path=str(tmp_path / "instance"))
+    host.config.update(
+        SECRET_KEY="the host's own secret",
+        INNGEST_EVENT_KEY=inngest.event_key,
+        INNGEST_BASE_URL=inngest.url,
+        DELIVERY_MODE="sync",
+        OUTBOX_EMBEDDED_DELIVERER=False,
+        API_MAX_BATCH=7,
+    )
+
+    @host.get("/host-page")
+    def host_page() -> str:
+        return "the host's own"
+
+    InngestGateway(host, url_prefix="/hooks", path="/events")
+    try:
+        doc = build_spec(host)
+    finally:
+        gateway_state(host).outbox_db.dispose()
+
+    validate(doc)
+    assert {path: set(ops) for path, ops in doc["paths"].items()} == {"/hooks/events": {"post"}}
+    body = doc["paths"]["/hooks/events"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["oneOf"][1]["maxItems"] == 7

@@ -16,11 +16,20 @@ from dotenv import dotenv_values
 from flask import Flask
 
 from service.db import db
+from service.identity import _IdentitySchema
 from service.settings import (
     CLOUD_ORIGIN,
+    DECLARATIONS,
     DEV_EVENT_KEY,
     DEV_SERVER_ORIGIN,
+    GATEWAY_SETTINGS,
+    GROUPS,
+    IDENTITY,
+    SERVICE_ONLY_SETTINGS,
+    SETTINGS,
+    UNSET,
     ConfigError,
+    Declaration,
     Settings,
     _SettingsSchema,
     environment,
@@ -189,6 +198,8 @@ def test_defaults_match_the_spec() -> None:
         inngest_dev=True,
         inngest_event_key="NO_EVENT_KEY_SET",
         inngest_origin="http://127.0.0.1:8288",
+        inngest_event_api_base_url=None,
+        inngest_base_url=None,
         inngest_env=None,
         inngest_send_timeout=settings.inngest_send_timeout,
         api_allowed_events=("app/*",),
@@ -213,6 +224,9 @@ def test_defaults_match_the_spec() -> None:
         outbox_poll_seconds=1.0,
         outbox_max_batch_bytes=1048576,
         outbox_embedded_deliverer=True,
+        outbox_split_after=5,
+        outbox_write_timeout=5.0,
+        outbox_database_url=None,
         trusted_proxies=0,
         event_schemas=None,
         ratelimit_enabled=True,
@@ -223,6 +237,8 @@ def test_defaults_match_the_spec() -> None:
         ratelimit_login_email="5 per minute;20 per hour",
         metrics_token=None,
         metrics_internal_only=True,
+        session_lifetime=14 * 86400.0,
+        remember_cookie_duration=30 * 86400.0,
     )
     assert 0 < settings.inngest_send_timeout <= 300
 
@@ -420,3 +436,103 @@ def test_env_example_as_dotenv_is_a_working_dev_configuration() -> None:
     assert settings.api_default_event == "app/api.posted"
     assert settings.api_allowed_events == ("app/*",)
     assert settings.api_max_event_bytes == 262144
+
+
+# -- The docs list exactly the declared settings, with their defaults and groups ------------
+IDENTITY_FIELDS = {
+    name: field for name, field in _IdentitySchema().fields.items() if name != "SECRET_KEY"
+}
+
+
+def _readme_settings() -> dict[str, tuple[str, str, str]]:
+    """Each row of the README's settings tables: its group (heading), default and meaning."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, tuple[str, str, str]] = {}
+    group = ""
+    for line in section.splitlines():
+        if line.startswith("### "):
+            group = line.removeprefix("### ").strip()
+        elif line.startswith("| `"):
+            name, default, meaning = (cell.strip() for cell in line.strip("|").split(" | "))
+            assert re.fullmatch(r"`[A-Z][A-Z0-9_]*`", name), f"one variable per row: {name}"
+            assert name.strip("`") not in rows, f"{name} is listed twice"
+            rows[name.strip("`")] = (group, default, meaning)
+    return rows
+
+
+def _example_settings() -> dict[str, tuple[str, str]]:
+    """Each variable set in `.env.example`: the section it is in, and its value."""
+    rows: dict[str, tuple[str, str]] = {}
+    group = ""
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        heading = re.fullmatch(r"# --- (.+?) -*", line)
+        if heading:
+            group = heading.group(1)
+        elif re.match(r"[A-Z][A-Z0-9_]*=", line):
+            name, value = line.split("=", 1)
+            assert name not in rows, f"{name} is set twice"
+            rows[name] = (group, value)
+    return rows
+
+
+def _documents(field: Any, shown: str, default: Any) -> bool:
+    """Whether a documented default (`14d`, or unset) is what the field defaults to."""
+    if default is None:
+        return shown in ("", UNSET)
+    return shown.startswith("`") and field.deserialize(shown.strip("`")) == default
+
+
+def test_the_declarations_are_grouped_and_named_once() -> None:
+    names = [declaration.name for declaration in DECLARATIONS]
+
+    assert len(names) == len(set(names))
+    assert {declaration.group for declaration in DECLARATIONS} == set(GROUPS)
+    assert set(_SettingsSchema().fields) == {d.name for d in DECLARATIONS if d.field is not None}
+    assert GATEWAY_SETTINGS | SERVICE_ONLY_SETTINGS == set(_SettingsSchema().fields)
+    assert not GATEWAY_SETTINGS & SERVICE_ONLY_SETTINGS
+    assert not set(IDENTITY_FIELDS) & set(names)
+
+
+def test_the_readme_table_is_the_declarations() -> None:
+    rows = _readme_settings()
+
+    assert set(rows) == {d.name for d in DECLARATIONS} | set(IDENTITY_FIELDS)
+    for declaration in DECLARATIONS:
+        assert rows[declaration.name] == (
+            declaration.group,
+            declaration.shown_default,
+            declaration.help,
+        ), declaration.name
+    for name, field in IDENTITY_FIELDS.items():
+        group, shown, _ = rows[name]
+        assert group == IDENTITY, name
+        assert _documents(field, shown, field.load_default), name
+    groups = [group for group, _, _ in rows.values()]
+    assert sorted(set(groups), key=groups.index) == list(GROUPS)
+
+
+def test_env_example_is_the_declarations() -> None:
+    rows = _example_settings()
+
+    assert set(rows) == {d.name for d in DECLARATIONS} | set(IDENTITY_FIELDS)
+    for declaration in DECLARATIONS:
+        expected = declaration.example if declaration.example is not None else declaration.default
+        assert rows[declaration.name] == (declaration.group, expected or ""), declaration.name
+    for name, field in IDENTITY_FIELDS.items():
+        group, value = rows[name]
+        assert group == IDENTITY, name
+        assert _documents(field, f"`{value}`" if value else "", field.load_default), name
+
+
+@pytest.mark.parametrize(
+    "declaration", [d for d in SETTINGS if d.default is not None], ids=lambda d: d.name
+)
+def test_each_declared_default_is_what_an_unset_variable_gives(declaration: Declaration) -> None:
+    assert declaration.field is not None
+    settings = load_settings({"INNGEST_DEV": "1"})
+
+    value = getattr(settings, declaration.name.lower())
+
+    assert value == declaration.field.deserialize(declaration.default)
+    assert load_settings({"INNGEST_DEV": "1", declaration.name: declaration.default}) == settings
