@@ -36,7 +36,6 @@ from . import (
 from .extension import InngestGateway
 from .identity import IdentitySettings
 from .settings import Settings, environment, instance_secret, load_settings
-from .state import gateway_state
 
 
 def create_app(env: Mapping[str, str] | None = None, *, instance_path: str | None = None) -> Flask:
@@ -125,9 +124,6 @@ def register_extensions(app: Flask, settings: Settings, id_settings: IdentitySet
         app.before_request(payload.buffer_streamed_body)  # for the login form; /api does its own
         auth.init_app(app)
     metrics.init_app(app)
-    # The service starts its deliverer with its first request of any kind, as it always has;
-    # gunicorn.conf.py starts it in each worker as soon as the worker is up.
-    app.before_request(lambda: gateway_state(app).delivery.start())
 
 
 def register_blueprints(app: Flask, id_settings: IdentitySettings) -> None:
