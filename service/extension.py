@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask
@@ -38,9 +39,16 @@ cli.add_command(outbox.outbox_cli)
 
 
 def _text(value: Any) -> str:
-    """A config value as the environment would spell it."""
+    """A config value as the environment would spell it: lists comma-separated, durations
+    (timedelta) in seconds, byte strings decoded."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return ",".join(_text(item) for item in value)
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds():g}"
+    if isinstance(value, bytes):
+        return value.decode()
     return str(value)
 
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -415,6 +416,29 @@ def test_app_config_wins_over_the_environment(
     assert app.test_client().post("/api", json={"data": {}}).status_code == 200
     assert app.test_client().post("/api", json={"name": "env/x", "data": {}}).status_code == 200
     assert [event["name"] for event in inngest.accepted] == ["app/from.config", "env/x"]
+
+
+def test_app_config_takes_python_values_as_a_host_writes_them(
+    hosts: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    """Lists, durations as timedelta and byte strings mean what they say, not their repr."""
+    app = hosts(
+        config={
+            "API_ALLOWED_EVENTS": ["app/*", "billing/*"],
+            "TRUSTED_ORIGINS": ("https://app.example",),
+            "INNGEST_SEND_TIMEOUT": timedelta(seconds=3),
+        }
+    )
+    client = app.test_client()
+
+    assert client.post("/api", json={"name": "billing/paid", "data": {}}).status_code == 200
+    assert client.post("/api", json={"name": "app/x", "data": {}}).status_code == 200
+    refused = client.post("/api", json={"name": "other/x", "data": {}})
+    assert refused.status_code == 403, refused.get_data(as_text=True)
+    settings = gateway_state(app).settings
+    assert settings.inngest_send_timeout == 3.0
+    assert settings.trusted_origins == ("https://app.example",)
+    assert [event["name"] for event in inngest.accepted] == ["billing/paid", "app/x"]
 
 
 def test_a_bad_setting_stops_the_mount(hosts: Callable[..., Flask]) -> None:
