@@ -11,9 +11,6 @@ from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
-# Werkzeug's exception names, as machine-readable codes where ours differ from the default.
-_HTTP_CODES = {413: "payload_too_large", 415: "unsupported_media_type"}
-
 
 class APIError(Exception):
     """An error answered to the client; subclasses fix its status and code."""
@@ -156,13 +153,61 @@ def _api_error(exc: APIError) -> Response:
     return response
 
 
+class BadRequest(APIError):
+    status_code, code = 400, "bad_request"
+    message = "The request is malformed."
+
+
+class Unauthorized(APIError):
+    status_code, code = 401, "unauthorized"
+    message = "Credentials are required."
+
+
+class Forbidden(APIError):
+    status_code, code = 403, "forbidden"
+    message = "Access is refused."
+
+
+class NotFound(APIError):
+    status_code, code = 404, "not_found"
+    message = "No such route."
+
+
+class MethodNotAllowed(APIError):
+    status_code, code = 405, "method_not_allowed"
+    message = "The method is not allowed for this route."
+
+
+class PayloadTooLarge(APIError):
+    status_code, code = 413, "payload_too_large"
+    message = "The request body is too large."
+
+
+# Werkzeug's HTTP errors, as the catalogue's errors of the same status.
+_HTTP_ERRORS: dict[int, type[APIError]] = {
+    cls.status_code: cls
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        MethodNotAllowed,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+    )
+}
+
+
 def _http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
-    code = _HTTP_CODES.get(status) or (exc.name or "error").lower().replace(" ", "_")
+    headers = {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
+    known = _HTTP_ERRORS.get(status)
+    if known is not None:
+        return _api_error(known(exc.description or None, headers=headers))
+    # A status the service never answers on its own (e.g. a host's abort(418) in our hooks).
+    code = (exc.name or "error").lower().replace(" ", "_")
     response = envelope(status, code, exc.description or exc.name)
-    for name, value in exc.get_headers():
-        if name.lower() != "content-type":
-            response.headers[name] = value
+    response.headers.update(headers)
     return response
 
 

@@ -303,3 +303,32 @@ def test_the_mounted_api_documents_itself_at_its_own_path(
     assert {path: set(ops) for path, ops in doc["paths"].items()} == {"/hooks/events": {"post"}}
     body = doc["paths"]["/hooks/events"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"]["oneOf"][1]["maxItems"] == 7
+
+
+def _error_codes(node: Any) -> set[str]:
+    """Every code an error response of the document names (its `code` enums)."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        code = node.get("properties", {}).get("code") if "properties" in node else None
+        if isinstance(code, dict) and isinstance(code.get("enum"), list):
+            found.update(code["enum"])
+        for value in node.values():
+            found |= _error_codes(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= _error_codes(value)
+    return found
+
+
+def test_every_documented_error_code_is_in_the_catalogue(client: FlaskClient) -> None:
+    """One catalogue: each code the document promises is an APIError subclass's code."""
+    from service import errors
+
+    catalogue = {
+        cls.code
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.APIError)
+    }
+    documented = _error_codes(client.get("/openapi.json").get_json())
+    assert documented, "the document names no error codes"
+    assert documented <= catalogue, sorted(documented - catalogue)
