@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -653,6 +654,10 @@ def test_a_forked_worker_gets_its_own_connections_and_deliverer(
     state = gateway_state(app)
     assert outbox.status(state.outbox_db)["pending"] == 0  # the master's pool has a connection
     parents_pool = state.outbox_db.engine.pool
+    # gunicorn's master runs no deliverer (the gateway sees it is one); this test process
+    # started one when the app was built, so it stops it, as forking under a running thread
+    # would leave the child holding whatever lock that thread held.
+    state.delivery.stop()
 
     pid = os.fork()
     if pid == 0:  # the child: report through the exit status only, and never return
@@ -671,7 +676,14 @@ def test_a_forked_worker_gets_its_own_connections_and_deliverer(
             code = (not fresh) * 4 | (answer.status_code != 202) * 8 | (not delivered) * 16
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
+    until = time.monotonic() + 60
+    while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < until:
+        time.sleep(0.05)
+    if waited[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child never finished")
+    status = waited[1]
 
     failed = os.waitstatus_to_exitcode(status)
     assert failed == 0, {
