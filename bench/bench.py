@@ -1,22 +1,33 @@
 """Benchmark `POST /api` under real gunicorn, against the stand-in Inngest, on loopback.
 
-Run by hand (`make bench`), never by `make test`. For each scenario it starts the stand-in
-Inngest (`tests/standin.py`, answering at once or after a delay) and the service under
-gunicorn with the same configuration, warms up, drives load with wrk for a fixed time, and
-reads requests per second, p50/p99 latency and errors from wrk. The scenarios:
+Run by hand (`make bench`), never by `make test`. Everything is measured in one run, with the
+same gunicorn settings (gunicorn.conf.py, `--workers` x `--threads` gthread) for every target:
 
-- floor: `GET /healthz`, a route that does no work, in the same gunicorn configuration;
-- outbox: `POST /api` with DELIVERY_MODE=outbox (202 once the event is committed), plus the
-  time the outbox took to drain to zero after the load;
-- sync: `POST /api` with DELIVERY_MODE=sync (200 once Inngest accepted the event).
+- floor: bench/floor.py, bare Flask + Flask-Login, `POST /ok` answering {"status":"ok"};
+- sdk: the same app's `POST /sdk`, calling inngest-py's `send_sync` (the SDK peer);
+- outbox: the service's `POST /api`, DELIVERY_MODE=outbox (202 once the event is committed);
+- sync: the service's `POST /api`, DELIVERY_MODE=sync (200 once Inngest accepted it).
 
-The POST scenarios run with the stand-in answering at once and after `--delay-ms`. Every
-non-2xx answer and socket error is counted and printed. Needs wrk (`apt-get install wrk`).
+Every post is a logged-in user's: the bench logs in once per target and wrk sends that
+session cookie (bench/post.lua). The service runs with its production log level (JSON access
+log at INFO, to a file), metrics and its rate limits (raised: all load comes from one
+address). Each target is driven with keep-alive connections and with a new connection per
+request, with the stand-in Inngest answering at once and after `--delay-ms`; each scenario is
+shown as a ratio to the floor of the same run and connection mode (sync also to the SDK peer).
+The RSS of each gunicorn worker is read at the start and the end of each target's load.
+
+The delivery scenario preloads `--delivery-events` events into the outbox (SQLite, and
+PostgreSQL when TEST_DATABASE_URL is set; that database's outbox table is emptied), starts
+the service against the slow stand-in and times the drain while posts keep coming.
+
+It ends with one table: the goals of issue 10 beside the figures, met or not met. Needs wrk
+(`apt-get install wrk`).
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -25,6 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -39,12 +51,36 @@ BIN = ROOT / ".venv" / "bin"
 LUA = Path(__file__).resolve().parent / "post.lua"
 EVENT_KEY = "bench-key"
 SECRET_KEY = "bench-secret-key-not-for-production-0123456789abcdef"
-BODY = json.dumps({"name": "app/bench", "data": {"n": 1}}, separators=(",", ":"))
+BENCH_EMAIL = "bench@example.com"
+BENCH_PASSWORD = "bench-password-0123456789"
+# What the issue's users post: {"data": {"example": "data"}}; the name is the default's.
+BODY = json.dumps({"name": "app/bench", "data": {"example": "data"}}, separators=(",", ":"))
 # The service's and gunicorn's settings are dropped from the inherited environment, so that
 # every scenario runs with exactly the settings below.
-SETTING_PREFIXES = ("INNGEST_", "GUNICORN_", "API_", "OUTBOX_", "FLASK_")
-SETTINGS = ("SECRET_KEY", "DATABASE_URL", "DELIVERY_MODE", "TRUSTED_ORIGINS", "LOG_LEVEL")
+SETTING_PREFIXES = (
+    "INNGEST_",
+    "GUNICORN_",
+    "API_",
+    "OUTBOX_",
+    "FLASK_",
+    "RATELIMIT_",
+    "SESSION_",
+    "LOG_",
+    "METRICS_",
+    "USERS_",
+    "SQLITE_",
+)
+SETTINGS = (
+    "SECRET_KEY",
+    "DATABASE_URL",
+    "DELIVERY_MODE",
+    "TRUSTED_ORIGINS",
+    "IDENTITY",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "TRUSTED_PROXIES",
+)
 MARKER = "BENCH_JSON "
+MODES = ("keep-alive", "close")
 
 
 class BenchError(Exception):
@@ -52,35 +88,46 @@ class BenchError(Exception):
 
 
 @dataclass(frozen=True)
-class Scenario:
-    """One measured configuration."""
+class Target:
+    """One thing served under gunicorn: the floor app, the SDK peer, or the service.
+
+    The floor and the SDK peer run with bench/floor.conf.py: gunicorn.conf.py's worker
+    settings without the service's hooks.
+    """
 
     name: str
+    app: str  # gunicorn's app argument
     path: str
-    method: str
     delivery_mode: str
-    delay_ms: float | None  # None: the route never calls Inngest
+    calls_inngest: bool
 
-    @property
-    def label(self) -> str:
-        delay = "-" if self.delay_ms is None else f"{self.delay_ms:g} ms"
-        return f"{self.name} (delay {delay})"
+
+FLOOR = Target("floor", "bench.floor:app", "/ok", "outbox", False)
+SDK = Target("sdk", "bench.floor:app", "/sdk", "outbox", True)
+OUTBOX = Target("outbox", "wsgi:app", "/api", "outbox", True)
+SYNC = Target("sync", "wsgi:app", "/api", "sync", True)
+TARGETS = (FLOOR, SDK, OUTBOX, SYNC)
 
 
 @dataclass
 class Result:
-    """What wrk measured for one scenario, and the outbox drain time where it applies."""
+    """What wrk measured for one target, connection mode and Inngest delay."""
 
-    scenario: Scenario
+    target: Target
+    mode: str
+    delay_ms: float | None  # None: the target never calls Inngest
     requests_per_second: float
     p50_ms: float
     p99_ms: float
     requests: int
     statuses: dict[int, int]
     socket_errors: dict[str, int]
-    pending_after_load: int | None = None
-    drain_seconds: float | None = None
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        delay = "-" if self.delay_ms is None else f"{self.delay_ms:g} ms"
+        return f"{self.target.name} ({self.mode}, Inngest {delay})"
 
     @property
     def non_2xx(self) -> int:
@@ -89,6 +136,49 @@ class Result:
     @property
     def errors(self) -> int:
         return self.non_2xx + sum(self.socket_errors.values())
+
+
+@dataclass
+class Memory:
+    """RSS (MiB) of each gunicorn worker when a target's load began and when it ended."""
+
+    label: str
+    start: dict[int, float]
+    end: dict[int, float]
+
+    @property
+    def growth(self) -> float:
+        """The largest growth of a worker present at both ends (MiB); workers that changed count."""
+        common = set(self.start) & set(self.end)
+        if not common or common != set(self.start) or common != set(self.end):
+            return float("inf")  # a worker was replaced: its growth is unknown
+        return max(self.end[pid] - self.start[pid] for pid in common)
+
+    def text(self) -> str:
+        pids = sorted(set(self.start) | set(self.end))
+        return ", ".join(
+            f"{self.start.get(pid, float('nan')):.0f} -> {self.end.get(pid, float('nan')):.0f} MiB"
+            for pid in pids
+        )
+
+
+@dataclass
+class Delivery:
+    """The drain of a preloaded outbox."""
+
+    database: str
+    preloaded: int
+    pending_at_ready: int
+    seconds: float | None
+    left: int
+    posts: Result | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float | None:
+        if self.seconds is None or self.seconds <= 0:
+            return None
+        return self.pending_at_ready / self.seconds
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -197,46 +287,113 @@ def standin(delay_ms: float, workdir: Path) -> Iterator[str]:
         kill_group(process, grace=5)
 
 
-@contextmanager
-def gunicorn(
-    scenario: Scenario, inngest_url: str, workdir: Path, args: argparse.Namespace
-) -> Iterator[str]:
-    """The service under gunicorn in its own process group; yields its URL, then kills it."""
-    port = free_port()
-    log_path = workdir / "gunicorn.log"
-    env = clean_env(workdir) | {
+def service_env(
+    workdir: Path,
+    inngest_url: str,
+    delivery_mode: str,
+    database_url: str,
+    args: argparse.Namespace,
+    port: int,
+) -> dict[str, str]:
+    """The environment of every gunicorn (and `flask users`) the bench starts."""
+    return clean_env(workdir) | {
         "SECRET_KEY": SECRET_KEY,
         "INNGEST_EVENT_KEY": EVENT_KEY,
         "INNGEST_BASE_URL": inngest_url,
-        "DATABASE_URL": f"sqlite:///{workdir / 'gateway.db'}",
-        "DELIVERY_MODE": scenario.delivery_mode,
-        "LOG_LEVEL": "WARNING",
+        "DATABASE_URL": database_url,
+        "DELIVERY_MODE": delivery_mode,
+        # Every post must be a logged-in user's: a lost login shows as 401 errors.
+        "API_REQUIRE_LOGIN": "true",
         # The limiter runs as in production, but all load comes from one address.
         "RATELIMIT_API": "10000000 per minute",
         "CREATE_DEMO_USER": "false",
         "GUNICORN_BIND": f"127.0.0.1:{port}",
         "GUNICORN_WORKERS": str(args.workers),
         "GUNICORN_THREADS": str(args.threads),
-        "GUNICORN_LOG_LEVEL": "warning",
     }
-    command = [str(BIN / "gunicorn"), "wsgi:app", "-c", "gunicorn.conf.py"]
+
+
+def create_user(env: dict[str, str], workdir: Path) -> None:
+    """The bench's user in the service's database (`flask users create`)."""
+    command = [str(BIN / "flask"), "--app", "wsgi", "users", "create", BENCH_EMAIL]
+    command += ["--name", "Bench", "--password", BENCH_PASSWORD]
+    done = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    if done.returncode != 0 and "already" not in (done.stdout + done.stderr):
+        raise BenchError(f"flask users create failed:\n{done.stdout}\n{done.stderr}")
+
+
+@contextmanager
+def gunicorn(
+    target: Target, env: dict[str, str], port: int, workdir: Path
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A target under gunicorn, in its own process group; yields its URL and master."""
+    log_path = workdir / f"gunicorn-{target.name}.log"
+    config = "gunicorn.conf.py" if target.app == "wsgi:app" else "bench/floor.conf.py"
+    command = [str(BIN / "gunicorn"), target.app, "-c", config]
     process = start(command, env, log_path)
     url = f"http://127.0.0.1:{port}"
+
+    def answering() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+
     try:
-        wait_for(
-            process,
-            lambda: http_get(f"{url}/healthz")[0] == 200,
-            "gunicorn",
-            log_path,
-            timeout=30,
-        )
-        yield url
+        wait_for(process, answering, f"gunicorn ({target.name})", log_path, timeout=30)
+        yield url, process
     finally:
         kill_group(process, grace=15)
-        # The log goes with the scenario's temporary directory: show its end if it has errors.
+        # The log goes with the temporary directory: show its end if it has errors.
         tail = log_tail(log_path, 400)
         if "Traceback" in tail:
             print(f"  note: gunicorn logged tracebacks; the end of its log:\n{log_tail(log_path)}")
+
+
+def login(target: Target, url: str) -> str:
+    """Log in once; the Cookie header that carries the session."""
+    if target.app == "wsgi:app":
+        path = "/auth/login"
+        body = json.dumps({"email": BENCH_EMAIL, "password": BENCH_PASSWORD}).encode()
+    else:
+        path, body = "/login", b"{}"
+    port = int(url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + 30
+    while True:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            connection.request("POST", path, body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            cookies = [
+                value.split(";", 1)[0]
+                for name, value in response.getheaders()
+                if name.lower() == "set-cookie"
+            ]
+            if response.status == 200 and cookies:
+                return "; ".join(cookies)
+            problem = f"login answered {response.status} with {len(cookies)} cookie(s)"
+        except OSError as exc:
+            problem = f"login failed: {type(exc).__name__}"
+        finally:
+            connection.close()
+        if time.monotonic() > deadline:
+            raise BenchError(problem)
+        time.sleep(0.2)
+
+
+def worker_rss(master: int) -> dict[int, float]:
+    """RSS in MiB of each child of the gunicorn master, from /proc."""
+    found: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with suppress(OSError, ValueError, IndexError):
+            status = (entry / "status").read_text()
+            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            if int(fields["PPid"].strip()) == master:
+                found[int(entry.name)] = int(fields["VmRSS"].split()[0]) / 1024
+    return found
 
 
 # -- wrk -------------------------------------------------------------------------------------
@@ -260,9 +417,9 @@ def ensure_wrk() -> str:
 
 
 def run_wrk(
-    wrk: str, scenario: Scenario, url: str, seconds: float, args: argparse.Namespace
+    wrk: str, url: str, mode: str, seconds: float, cookie: str, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Run wrk once and return the summary that post.lua prints in done()."""
+    """Run wrk once (POST BODY with the cookie) and return the summary post.lua prints."""
     command = [
         wrk,
         f"--threads={args.wrk_threads}",
@@ -271,13 +428,13 @@ def run_wrk(
         f"--timeout={args.timeout:g}s",
         "--latency",
         f"--script={LUA}",
-        url + scenario.path,
+        url,
         "--",
-        scenario.method,
-        "keep-alive" if args.keep_alive else "close",
+        "POST",
+        mode,
+        BODY,
+        cookie,
     ]
-    if scenario.method == "POST":
-        command.append(BODY)
     try:
         done = subprocess.run(
             command, capture_output=True, text=True, timeout=seconds + args.timeout + 30
@@ -293,66 +450,19 @@ def run_wrk(
     return summary
 
 
-# -- the outbox ------------------------------------------------------------------------------
+def rate(summary: dict[str, Any]) -> float:
+    return float(summary["requests"]) / (float(summary["duration_us"]) / 1e6)
 
 
-def outbox_pending(url: str) -> int:
-    """Events waiting in the outbox, from GET /readyz."""
-    status, body = http_get(f"{url}/readyz", timeout=5)
-    if status != 200:
-        raise BenchError(f"/readyz answered {status}: {body[:300]!r}")
-    return int(json.loads(body)["outbox"]["pending"])
-
-
-def wait_drained(url: str, timeout: float) -> tuple[int, float | None]:
-    """Pending events right now, and the seconds until none is left (None: not within timeout)."""
-    began = time.monotonic()
-    first = pending = outbox_pending(url)
-    while pending > 0:
-        if time.monotonic() - began > timeout:
-            return first, None
-        time.sleep(0.05)
-        pending = outbox_pending(url)
-    return first, time.monotonic() - began
-
-
-# -- one scenario ----------------------------------------------------------------------------
-
-
-def measure(wrk: str, scenario: Scenario, args: argparse.Namespace) -> Result:
-    """Start fresh processes, warm up, measure, and (outbox mode) time the drain."""
-    with tempfile.TemporaryDirectory(prefix="inngest-gateway-bench-") as tmp:
-        workdir = Path(tmp)
-        delay = scenario.delay_ms or 0.0
-        with (
-            standin(delay, workdir) as inngest_url,
-            gunicorn(scenario, inngest_url, workdir, args) as url,
-        ):
-            notes: list[str] = []
-            if args.warmup > 0:
-                run_wrk(wrk, scenario, url, args.warmup, args)
-            if scenario.delivery_mode == "outbox" and scenario.method == "POST":
-                _, drained = wait_drained(url, args.drain_timeout)
-                if drained is None:
-                    notes.append("the warm-up's events had not drained before the run")
-            # Several rounds on the same processes; the median one is reported. A single
-            # round can land all of wrk's connections on one worker and halve the figure.
-            rounds = [run_wrk(wrk, scenario, url, args.duration, args) for _ in range(args.rounds)]
-            pending: int | None = None
-            drain: float | None = None
-            if scenario.delivery_mode == "outbox" and scenario.method == "POST":
-                pending, drain = wait_drained(url, args.drain_timeout)
-                if drain is None:
-                    notes.append(f"outbox not drained within {args.drain_timeout:g}s")
-
-    def rate(summary: dict[str, Any]) -> float:
-        return float(summary["requests"]) / (float(summary["duration_us"]) / 1e6)
-
+def summarise(
+    target: Target, mode: str, delay_ms: float | None, rounds: list[dict[str, Any]]
+) -> Result:
+    """The median round's throughput and latency; the errors of every round."""
     summary = sorted(rounds, key=rate)[len(rounds) // 2]
-    latency = summary["latency_us"]
     statuses: dict[int, int] = {}
     socket_errors: dict[str, int] = {}
-    for each in rounds:  # errors of every round count, not only the median one's
+    notes: list[str] = []
+    for each in rounds:
         counted = sum(each["statuses"].values())
         if counted != each["requests"]:
             notes.append(f"post.lua counted {counted} statuses for {each['requests']} requests")
@@ -364,60 +474,200 @@ def measure(wrk: str, scenario: Scenario, args: argparse.Namespace) -> Result:
     if len(rounds) > 1:
         notes.append("req/s of the rounds: " + ", ".join(f"{rate(r):.0f}" for r in rounds))
     return Result(
-        scenario=scenario,
+        target=target,
+        mode=mode,
+        delay_ms=delay_ms,
         requests_per_second=rate(summary),
-        p50_ms=latency["p50"] / 1000,
-        p99_ms=latency["p99"] / 1000,
+        p50_ms=summary["latency_us"]["p50"] / 1000,
+        p99_ms=summary["latency_us"]["p99"] / 1000,
         requests=sum(each["requests"] for each in rounds),
         statuses=statuses,
         socket_errors=socket_errors,
-        pending_after_load=pending,
-        drain_seconds=drain,
         notes=notes,
     )
+
+
+# -- the outbox ------------------------------------------------------------------------------
+
+
+def outbox_pending(url: str) -> int:
+    """Events waiting in the outbox, from GET /readyz."""
+    status, body = http_get(f"{url}/readyz", timeout=5)
+    if status != 200:
+        raise BenchError(f"/readyz answered {status}: {body[:300]!r}")
+    return int(json.loads(body)["outbox"]["pending"])
+
+
+def sqlalchemy_url(url: str) -> str:
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
+def preload(database_url: str, count: int) -> tuple[int, int]:
+    """Empty the outbox table and store `count` pending events; the range of their ids."""
+    sys.path.insert(0, str(ROOT))
+    from sqlalchemy import create_engine, delete, func, insert, select
+
+    from service.outbox.model import PENDING, OutboxBase, now_ms, table
+
+    engine = create_engine(sqlalchemy_url(database_url))
+    try:
+        OutboxBase.metadata.create_all(engine)
+        now = now_ms()
+        with engine.begin() as connection:
+            connection.execute(delete(table))
+            for chunk in range(0, count, 5000):
+                rows = []
+                for n in range(chunk, min(chunk + 5000, count)):
+                    event_id = f"bench-preload-{now}-{n}"
+                    event = {"name": "app/bench", "data": {"n": n}, "id": event_id, "ts": now}
+                    body = json.dumps(event, separators=(",", ":"))
+                    rows.append(
+                        {
+                            "event_id": event_id,
+                            "name": "app/bench",
+                            "body": body,
+                            "size": len(body.encode()),
+                            "state": PENDING,
+                            "created_at": now,
+                            "next_attempt_at": now,
+                            "attempts": 0,
+                        }
+                    )
+                connection.execute(insert(table), rows)
+            # The table was emptied in this transaction: every row in it is ours.
+            low, high = connection.execute(select(func.min(table.c.id), func.max(table.c.id))).one()
+        return int(low) - 1, int(high)
+    finally:
+        engine.dispose()
+
+
+def preloaded_left(database_url: str, first: int, last: int) -> int:
+    """How many of the preloaded events are still pending (read from the database itself)."""
+    from sqlalchemy import and_, create_engine, func, select
+
+    from service.outbox.model import PENDING, table
+
+    engine = create_engine(sqlalchemy_url(database_url))
+    try:
+        with engine.connect() as connection:
+            where = and_(table.c.id > first, table.c.id <= last, table.c.state == PENDING)
+            return int(connection.execute(select(func.count()).where(where)).scalar())
+    finally:
+        engine.dispose()
+
+
+def delivery(wrk: str, database: str, database_url: str, args: argparse.Namespace) -> Delivery:
+    """Preload the outbox, start the service against the slow stand-in, time the drain."""
+    from sqlalchemy.exc import OperationalError
+
+    with tempfile.TemporaryDirectory(prefix="inngest-gateway-bench-") as tmp:
+        workdir = Path(tmp)
+        if database == "sqlite":
+            database_url = f"sqlite:///{workdir / 'gateway.db'}"
+        port = free_port()
+        notes: list[str] = []
+        with standin(args.delay_ms, workdir) as inngest_url:
+            env = service_env(workdir, inngest_url, "outbox", database_url, args, port)
+            create_user(env, workdir)
+            first, last = preload(database_url, args.delivery_events)
+            with gunicorn(OUTBOX, env, port, workdir) as (url, _):
+                began = time.monotonic()
+                at_ready = preloaded_left(database_url, first, last)
+                cookie = login(OUTBOX, url)
+                posts: list[dict[str, Any]] = []
+                failures: list[str] = []
+
+                def post() -> None:
+                    try:
+                        posts.append(
+                            run_wrk(
+                                wrk, url + OUTBOX.path, "keep-alive", args.duration, cookie, args
+                            )
+                        )
+                    except BenchError as exc:
+                        failures.append(str(exc))
+
+                poster = threading.Thread(target=post, daemon=True)
+                poster.start()
+                left = at_ready
+                seconds: float | None = None
+                while time.monotonic() - began < args.drain_timeout:
+                    try:
+                        left = preloaded_left(database_url, first, last)
+                    except OperationalError:  # a busy database: read again
+                        time.sleep(0.1)
+                        continue
+                    if left == 0:
+                        seconds = time.monotonic() - began
+                        break
+                    time.sleep(0.1)
+                poster.join(args.duration + args.timeout + 60)
+                notes += [f"posts during the drain: {failure}" for failure in failures]
+                if seconds is None:
+                    notes.append(f"{left} preloaded events left after {args.drain_timeout:g}s")
+                if posts and seconds is not None and seconds < args.duration:
+                    notes.append(
+                        f"the drain ended {args.duration - seconds:.1f}s before the posts did"
+                    )
+        result = summarise(OUTBOX, "keep-alive", args.delay_ms, posts) if posts else None
+        return Delivery(database, last - first, at_ready, seconds, left, result, notes)
+
+
+# -- the scenarios -------------------------------------------------------------------------
+
+
+def measure_target(
+    wrk: str, target: Target, delay_ms: float, inngest_url: str, args: argparse.Namespace
+) -> tuple[list[Result], Memory]:
+    """Start the target, log in, then per connection mode: warm up and measure the rounds."""
+    with tempfile.TemporaryDirectory(prefix="inngest-gateway-bench-") as tmp:
+        workdir = Path(tmp)
+        port = free_port()
+        database_url = f"sqlite:///{workdir / 'gateway.db'}"
+        env = service_env(workdir, inngest_url, target.delivery_mode, database_url, args, port)
+        if target.app == "wsgi:app":
+            create_user(env, workdir)
+        results: list[Result] = []
+        with gunicorn(target, env, port, workdir) as (url, master):
+            cookie = login(target, url)
+            start_rss: dict[int, float] = {}
+            for mode in MODES:
+                if args.warmup > 0:
+                    run_wrk(wrk, url + target.path, mode, args.warmup, cookie, args)
+                # At the start of the measured load: after the first warm-up, which fills
+                # the caches and pools a worker keeps.
+                start_rss = start_rss or worker_rss(master.pid)
+                rounds = [
+                    run_wrk(wrk, url + target.path, mode, args.duration, cookie, args)
+                    for _ in range(args.rounds)
+                ]
+                delay = delay_ms if target.calls_inngest else None
+                results.append(summarise(target, mode, delay, rounds))
+            if target.delivery_mode == "outbox" and target.app == "wsgi:app":
+                began = time.monotonic()
+                while outbox_pending(url) and time.monotonic() - began < args.drain_timeout:
+                    time.sleep(0.1)
+                left = outbox_pending(url)
+                if left:
+                    results[-1].notes.append(f"{left} events not drained after the load")
+            end_rss = worker_rss(master.pid)
+        label = f"{target.name}" + (f", Inngest {delay_ms:g} ms" if target.calls_inngest else "")
+        return results, Memory(label, start_rss, end_rss)
 
 
 # -- the report ------------------------------------------------------------------------------
 
 
-def table(results: list[Result]) -> str:
-    """One row per scenario; errors are non-2xx answers plus socket errors."""
-    header = (
-        "scenario",
-        "Inngest delay",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "requests",
-        "errors",
-        "outbox drain",
-    )
-    rows = [header]
-    for r in results:
-        if r.drain_seconds is not None:
-            drain = f"{r.pending_after_load} in {r.drain_seconds:.2f} s"
-        elif r.pending_after_load is not None:
-            drain = f"{r.pending_after_load}: not drained"
-        else:
-            drain = "-"
-        delay = "-" if r.scenario.delay_ms is None else f"{r.scenario.delay_ms:g} ms"
-        rows.append(
-            (
-                r.scenario.name,
-                delay,
-                f"{r.requests_per_second:.0f}",
-                f"{r.p50_ms:.1f}",
-                f"{r.p99_ms:.1f}",
-                str(r.requests),
-                str(r.errors),
-                drain,
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+def render(rows: list[tuple[str, ...]], left: int = 1) -> str:
+    """Aligned columns; the first row is the header, the first `left` columns go left."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for index, row in enumerate(rows):
         cells = [
-            cell.ljust(w) if i < 2 else cell.rjust(w)
+            cell.ljust(w) if i < left else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         ]
         lines.append("  ".join(cells).rstrip())
@@ -426,77 +676,186 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def error_details(results: list[Result]) -> list[str]:
-    """A line for each scenario that had errors: which statuses and which socket errors."""
-    lines = []
-    for r in results:
-        if not r.errors:
-            continue
-        statuses = ", ".join(
-            f"{status}: {count}"
-            for status, count in sorted(r.statuses.items())
-            if not 200 <= status < 300
-        )
-        sockets = ", ".join(f"{kind}: {count}" for kind, count in r.socket_errors.items())
-        parts = [f"non-2xx {r.non_2xx} ({statuses or 'none'})"]
-        parts.append(f"socket errors {sum(r.socket_errors.values())} ({sockets or 'none'})")
-        lines.append(f"errors in {r.scenario.label}: " + "; ".join(parts))
-    return lines
+class Report:
+    def __init__(
+        self,
+        results: list[Result],
+        memory: list[Memory],
+        deliveries: list[Delivery],
+        args: argparse.Namespace,
+    ) -> None:
+        self.results, self.memory, self.deliveries, self.args = results, memory, deliveries, args
 
-
-def ratio(numerator: Result | None, denominator: Result | None) -> str:
-    """Throughput of one scenario over another's, or 'n/a'; says when errors are counted in."""
-    if numerator is None or denominator is None or denominator.requests_per_second <= 0:
-        return "n/a"
-    value = f"{numerator.requests_per_second / denominator.requests_per_second:.2f}"
-    errors = numerator.errors + denominator.errors
-    return f"{value} (includes {errors} error(s))" if errors else value
-
-
-def report(results: list[Result], args: argparse.Namespace) -> str:
-    """The table, the error details, and the ratios the issue asks for."""
-
-    def find(name: str, delay: float | None) -> Result | None:
+    def find(self, name: str, mode: str, delay: float | None) -> Result | None:
         return next(
-            (r for r in results if r.scenario.name == name and r.scenario.delay_ms == delay), None
+            (
+                r
+                for r in self.results
+                if r.target.name == name and r.mode == mode and r.delay_ms == delay
+            ),
+            None,
         )
 
-    floor, slow = find("floor", None), args.delay_ms
-    outbox_fast, outbox_slow = find("outbox", 0.0), find("outbox", slow)
-    lines = [
-        f"gunicorn: {args.workers} workers x {args.threads} threads (gthread); "
-        f"wrk: {args.connections} connections, {args.wrk_threads} threads, "
-        f"{args.duration:g}s per scenario after {args.warmup:g}s warm-up; {os.cpu_count()} CPUs",
-        "",
-        table(results),
-        "",
-    ]
-    details = error_details(results)
-    lines += details or ["errors: none (every answer was 2xx, no socket errors)"]
-    for r in results:
-        lines += [f"note for {r.scenario.label}: {note}" for note in r.notes]
-    lines += [
-        "",
-        f"outbox / floor throughput, Inngest at 0 ms:    {ratio(outbox_fast, floor)}"
-        "  (target >= 0.50)",
-        f"outbox / floor throughput, Inngest at {slow:g} ms:   {ratio(outbox_slow, floor)}"
-        "  (target >= 0.50)",
-        f"outbox at {slow:g} ms / outbox at 0 ms throughput: {ratio(outbox_slow, outbox_fast)}"
-        "  (target: no drop, ~1.00)",
-    ]
-    return "\n".join(lines)
+    def ratio(self, name: str, mode: str, delay: float | None, base: str) -> float | None:
+        result = self.find(name, mode, delay)
+        other = self.find(base, mode, None if base == "floor" else delay)
+        if result is None or other is None or other.requests_per_second <= 0:
+            return None
+        return result.requests_per_second / other.requests_per_second
+
+    def scenarios(self) -> str:
+        header = ("scenario", "connections", "Inngest", "req/s", "p50 ms", "p99 ms")
+        rows: list[tuple[str, ...]] = [header + ("requests", "errors", "x floor", "x sdk")]
+        for r in self.results:
+            to_floor = self.ratio(r.target.name, r.mode, r.delay_ms, "floor")
+            to_sdk = (
+                self.ratio(r.target.name, r.mode, r.delay_ms, "sdk")
+                if r.target.name == "sync"
+                else None
+            )
+            rows.append(
+                (
+                    r.target.name,
+                    r.mode,
+                    "-" if r.delay_ms is None else f"{r.delay_ms:g} ms",
+                    f"{r.requests_per_second:.0f}",
+                    f"{r.p50_ms:.1f}",
+                    f"{r.p99_ms:.1f}",
+                    str(r.requests),
+                    str(r.errors),
+                    "-" if to_floor is None else f"{to_floor:.2f}",
+                    "-" if to_sdk is None else f"{to_sdk:.2f}",
+                )
+            )
+        return render(rows, left=3)
+
+    def goals(self) -> str:
+        args, slow = self.args, self.args.delay_ms
+        rows: list[tuple[str, ...]] = [("goal (issue 10)", "figure", "result")]
+
+        def add(goal: str, value: float | None, text: str, met: bool | None) -> None:
+            verdict = "no figure" if value is None or met is None else "met" if met else "NOT MET"
+            rows.append((goal, text if value is not None else "-", verdict))
+
+        def fig(value: float | None, spec: str = ".2f") -> str:
+            return "-" if value is None else format(value, spec)
+
+        for mode in MODES:
+            for delay in (0.0, slow):
+                value = self.ratio("outbox", mode, delay, "floor")
+                add(
+                    f"outbox >= 0.50 x floor, Inngest {delay:g} ms, {mode}",
+                    value,
+                    fig(value),
+                    None if value is None else value >= 0.5,
+                )
+            fast, slowed = self.find("outbox", mode, 0.0), self.find("outbox", mode, slow)
+            flat = (
+                slowed.requests_per_second / fast.requests_per_second
+                if fast and slowed and fast.requests_per_second > 0
+                else None
+            )
+            add(
+                f"outbox flat: {slow:g} ms / 0 ms >= 0.90, {mode}",
+                flat,
+                fig(flat),
+                None if flat is None else flat >= 0.9,
+            )
+            for delay in (0.0, slow):
+                r = self.find("outbox", mode, delay)
+                add(
+                    f"outbox p99 < 50 ms at {args.connections} conns, {delay:g} ms, {mode}",
+                    None if r is None else r.p99_ms,
+                    "-" if r is None else f"{r.p99_ms:.1f} ms",
+                    None if r is None else r.p99_ms < 50,
+                )
+            for delay, target in ((0.0, 1.0), (slow, 3.0)):
+                value = self.ratio("sync", mode, delay, "sdk")
+                add(
+                    f"sync >= {target:g} x sdk, Inngest {delay:g} ms, {mode}",
+                    value,
+                    fig(value),
+                    None if value is None else value >= target,
+                )
+        for d in self.deliveries:
+            add(
+                f"drain >= 5000 events/s to a {slow:g} ms Inngest, {d.database}"
+                f" ({d.preloaded} events)",
+                d.rate,
+                f"{fig(d.rate, '.0f')} events/s",
+                None if d.rate is None else d.rate >= 5000,
+            )
+            if d.posts is not None:
+                add(
+                    f"posts accepted during the drain, {d.database}",
+                    d.posts.requests_per_second,
+                    f"{d.posts.requests_per_second:.0f} req/s, {d.posts.errors} errors",
+                    d.posts.errors == 0 and d.posts.requests > 0,
+                )
+        for m in self.memory:
+            growth = m.growth
+            add(
+                f"no RSS growth per worker (<= 5 MiB), {m.label}",
+                growth,
+                "worker replaced" if growth == float("inf") else f"+{growth:.1f} MiB",
+                growth <= 5.0,
+            )
+        errors = sum(r.errors for r in self.results)
+        errors += sum(d.posts.errors for d in self.deliveries if d.posts is not None)
+        add("every answer 2xx, no socket errors", float(errors), str(errors), errors == 0)
+        return render(rows)
+
+    def text(self) -> str:
+        args = self.args
+        lines = [
+            f"gunicorn: {args.workers} workers x {args.threads} threads (gthread, gunicorn.conf.py)"
+            f" for every target; wrk: {args.connections} connections, {args.wrk_threads} threads,"
+            f" {args.duration:g}s x {args.rounds} round(s) (median) after {args.warmup:g}s"
+            f" warm-up; {os.cpu_count()} CPUs",
+            "service: production log level (INFO, JSON access log), metrics, rate limits"
+            " (raised), a logged-in user, SQLite; x floor: over the floor of the same run and"
+            " connection mode",
+            "",
+            self.scenarios() if self.results else "(no load scenario run)",
+            "",
+        ]
+        for r in self.results:
+            lines += [f"note for {r.label}: {note}" for note in r.notes]
+            if r.errors:
+                statuses = ", ".join(
+                    f"{s}: {c}" for s, c in sorted(r.statuses.items()) if not 200 <= s < 300
+                )
+                sockets = ", ".join(f"{k}: {c}" for k, c in r.socket_errors.items())
+                lines.append(
+                    f"errors in {r.label}: non-2xx {r.non_2xx} ({statuses or 'none'});"
+                    f" socket errors ({sockets or 'none'})"
+                )
+        lines.append("")
+        lines.append("RSS per worker, start -> end of the load:")
+        lines += [f"  {m.label}: {m.text()}" for m in self.memory]
+        for d in self.deliveries:
+            took = "not drained" if d.seconds is None else f"{d.seconds:.2f} s"
+            posts = (
+                "no posts measured"
+                if d.posts is None
+                else f"posts meanwhile {d.posts.requests_per_second:.0f} req/s,"
+                f" p99 {d.posts.p99_ms:.1f} ms, {d.posts.errors} errors"
+            )
+            lines.append(
+                f"delivery, {d.database}: {d.preloaded} preloaded, {d.pending_at_ready} pending"
+                f" when the service answered, drained in {took}; {posts}"
+            )
+            lines += [f"  note: {note}" for note in d.notes]
+            if d.posts is not None and d.posts.errors:
+                statuses = ", ".join(
+                    f"{s}: {c}" for s, c in sorted(d.posts.statuses.items()) if not 200 <= s < 300
+                )
+                lines.append(f"  errors in the posts: {statuses or 'socket errors only'}")
+        lines += ["", self.goals()]
+        return "\n".join(lines)
 
 
 # -- main ------------------------------------------------------------------------------------
-
-
-def scenarios(delay_ms: float) -> list[Scenario]:
-    """floor once (it never calls Inngest), then outbox and sync at 0 ms and `delay_ms`."""
-    found = [Scenario("floor", "/healthz", "GET", "outbox", None)]
-    for mode in ("outbox", "sync"):
-        for delay in (0.0, delay_ms):
-            found.append(Scenario(mode, "/api", "POST", mode, delay))
-    return found
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -504,14 +863,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.splitlines()[0] if __doc__ else None,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--duration", type=float, default=10, help="seconds of load per scenario")
-    parser.add_argument("--warmup", type=float, default=2, help="seconds of warm-up load")
-    parser.add_argument(
-        "--keep-alive",
-        action="store_true",
-        help="reuse connections (default: a new connection per request, as behind nginx,"
-        " which spreads the load over the workers evenly)",
-    )
+    parser.add_argument("--duration", type=float, default=10, help="seconds of load per round")
+    parser.add_argument("--warmup", type=float, default=5, help="seconds of warm-up load")
     parser.add_argument(
         "--rounds", type=int, default=3, help="measured rounds per scenario; the median is shown"
     )
@@ -524,44 +877,70 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--delay-ms", type=float, default=50, help="the slow stand-in's delay per request"
     )
     parser.add_argument(
-        "--drain-timeout", type=float, default=120, help="seconds to wait for the outbox to drain"
+        "--delivery-events", type=int, default=100_000, help="events preloaded into the outbox"
     )
     parser.add_argument(
-        "--only", action="append", choices=("floor", "outbox", "sync"), help="run only these"
+        "--drain-timeout", type=float, default=300, help="seconds to wait for an outbox to drain"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=("floor", "sdk", "outbox", "sync", "delivery"),
+        help="run only these (the ratios need floor and sdk)",
     )
     parser.add_argument("--verbose", action="store_true", help="print wrk's own output")
     args = parser.parse_args(argv)
     if args.connections < args.wrk_threads:
         parser.error("--connections must be at least --wrk-threads")
+    if args.rounds < 1 or args.delivery_events < 1:
+        parser.error("--rounds and --delivery-events must be at least 1")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for tool in ("python", "gunicorn"):
+    for tool in ("python", "gunicorn", "flask"):
         if not (BIN / tool).exists():
             sys.exit(f"bench: {BIN / tool} is missing; run `make bench` to create the venv")
     wrk = ensure_wrk()
     if (ROOT / ".env").exists():
         print("note: .env exists; settings it has that the bench does not set apply too")
+    wanted = set(args.only or ("floor", "sdk", "outbox", "sync", "delivery"))
     results: list[Result] = []
-    for scenario in scenarios(args.delay_ms):
-        if args.only and scenario.name not in args.only:
-            continue
-        print(f"running {scenario.label} ...", flush=True)
-        try:
-            result = measure(wrk, scenario, args)
-        except BenchError as exc:
-            print(f"bench: {scenario.label} failed: {exc}", file=sys.stderr)
-            return 1
-        print(
-            f"  {result.requests_per_second:.0f} req/s, p50 {result.p50_ms:.1f} ms, "
-            f"p99 {result.p99_ms:.1f} ms, {result.errors} error(s)",
-            flush=True,
-        )
-        results.append(result)
+    memory: list[Memory] = []
+    deliveries: list[Delivery] = []
+    try:
+        for delay in (0.0, args.delay_ms):
+            with tempfile.TemporaryDirectory(prefix="inngest-gateway-bench-") as tmp:
+                with standin(delay, Path(tmp)) as inngest_url:
+                    for target in TARGETS:
+                        if target.name not in wanted or (delay and not target.calls_inngest):
+                            continue
+                        print(f"running {target.name} (Inngest {delay:g} ms) ...", flush=True)
+                        found, rss = measure_target(wrk, target, delay, inngest_url, args)
+                        for r in found:
+                            print(
+                                f"  {r.mode}: {r.requests_per_second:.0f} req/s,"
+                                f" p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms,"
+                                f" {r.errors} error(s)",
+                                flush=True,
+                            )
+                        results += found
+                        memory.append(rss)
+        if "delivery" in wanted:
+            databases = [("sqlite", "")]
+            if os.environ.get("TEST_DATABASE_URL"):
+                databases.append(("postgresql", os.environ["TEST_DATABASE_URL"]))
+            else:
+                print("note: TEST_DATABASE_URL is not set; delivery runs on SQLite only")
+            for name, url in databases:
+                print(f"running delivery ({name}, {args.delivery_events} events) ...", flush=True)
+                deliveries.append(delivery(wrk, name, url, args))
+    except BenchError as exc:
+        print(f"bench: failed: {exc}", file=sys.stderr)
+        return 1
     print()
-    print(report(results, args))
+    print(Report(results, memory, deliveries, args).text())
     return 0
 
 

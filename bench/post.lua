@@ -1,11 +1,12 @@
 -- wrk script for bench/bench.py.
 --
---   wrk ... http://127.0.0.1:PORT/api -s bench/post.lua -- POST close '{"name":"app/bench"}'
+--   wrk ... http://127.0.0.1:PORT/api -s bench/post.lua -- POST close '{"name":"app/bench"}' 'session=...'
 --   wrk ... http://127.0.0.1:PORT/healthz -s bench/post.lua -- GET keep-alive
 --
 -- The arguments after `--` are the method, the connection mode (`close` sends
--- `Connection: close`, as nginx does to its upstream by default) and, optionally, a JSON
--- body (sent with Content-Type: application/json). Every answer's status is counted, and done() prints
+-- `Connection: close`, as nginx does to its upstream by default), optionally a JSON
+-- body (sent with Content-Type: application/json; empty for none) and a Cookie header (the
+-- session of one login, made once by bench.py and sent with every request). Every answer's status is counted, and done() prints
 -- one line `BENCH_JSON {...}` with the totals, the latency percentiles (microseconds) and
 -- the count of each status code, so that no non-2xx answer goes unseen.
 
@@ -21,9 +22,12 @@ function init(args)
   if args[2] == "close" then
     wrk.headers["Connection"] = "close"
   end
-  if args[3] then
+  if args[3] and args[3] ~= "" then
     wrk.body = args[3]
     wrk.headers["Content-Type"] = "application/json"
+  end
+  if args[4] and args[4] ~= "" then
+    wrk.headers["Cookie"] = args[4]
   end
   statuses = {}
 end
