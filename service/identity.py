@@ -37,7 +37,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from .errors import LoginRequired, UsersUnavailable
 from .payload import FORM_TYPES, referrer_path, wants_json
-from .settings import ConfigError, parse_duration
+from .settings import ConfigError, Duration
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,6 @@ class IdentitySettings:
     def flask_session(self) -> bool:
         """Whether the user comes from the host app's session rather than our own logins."""
         return self.identity == IDENTITY_FLASK_SESSION
-
-
-class _Duration(fields.Field[float]):
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            raise ValidationError(str(exc)) from None
 
 
 def check_users_sql(sql: str) -> str:
@@ -139,7 +131,7 @@ class _IdentitySchema(Schema):
         load_default="session", validate=validate.Regexp(_COOKIE_NAME, error="not a cookie name")
     )
     SESSION_SALT = fields.String(load_default=FLASK_SESSION_SALT)
-    SESSION_MAX_AGE = _Duration(
+    SESSION_MAX_AGE = Duration(
         load_default=DEFAULT_SESSION_MAX_AGE, validate=validate.Range(min=1, max=400 * 86400)
     )
     REMEMBER_COOKIE_NAME = fields.String(
@@ -148,7 +140,7 @@ class _IdentitySchema(Schema):
     )
     USERS_DATABASE_URL = fields.String(load_default=None)
     USERS_SQL = fields.String(load_default=None)
-    USERS_SQL_TIMEOUT = _Duration(load_default=2.0, validate=validate.Range(min=0.05, max=10))
+    USERS_SQL_TIMEOUT = Duration(load_default=2.0, validate=validate.Range(min=0.05, max=10))
     LOGIN_URL = fields.String(load_default=None)
     # Only checked: reading the host's cookies needs the host's key, never a generated one.
     SECRET_KEY = fields.String(load_default=None)

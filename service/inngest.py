@@ -249,6 +249,9 @@ def _connect(conn: HTTPConnection) -> socket.socket:
 
 
 class _DeadlineHTTPConnection(HTTPConnection):
+    """Connects (and, for HTTPS, shakes hands) within the send's deadline, and binds it to
+    every later read and write of the socket."""
+
     def _new_conn(self) -> socket.socket:
         if getattr(_sending, "deadline", None) is None:
             return super()._new_conn()
@@ -259,15 +262,8 @@ class _DeadlineHTTPConnection(HTTPConnection):
         _bind_deadline(self.sock)
 
 
-class _DeadlineHTTPSConnection(HTTPSConnection):
-    def _new_conn(self) -> socket.socket:
-        if getattr(_sending, "deadline", None) is None:
-            return super()._new_conn()
-        return _connect(self)
-
-    def connect(self) -> None:
-        super().connect()
-        _bind_deadline(self.sock)
+class _DeadlineHTTPSConnection(_DeadlineHTTPConnection, HTTPSConnection):
+    """The same over TLS: HTTPSConnection's own connect() wraps the socket made above."""
 
 
 class _DeadlineHTTPPool(HTTPConnectionPool):

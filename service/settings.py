@@ -171,7 +171,7 @@ def parse_duration(value: str) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
-class _Duration(fields.Field[float]):
+class Duration(fields.Field[float]):
     """A duration setting, in seconds."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
@@ -344,7 +344,7 @@ class Settings:
         help="Most events waiting for delivery; past it, posts get `503` with `Retry-After`.",
     )
     outbox_max_age: float = setting(
-        _Duration(validate=validate.Range(min=1)),
+        Duration(validate=validate.Range(min=1)),
         group=OUTBOX,
         default="7d",
         help=(
@@ -353,13 +353,13 @@ class Settings:
         ),
     )
     outbox_keep_delivered: float = setting(
-        _Duration(),
+        Duration(),
         group=OUTBOX,
         default="0",
         help="How long delivered events stay in the table (`0`: removed at once).",
     )
     outbox_drain_seconds: float = setting(
-        _Duration(),
+        Duration(),
         group=OUTBOX,
         default="10",
         help=(
@@ -369,7 +369,7 @@ class Settings:
     )
     # At least twice INNGEST_SEND_TIMEOUT, whatever is set (`_build`).
     outbox_lease_seconds: float = setting(
-        _Duration(validate=validate.Range(min=1)),
+        Duration(validate=validate.Range(min=1)),
         group=OUTBOX,
         default="60",
         help=(
@@ -378,7 +378,7 @@ class Settings:
         ),
     )
     outbox_retry_base: float = setting(
-        _Duration(validate=validate.Range(min=0.001)),
+        Duration(validate=validate.Range(min=0.001)),
         group=OUTBOX,
         default="1s",
         help=(
@@ -387,13 +387,13 @@ class Settings:
         ),
     )
     outbox_retry_max: float = setting(
-        _Duration(validate=validate.Range(min=0.001)),
+        Duration(validate=validate.Range(min=0.001)),
         group=OUTBOX,
         default="60s",
         help="The longest backoff between delivery attempts.",
     )
     outbox_poll_seconds: float = setting(
-        _Duration(validate=validate.Range(min=0.01, max=60)),
+        Duration(validate=validate.Range(min=0.01, max=60)),
         group=OUTBOX,
         default="1",
         help="How often an idle deliverer looks for events stored by other processes.",
@@ -420,7 +420,7 @@ class Settings:
     )
     # A post waits for at most two commits: keep that well under nginx's 25 s read timeout.
     outbox_write_timeout: float = setting(
-        _Duration(validate=validate.Range(min=0.1, max=10)),
+        Duration(validate=validate.Range(min=0.1, max=10)),
         group=OUTBOX,
         default="5s",
         help=(
@@ -518,7 +518,7 @@ class Settings:
         ),
     )
     session_lifetime: float = setting(
-        _Duration(validate=_days(_COOKIE_DAYS)),
+        Duration(validate=_days(_COOKIE_DAYS)),
         group=IDENTITY,
         default="14d",
         service_only=True,
@@ -529,7 +529,7 @@ class Settings:
         ),
     )
     remember_cookie_duration: float = setting(
-        _Duration(validate=_days(_COOKIE_DAYS)),
+        Duration(validate=_days(_COOKIE_DAYS)),
         group=IDENTITY,
         default="30d",
         service_only=True,
