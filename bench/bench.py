@@ -396,6 +396,98 @@ def worker_rss(master: int) -> dict[int, float]:
     return found
 
 
+# -- py-spy ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def profiled(
+    args: argparse.Namespace, name: str, pids: list[int], seconds: float
+) -> Iterator[None]:
+    """With --profile: py-spy samples each worker while the body runs (the first round only).
+
+    Each worker's samples go to DIR/<name>-<pid>.txt as collapsed stacks (flamegraph.pl and
+    speedscope read them); `profile_report` sums them up.
+    """
+    directory: Path | None = args.profile
+    if directory is None or any(directory.glob(f"{name}-*.txt")):
+        yield
+        return
+    spy = shutil.which("py-spy") or str(BIN / "py-spy")
+    directory.mkdir(parents=True, exist_ok=True)
+    spies = [
+        subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(max(1, int(seconds))),
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--gil",  # only the thread holding the GIL: where the CPU time goes
+                "--output",
+                str(directory / f"{name}-{pid}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for pid in pids
+    ]
+    try:
+        yield
+    finally:
+        for spy_process in spies:
+            try:
+                spy_process.wait(timeout=seconds + 30)
+            except subprocess.TimeoutExpired:
+                spy_process.kill()
+
+
+def _frame_name(frame: str) -> str:
+    """`function (path/to/file.py:line)` -> `function (file.py)`: one name per function."""
+    function, _, where = frame.partition(" (")
+    path = where.rsplit(":", 1)[0]
+    marker = "site-packages/"
+    short = path.split(marker, 1)[1] if marker in path else path.replace(str(ROOT) + "/", "")
+    return f"{function} ({short})"
+
+
+def profile_report(directory: Path, name: str, top: int = 30) -> str:
+    """The functions most samples were in (inclusive) or at (self).
+
+    py-spy leaves out threads that are idle (waiting on a socket, a lock or a condition),
+    so the shares are of the time spent working.
+    """
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for path in sorted(directory.glob(f"{name}-*.txt")):
+        for line in path.read_text().splitlines():
+            stack, _, count_text = line.rpartition(" ")
+            if not stack or not count_text.isdigit():
+                continue
+            frames = [_frame_name(f) for f in stack.split(";") if " (" in f]
+            if not frames:
+                continue
+            count = int(count_text)
+            total += count
+            for frame in set(frames):
+                inclusive[frame] = inclusive.get(frame, 0) + count
+            own[frames[-1]] = own.get(frames[-1], 0) + count
+    if not total:
+        return f"  profile {name}: no samples (is py-spy installed and allowed to attach?)"
+    lines = [f"  profile {name}: {total} busy samples; inclusive % (self %) per function"]
+    for frame, count in sorted(inclusive.items(), key=lambda item: -item[1])[:top]:
+        lines.append(
+            f"    {100 * count / total:5.1f}% ({100 * own.get(frame, 0) / total:4.1f}%)  {frame}"
+        )
+    return "\n".join(lines)
+
+
 # -- wrk -------------------------------------------------------------------------------------
 
 
@@ -640,10 +732,15 @@ def measure_target(
                 # At the start of the measured load: after the first warm-up, which fills
                 # the caches and pools a worker keeps.
                 start_rss = start_rss or worker_rss(master.pid)
-                rounds = [
-                    run_wrk(wrk, url + target.path, mode, args.duration, cookie, args)
-                    for _ in range(args.rounds)
-                ]
+                rounds = []
+                for index in range(args.rounds):
+                    name = f"{target.name}-{mode}-{delay_ms:g}ms"
+                    with profiled(args, name, list(worker_rss(master.pid)), args.duration):
+                        rounds.append(
+                            run_wrk(wrk, url + target.path, mode, args.duration, cookie, args)
+                        )
+                    if index == 0 and args.profile:
+                        print(profile_report(args.profile, name), flush=True)
                 delay = delay_ms if target.calls_inngest else None
                 results.append(summarise(target, mode, delay, rounds))
             if target.delivery_mode == "outbox" and target.app == "wsgi:app":
@@ -889,6 +986,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run only these (the ratios need floor and sdk)",
     )
     parser.add_argument("--verbose", action="store_true", help="print wrk's own output")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample each worker with py-spy during the first round of each scenario; "
+        "collapsed stacks go to DIR, a summary is printed",
+    )
     args = parser.parse_args(argv)
     if args.connections < args.wrk_threads:
         parser.error("--connections must be at least --wrk-threads")
