@@ -114,7 +114,7 @@ def register_extensions(app: Flask, settings: Settings, id_settings: IdentitySet
         InngestGateway(
             app,
             settings=settings,
-            user_serializer=users.User.public,
+            user_serializer=users.LoggedIn.public,
             redirect_to=_sent_page,
         )
     security.init_app(app)

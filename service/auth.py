@@ -33,7 +33,7 @@ from .payload import (
 from .schemas import LoginSchema
 from .settings import Settings
 from .state import gateway_state
-from .users import User, authenticate, end_session, load_user, normalize_email, start_session
+from .users import LoggedIn, authenticate, end_session, load_user, normalize_email, start_session
 
 __all__ = ["ANONYMOUS_SCOPE_KEY", "bp", "current", "init_app", "login_manager"]
 
@@ -43,7 +43,7 @@ bp = Blueprint("auth", __name__, url_prefix="/auth")
 
 
 @login_manager.user_loader
-def _load_user(token: str) -> User | None:
+def _load_user(token: str) -> LoggedIn | None:
     return load_user(token)
 
 
@@ -52,9 +52,9 @@ def _unauthorized() -> Response:
     raise LoginRequired()
 
 
-def current() -> User | None:
+def current() -> LoggedIn | None:
     """The logged-in user, or None for an anonymous request."""
-    user: User | None = current_user if current_user.is_authenticated else None
+    user: LoggedIn | None = current_user if current_user.is_authenticated else None
     return user
 
 
@@ -196,8 +196,7 @@ def login() -> Any:
     settings = _settings()
     remember = credentials["remember"]
     lifetime = settings.remember_cookie_duration if remember else settings.session_lifetime
-    start_session(user, lifetime, remember=remember)
-    login_user(user, remember=remember)
+    login_user(start_session(user, lifetime, remember=remember), remember=remember)
     session.pop(ANONYMOUS_SCOPE_KEY, None)
     if _navigation():
         return redirect(same_origin_path(credentials["next"]) or "/", 303)

@@ -14,6 +14,7 @@ from flask.cli import AppGroup
 from flask_login import UserMixin
 from marshmallow import ValidationError, validate
 from sqlalchemy import BigInteger, ForeignKey, String, delete, func, select
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Mapped, mapped_column
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -50,8 +51,11 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class User(UserMixin, db.Model):  # type: ignore[name-defined,misc]
-    """A person who can log in; sessions hold the token of one login, never the user's id."""
+class User(db.Model):  # type: ignore[name-defined,misc]
+    """A person who can log in; sessions hold the token of one login, never the user's id.
+
+    Flask-Login holds a `LoggedIn`, never this model: see `load_user`.
+    """
 
     __tablename__ = "users"
     __allow_unmapped__ = True
@@ -65,19 +69,6 @@ class User(UserMixin, db.Model):  # type: ignore[name-defined,misc]
     # before those still take new users.
     session_token: Mapped[str] = mapped_column(String(64), unique=True, default=_new_token)
     created_at: Mapped[datetime] = mapped_column(default=_now)
-    # The token of the login this request acts for; set by `start_session` and `load_user`.
-    login_token: str | None = None
-
-    @property
-    def is_active(self) -> bool:
-        """Disabled users cannot log in."""
-        return self.active
-
-    def get_id(self) -> str:
-        """Flask-Login's session key (and the remember cookie's): this login's token."""
-        if self.login_token is None:
-            raise RuntimeError("the user has no login session")
-        return self.login_token
 
     def public(self) -> dict[str, object]:
         """The user as events and `/auth/me` show them."""
@@ -136,8 +127,8 @@ def authenticate(email: str, password: str) -> User | None:
     return user
 
 
-def start_session(user: User, lifetime: float, *, remember: bool = False) -> str:
-    """Record a new login of this user, lasting `lifetime` seconds, and return its token.
+def start_session(user: User, lifetime: float, *, remember: bool = False) -> LoggedIn:
+    """Record a new login of this user, lasting `lifetime` seconds; the user as logged in.
 
     Expired logins of every user are removed on the way, so the table stays small.
     """
@@ -154,24 +145,78 @@ def start_session(user: User, lifetime: float, *, remember: bool = False) -> str
         )
     )
     db.session.commit()
-    user.login_token = token
-    return token
+    return LoggedIn.of(user, token)
 
 
-def load_user(token: str) -> User | None:
-    """Flask-Login's loader: the active user of this unexpired login, in one indexed lookup."""
-    user = db.session.scalar(
-        select(User)
-        .join(LoginSession, LoginSession.user_id == User.id)
-        .where(
-            LoginSession.token_hash == _token_hash(token),
-            LoginSession.expires_at > _now_ms(),
-            User.active.is_(True),
+class LoggedIn(UserMixin):
+    """The user a request acts for, as one login: read from the database on every request.
+
+    Not an ORM object: a post needs the user's id, e-mail and name, and loading those through
+    the ORM cost more than the rest of a post. Nothing of it is cached between requests, so
+    a logout or `users disable` ends the login at once in every process.
+    """
+
+    __slots__ = ("email", "id", "login_token", "name")
+
+    def __init__(self, user_id: int, email: str, name: str, login_token: str) -> None:
+        self.id = user_id
+        self.email = email
+        self.name = name
+        self.login_token = login_token
+
+    @classmethod
+    def of(cls, user: User, token: str) -> LoggedIn:
+        """The logged-in form of a user who has just started the login `token`."""
+        return cls(user.id, user.email, user.name, token)
+
+    def get_id(self) -> str:
+        """Flask-Login's session key (and the remember cookie's): this login's token."""
+        return self.login_token
+
+    def public(self) -> dict[str, object]:
+        """The user as events and `/auth/me` show them."""
+        return {"id": self.id, "email": self.email, "name": self.name}
+
+
+_LOGIN_QUERY = (
+    "SELECT users.id, users.email, users.name FROM users "
+    "JOIN login_sessions ON login_sessions.user_id = users.id "
+    "WHERE login_sessions.token_hash = {mark} AND login_sessions.expires_at > {mark} "
+    "AND users.active"
+)
+
+
+def load_user(token: str) -> LoggedIn | None:
+    """Flask-Login's loader: the active user of this unexpired login, in one indexed lookup.
+
+    One statement on the driver's own connection from the pool: SQLAlchemy's ORM and
+    statement layers cost more than the lookup. A driver error is raised as SQLAlchemy's
+    (the error handlers answer a database that is down with a 503, as for any query).
+    """
+    engine = db.engine
+    dialect = engine.dialect
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    query = _LOGIN_QUERY.format(mark=mark)
+    params = (_token_hash(token), _now_ms())
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        try:
+            cursor.execute(query, params)
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        connection.rollback()  # end the read at once; the pool would, later
+    except dialect.loaded_dbapi.Error as error:
+        wrapped = DBAPIError.instance(
+            query, params, error, dialect.loaded_dbapi.Error, hide_parameters=True, dialect=dialect
         )
-    )
-    if user is not None:
-        user.login_token = token
-    return user
+        if isinstance(wrapped, OperationalError):
+            connection.invalidate()  # may be broken: the pool opens a fresh one
+        raise wrapped from error
+    finally:
+        connection.close()
+    return None if row is None else LoggedIn(row[0], row[1], row[2], token)
 
 
 def end_session(token: str) -> None:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -248,3 +249,35 @@ def test_lifetime_settings(env: dict[str, str], session_lifetime: float, remembe
 def test_invalid_lifetimes_stop_the_start(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match=next(iter(env))):
         load_settings({"SECRET_KEY": SECRET_KEY, "INNGEST_DEV": "1", **env})
+
+
+def test_a_login_lookup_that_fails_answers_503(
+    make_app: Callable[..., Flask], tmp_path: Path, inngest: InngestStandIn
+) -> None:
+    """The per-request login lookup fails as any query does: 503, never a 500, no event sent.
+
+    SQLite reports a table it cannot read as an OperationalError, as it does a locked or
+    unreadable database.
+    """
+    app = make_app(DATABASE_URL=f"sqlite:///{tmp_path / 'users.db'}")
+    with app.app_context():
+        create_user("ada@example.com", "Ada Lovelace", PASSWORD)
+    client = app.test_client()
+    login(client)
+    with app.app_context():
+        from service.db import db
+
+        with db.engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE login_sessions RENAME TO login_sessions_gone")
+    try:
+        posted = client.post("/api", json={"name": "app/x"})
+        me = client.get("/auth/me")
+    finally:
+        with app.app_context(), db.engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE login_sessions_gone RENAME TO login_sessions")
+
+    assert_envelope(posted, 503, "database_unavailable")
+    assert posted.headers["Retry-After"] == "5"
+    assert_envelope(me, 503, "database_unavailable")
+    assert inngest.received == []
+    assert is_ada(client)  # the login itself was never touched
