@@ -148,7 +148,7 @@ def start_session(user: User, lifetime: float, *, remember: bool = False) -> Log
     return LoggedIn.of(user, token)
 
 
-class LoggedIn(UserMixin):
+class LoggedIn(UserMixin):  # type: ignore[misc]
     """The user a request acts for, as one login: read from the database on every request.
 
     Not an ORM object: a post needs the user's id, e-mail and name, and loading those through
