@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import make_response, request
 from limits import RateLimitItem, parse_many
-from limits.storage import storage_from_string
+from limits.storage import Storage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 from werkzeug.exceptions import HTTPException
 
@@ -33,13 +34,121 @@ def client_ip() -> str:
     return request.remote_addr or "unknown"
 
 
+class LocalWindows(Storage):
+    """`memory://`: the sliding-window counters of this process, for limits' strategy.
+
+    The arithmetic is the library's (its `SlidingWindowCounterRateLimiter` runs on top); what
+    differs from its `MemoryStorage` is the upkeep: that storage starts a timer thread to
+    expire counters whenever the last one has ended, which under load is a new thread every
+    few requests. Here one lock guards the counters, a check and its increment happen under
+    it (no over-admission to undo), and counters of ended windows are dropped on the way,
+    at most once a second.
+    """
+
+    STORAGE_SCHEME = None  # made by RateLimiter for `memory://`, never looked up by scheme
+    PRUNE_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._counts: dict[str, tuple[int, float]] = {}  # window key -> (count, expires at)
+        self._pruned_at = 0.0
+
+    # The plain counter of limits' Storage, on the same table (for its other strategies).
+    @property
+    def base_exceptions(self) -> type[Exception]:
+        return ValueError
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        now = time.time()
+        with self._lock:
+            self._prune(now)
+            count, expires_at = self._counts.get(key, (0, 0.0))
+            if expires_at <= now:
+                count, expires_at = 0, now + expiry
+            self._counts[key] = (count + amount, expires_at)
+            return count + amount
+
+    def get(self, key: str) -> int:
+        with self._lock:
+            return self._count(key, time.time())
+
+    def get_expiry(self, key: str) -> float:
+        with self._lock:
+            return self._counts.get(key, (0, time.time()))[1]
+
+    def check(self) -> bool:
+        return True
+
+    def reset(self) -> int | None:
+        with self._lock:
+            count, self._counts = len(self._counts), {}
+            return count
+
+    def clear(self, key: str) -> None:
+        with self._lock:
+            self._counts.pop(key, None)
+
+    @staticmethod
+    def _keys(key: str, expiry: int, now: float) -> tuple[str, str]:
+        return f"{key}/{int((now - expiry) / expiry)}", f"{key}/{int(now / expiry)}"
+
+    def _count(self, key: str, now: float) -> int:
+        count, expires_at = self._counts.get(key, (0, 0.0))
+        return count if expires_at > now else 0
+
+    def _window(self, key: str, expiry: int, now: float) -> tuple[int, float, int, float]:
+        """As limits' storages give it: previous count and TTL, current count and TTL."""
+        previous_key, current_key = self._keys(key, expiry, now)
+        previous, current = self._count(previous_key, now), self._count(current_key, now)
+        previous_ttl = 0.0 if previous == 0 else (1 - (((now - expiry) / expiry) % 1)) * expiry
+        current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
+        return previous, previous_ttl, current, current_ttl
+
+    def _prune(self, now: float) -> None:
+        if now - self._pruned_at >= self.PRUNE_SECONDS:
+            self._pruned_at = now
+            self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
+
+    def acquire_sliding_window_entry(
+        self, key: str, limit: int, expiry: int, amount: int = 1
+    ) -> bool:
+        if amount > limit:
+            return False
+        now = time.time()
+        with self._lock:
+            self._prune(now)
+            previous, previous_ttl, current, _ = self._window(key, expiry, now)
+            if math.floor(previous * previous_ttl / expiry + current) + amount > limit:
+                return False
+            current_key = self._keys(key, expiry, now)[1]
+            # A counter lives two windows, as in limits' storages: the current, then the previous.
+            expires_at = self._counts.get(current_key, (0, now + 2 * expiry))[1]
+            self._counts[current_key] = (current + amount, expires_at)
+            return True
+
+    def get_sliding_window(self, key: str, expiry: int) -> tuple[int, float, int, float]:
+        now = time.time()
+        with self._lock:
+            return self._window(key, expiry, now)
+
+    def clear_sliding_window(self, key: str, expiry: int) -> None:
+        with self._lock:
+            for window in self._keys(key, expiry, time.time()):
+                self._counts.pop(window, None)
+
+
 class RateLimiter:
     """Counts hits per key in the configured storage, with a sliding window counter."""
 
     def __init__(self, settings: Settings) -> None:
         self.enabled = settings.ratelimit_enabled
         self.prefix = settings.ratelimit_key_prefix
-        self.storage = storage_from_string(settings.ratelimit_storage_uri)
+        uri = settings.ratelimit_storage_uri
+        local = uri.partition(":")[0] == "memory"
+        storage: Any = LocalWindows() if local else storage_from_string(uri)
+        self.storage = storage
+        self._parsed: dict[str, list[RateLimitItem]] = {}
         # Two counters per key, whatever the rate: a moving window would keep every hit.
         self.strategy = SlidingWindowCounterRateLimiter(self.storage)
 
@@ -51,15 +160,21 @@ class RateLimiter:
             headers={"Retry-After": str(retry)},
         )
 
+    def _items(self, limits: str) -> list[RateLimitItem]:
+        items = self._parsed.get(limits)
+        if items is None:
+            items = self._parsed[limits] = parse_many(limits)
+        return items
+
     def hit(self, limits: str, scope: str, key: str) -> None:
         """Count one hit against every limit, or raise RateLimited at the first one over."""
-        for item in parse_many(limits):
+        for item in self._items(limits):
             if not self.strategy.hit(item, self.prefix, scope, key):
                 raise self._refuse(item, scope, key)
 
     def check(self, limits: str, scope: str, key: str) -> None:
         """Raise RateLimited if a limit is already used up, without counting a hit."""
-        for item in parse_many(limits):
+        for item in self._items(limits):
             if not self.strategy.test(item, self.prefix, scope, key):
                 raise self._refuse(item, scope, key)
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -10,7 +13,12 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from limits import parse
+from limits.storage import MemoryStorage
+from limits.strategies import SlidingWindowCounterRateLimiter
 
+from service.errors import RateLimited
+from service.limits import LocalWindows
 from tests.conftest import PASSWORD, assert_envelope
 from tests.standin import InngestStandIn
 
@@ -203,3 +211,77 @@ def test_cross_site_posts_do_not_burn_a_users_quota(
     ]
     assert statuses == [200, 200]
     assert_limited(client.post("/api", json={"data": {}}, headers=SAME_ORIGIN))  # still limited
+
+
+# -- the limiter itself: the in-process counters decide as the library's, exactly -------------
+
+
+def test_local_windows_decide_as_the_librarys_memory_storage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Hit for hit, on one clock, across window boundaries: same answers, same window stats."""
+    clock = [1_700_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    ours = SlidingWindowCounterRateLimiter(LocalWindows())
+    library = MemoryStorage()
+    theirs = SlidingWindowCounterRateLimiter(library)
+    rng = random.Random(20261202)
+    try:
+        for rate in ("5 per 10 seconds", "3 per minute", "40 per second"):
+            item = parse(rate)
+            for step in range(600):
+                clock[0] += rng.choice([0.01, 0.2, 0.9, 2.5, 7.0, 31.0])
+                key = rng.choice(["user:1", "user:2", "ip:198.51.100.1"])
+                where = f"{rate}, step {step}"
+                assert ours.test(item, "api", key) == theirs.test(item, "api", key), where
+                assert ours.hit(item, "api", key) == theirs.hit(item, "api", key), where
+                assert ours.get_window_stats(item, "api", key) == theirs.get_window_stats(
+                    item, "api", key
+                ), where
+    finally:
+        library.timer.cancel()
+
+
+def test_local_windows_forget_ended_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counters of many clients go once their windows end: memory stays bounded."""
+    clock = [1_700_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    windows = LocalWindows()
+    limiter = SlidingWindowCounterRateLimiter(windows)
+    item = parse("10 per minute")
+    for n in range(5000):
+        assert limiter.hit(item, "api", f"ip:{n}")
+    assert len(windows._counts) == 5000
+
+    clock[0] += 2 * 60 + LocalWindows.PRUNE_SECONDS  # two windows later: all ended
+    assert limiter.hit(item, "api", "ip:new")
+
+    assert len(windows._counts) == 1
+
+
+def test_concurrent_hits_are_admitted_exactly_up_to_the_limit(storage: dict[str, str]) -> None:
+    """16 threads racing for 100 hits of one key: exactly 100 admitted, in memory and on Redis."""
+    from service.limits import RateLimiter
+    from service.settings import load_settings
+
+    settings = load_settings({"INNGEST_DEV": "1", "SECRET_KEY": "x" * 32, **storage})
+    limiter = RateLimiter(settings)
+    admitted = []
+    barrier = threading.Barrier(16)
+
+    def racer() -> None:
+        barrier.wait()
+        for _ in range(40):
+            try:
+                limiter.hit("100 per minute", "api", "user:racer")
+                admitted.append(1)
+            except RateLimited:
+                pass
+
+    threads = [threading.Thread(target=racer) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert len(admitted) == 100
