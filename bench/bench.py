@@ -123,6 +123,8 @@ class Result:
     statuses: dict[int, int]
     socket_errors: dict[str, int]
     notes: list[str] = field(default_factory=list)
+    # The workers' CPU time (user + system) over the requests served, every round.
+    cpu_ms_per_request: float = 0.0
 
     @property
     def label(self) -> str:
@@ -296,21 +298,25 @@ def service_env(
     port: int,
 ) -> dict[str, str]:
     """The environment of every gunicorn (and `flask users`) the bench starts."""
-    return clean_env(workdir) | {
-        "SECRET_KEY": SECRET_KEY,
-        "INNGEST_EVENT_KEY": EVENT_KEY,
-        "INNGEST_BASE_URL": inngest_url,
-        "DATABASE_URL": database_url,
-        "DELIVERY_MODE": delivery_mode,
-        # Every post must be a logged-in user's: a lost login shows as 401 errors.
-        "API_REQUIRE_LOGIN": "true",
-        # The limiter runs as in production, but all load comes from one address.
-        "RATELIMIT_API": "10000000 per minute",
-        "CREATE_DEMO_USER": "false",
-        "GUNICORN_BIND": f"127.0.0.1:{port}",
-        "GUNICORN_WORKERS": str(args.workers),
-        "GUNICORN_THREADS": str(args.threads),
-    }
+    return (
+        clean_env(workdir)
+        | {
+            "SECRET_KEY": SECRET_KEY,
+            "INNGEST_EVENT_KEY": EVENT_KEY,
+            "INNGEST_BASE_URL": inngest_url,
+            "DATABASE_URL": database_url,
+            "DELIVERY_MODE": delivery_mode,
+            # Every post must be a logged-in user's: a lost login shows as 401 errors.
+            "API_REQUIRE_LOGIN": "true",
+            # The limiter runs as in production, but all load comes from one address.
+            "RATELIMIT_API": "10000000 per minute",
+            "CREATE_DEMO_USER": "false",
+            "GUNICORN_BIND": f"127.0.0.1:{port}",
+            "GUNICORN_WORKERS": str(args.workers),
+            "GUNICORN_THREADS": str(args.threads),
+        }
+        | dict(args.set)
+    )
 
 
 def create_user(env: dict[str, str], workdir: Path) -> None:
@@ -394,6 +400,21 @@ def worker_rss(master: int) -> dict[int, float]:
             if int(fields["PPid"].strip()) == master:
                 found[int(entry.name)] = int(fields["VmRSS"].split()[0]) / 1024
     return found
+
+
+def workers_cpu(master: int) -> float:
+    """CPU seconds (user + system) used so far by the children of the gunicorn master."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[1]) == master:
+                used += (int(fields[11]) + int(fields[12])) / tick
+    return used
 
 
 # -- py-spy ----------------------------------------------------------------------------------
@@ -576,6 +597,9 @@ def summarise(
         statuses=statuses,
         socket_errors=socket_errors,
         notes=notes,
+        cpu_ms_per_request=1000
+        * sum(r.get("cpu_s", 0.0) for r in rounds)
+        / max(1, sum(each["requests"] for each in rounds)),
     )
 
 
@@ -736,9 +760,10 @@ def measure_target(
                 for index in range(args.rounds):
                     name = f"{target.name}-{mode}-{delay_ms:g}ms"
                     with profiled(args, name, list(worker_rss(master.pid)), args.duration):
-                        rounds.append(
-                            run_wrk(wrk, url + target.path, mode, args.duration, cookie, args)
-                        )
+                        cpu_before = workers_cpu(master.pid)
+                        summary = run_wrk(wrk, url + target.path, mode, args.duration, cookie, args)
+                        summary["cpu_s"] = workers_cpu(master.pid) - cpu_before
+                        rounds.append(summary)
                     if index == 0 and args.profile:
                         print(profile_report(args.profile, name), flush=True)
                 delay = delay_ms if target.calls_inngest else None
@@ -802,7 +827,8 @@ class Report:
 
     def scenarios(self) -> str:
         header = ("scenario", "connections", "Inngest", "req/s", "p50 ms", "p99 ms")
-        rows: list[tuple[str, ...]] = [header + ("requests", "errors", "x floor", "x sdk")]
+        header += ("CPU ms/req", "requests", "errors", "x floor", "x sdk")
+        rows: list[tuple[str, ...]] = [header]
         for r in self.results:
             to_floor = self.ratio(r.target.name, r.mode, r.delay_ms, "floor")
             to_sdk = (
@@ -818,6 +844,7 @@ class Report:
                     f"{r.requests_per_second:.0f}",
                     f"{r.p50_ms:.1f}",
                     f"{r.p99_ms:.1f}",
+                    f"{r.cpu_ms_per_request:.2f}",
                     str(r.requests),
                     str(r.errors),
                     "-" if to_floor is None else f"{to_floor:.2f}",
@@ -912,6 +939,11 @@ class Report:
             "service: production log level (INFO, JSON access log), metrics, rate limits"
             " (raised), a logged-in user, SQLite; x floor: over the floor of the same run and"
             " connection mode",
+        ]
+        if args.set:
+            overridden = ", ".join(f"{name}={value}" for name, value in args.set)
+            lines.append(f"NOT the production defaults: --set {overridden}")
+        lines += [
             "",
             self.scenarios() if self.results else "(no load scenario run)",
             "",
@@ -987,6 +1019,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--verbose", action="store_true", help="print wrk's own output")
     parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every target (e.g. LOG_LEVEL=WARNING, to see what it costs); "
+        "the figures are then not the production defaults'",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -996,6 +1036,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.connections < args.wrk_threads:
         parser.error("--connections must be at least --wrk-threads")
+    if any("=" not in item for item in args.set):
+        parser.error("--set takes NAME=VALUE")
+    args.set = [tuple(item.split("=", 1)) for item in args.set]
     if args.rounds < 1 or args.delivery_events < 1:
         parser.error("--rounds and --delivery-events must be at least 1")
     return args
@@ -1026,7 +1069,7 @@ def main(argv: list[str] | None = None) -> int:
                             print(
                                 f"  {r.mode}: {r.requests_per_second:.0f} req/s,"
                                 f" p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms,"
-                                f" {r.errors} error(s)",
+                                f" {r.cpu_ms_per_request:.2f} CPU ms/req, {r.errors} error(s)",
                                 flush=True,
                             )
                         results += found
