@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -10,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
 from service.settings import ConfigError, load_settings
 from service.users import create_user
 from tests.conftest import PASSWORD, SECRET_KEY, assert_envelope
+from tests.processes import BIN, ROOT, clean_env, start_gunicorn, wait_until_healthy
 from tests.standin import InngestStandIn
 
 ADA = {"email": "ada@example.com", "password": PASSWORD}
@@ -281,3 +284,79 @@ def test_a_login_lookup_that_fails_answers_503(
     assert_envelope(me, 503, "database_unavailable")
     assert inngest.received == []
     assert is_ada(client)  # the login itself was never touched
+
+
+# -- under gunicorn: every worker sees a logout or a disable at once -------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_logout_and_disable_end_a_login_in_every_worker_at_once(
+    inngest_server: InngestStandIn, tmp_path: Path
+) -> None:
+    """Nothing about a login is kept in a worker between requests.
+
+    Posts go over new connections, so both workers serve them (and fill whatever they
+    might keep); right after a logout, and after `flask users disable` from another
+    process, not one post is still taken as the user's.
+    """
+    settings = {
+        "SECRET_KEY": SECRET_KEY,
+        "INNGEST_EVENT_KEY": inngest_server.default_key,
+        "INNGEST_BASE_URL": inngest_server.url,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.db'}",
+        "CREATE_DEMO_USER": "false",
+        "DELIVERY_MODE": "outbox",
+        "API_REQUIRE_LOGIN": "true",
+        "RATELIMIT_API": "100000 per minute",
+    }
+
+    def flask(*args: str) -> None:
+        done = subprocess.run(
+            [str(BIN / "flask"), "--app", "wsgi", *args],
+            cwd=ROOT,
+            env=clean_env(tmp_path) | settings,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def login(remember: bool) -> dict[str, str]:
+        body = {**ADA, "remember": remember}
+        with requests.post(f"{server.url}/auth/login", json=body, timeout=15) as response:
+            assert response.status_code == 200, response.text
+            return dict(response.cookies)
+
+    def statuses(cookies: dict[str, str], posts: int = 16) -> set[int]:
+        seen = set()
+        for n in range(posts):  # a new connection each: either worker may take it
+            with requests.post(
+                f"{server.url}/api", json={"id": f"p-{n}"}, cookies=cookies, timeout=15
+            ) as response:
+                seen.add(response.status_code)
+        return seen
+
+    flask("users", "create", "ada@example.com", "--name", "Ada", "--password", PASSWORD)
+    server = start_gunicorn(tmp_path, inngest_server, env=settings)
+    try:
+        wait_until_healthy(server)
+        laptop, phone = login(remember=False), login(remember=True)
+        remembered = {"remember_token": phone["remember_token"]}
+        assert statuses(laptop) == {202}
+        assert statuses(remembered) == {202}
+
+        with requests.post(f"{server.url}/auth/logout", cookies=laptop, timeout=15) as out:
+            assert out.status_code == 200
+
+        assert statuses(laptop) == {401}
+        assert statuses(remembered) == {202}  # her other login goes on
+
+        flask("users", "disable", "ada@example.com")
+
+        assert statuses(remembered) == {401}
+        assert statuses(phone) == {401}
+    finally:
+        server.kill()
