@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 from sqlalchemy import BigInteger, Index, Integer, String, Table, Text, and_, or_
@@ -67,6 +67,20 @@ def free(now: int, *, due_only: bool = True) -> Any:
     """Pending, not leased to a live deliverer, and (unless draining) due."""
     pending = and_(columns.state == PENDING, unleased(now))
     return and_(pending, columns.next_attempt_at <= now) if due_only else pending
+
+
+# The order deliverers take due events in: the due index's own order (state, next_attempt_at,
+# id), so a claim reads only the rows it takes, never sorting the whole backlog.
+DUE_ORDER = (columns.next_attempt_at, columns.id)
+
+
+def these(ids: Sequence[int]) -> Any:
+    """Exactly the rows with these ids, found through the primary key.
+
+    The id range lets the planner use the key whatever its statistics say: a long `IN`
+    list alone can make PostgreSQL scan the whole table.
+    """
+    return and_(columns.id >= min(ids), columns.id <= max(ids), columns.id.in_(ids))
 
 
 @contextlib.contextmanager
