@@ -148,7 +148,7 @@ class Deliverer:
                     return None
                 # Read under lock (PostgreSQL: FOR UPDATE; SQLite: the write lock every
                 # writer holds), so still claimable: the key alone finds them.
-                which = these(ids)
+                which = self._these(ids)
             rows: list[Any] = list(
                 self.db.session.execute(
                     update(table)
@@ -161,6 +161,9 @@ class Deliverer:
             return None  # another deliverer took it first
         rows.sort(key=lambda row: row.id)
         return Claimed([r.id for r in rows], [r.body.encode() for r in rows], seed, expires, more)
+
+    def _these(self, ids: Sequence[int]) -> Any:
+        return these(ids, self.db.engine.dialect.name)
 
     def _read_in_index_order(self) -> None:
         """PostgreSQL: read the due rows in the due index's order, never sort the backlog.
@@ -227,7 +230,7 @@ class Deliverer:
         metrics.events_delivered(len(ids))
 
     def _mark_delivered(self, ids: list[int]) -> None:
-        where = these(ids)
+        where = self._these(ids)
         if self.settings.outbox_keep_delivered <= 0:
             self.db.session.execute(delete(table).where(where))
         else:
@@ -238,7 +241,7 @@ class Deliverer:
     def _mark_dead(self, ids: list[int], error: str) -> None:
         self.db.session.execute(
             update(table)
-            .where(these(ids), columns.state == PENDING)
+            .where(self._these(ids), columns.state == PENDING)
             .values(**_finished(DEAD, now_ms(), error[:2000]), attempts=columns.attempts + 1)
         )
 
@@ -260,7 +263,8 @@ class Deliverer:
         event alone, and the others are delivered. Each half is a new batch with a new seed;
         the events keep their ids.
         """
-        attempts = self.db.session.scalar(select(func.max(columns.attempts)).where(these(ids))) or 0
+        most = select(func.max(columns.attempts)).where(self._these(ids))
+        attempts = self.db.session.scalar(most) or 0
         attempt = attempts + 1
         delay = self.backoff(attempt)
         if retry_after is not None:
@@ -275,11 +279,11 @@ class Deliverer:
                 half = (len(ids) + 1) // 2
                 for part in (ids[:half], ids[half:]):
                     self.db.session.execute(
-                        update(table).where(these(part), mine).values(batch_seed=id_seed())
+                        update(table).where(self._these(part), mine).values(batch_seed=id_seed())
                     )
             self.db.session.execute(
                 update(table)
-                .where(these(ids), mine)
+                .where(self._these(ids), mine)
                 .values(
                     attempts=columns.attempts + 1,
                     next_attempt_at=now_ms() + int(delay * 1000),
@@ -310,7 +314,7 @@ class Deliverer:
                 if rest:  # a new batch, with a new seed, when next claimed
                     self.db.session.execute(
                         update(table)
-                        .where(these(rest), columns.claimed_by == self.name)
+                        .where(self._these(rest), columns.claimed_by == self.name)
                         .values(**RELEASED, batch_seed=None)
                     )
             if done:

@@ -7,7 +7,19 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Index, Integer, String, Table, Text, and_, or_
+from sqlalchemy import (
+    BigInteger,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    or_,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ..db import OwnDatabase, write_lock
@@ -74,13 +86,19 @@ def free(now: int, *, due_only: bool = True) -> Any:
 DUE_ORDER = (columns.next_attempt_at, columns.id)
 
 
-def these(ids: Sequence[int]) -> Any:
+def these(ids: Sequence[int], dialect: str) -> Any:
     """Exactly the rows with these ids, found through the primary key.
 
-    The id range lets the planner use the key whatever its statistics say: a long `IN`
-    list alone can make PostgreSQL scan the whole table.
+    The id range lets the planner use the key whatever its statistics say: a long list of
+    ids alone can make PostgreSQL scan the whole table. There the list goes as one array
+    parameter, which costs a fraction of binding a parameter per id; SQLite gains little.
     """
-    return and_(columns.id >= min(ids), columns.id <= max(ids), columns.id.in_(ids))
+    listed = (
+        columns.id == any_(bindparam(None, list(ids), type_=postgresql.ARRAY(BigInteger)))
+        if dialect == "postgresql"
+        else columns.id.in_(ids)
+    )
+    return and_(columns.id >= min(ids), columns.id <= max(ids), listed)
 
 
 @contextlib.contextmanager
