@@ -458,7 +458,7 @@ class Settings:
         group=OUTBOX,
         default="true",
         help=(
-            "Run a deliverer thread in each web worker; `false` if you run `flask --app wsgi "
+            "Run a deliverer in each web worker; `false` if you run `flask --app wsgi "
             "outbox deliver` instead."
         ),
     )

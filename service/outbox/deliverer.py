@@ -420,7 +420,7 @@ class Deliverer:
             self._wake.clear()
 
     def stop(self, drain_seconds: float | None = None) -> int:
-        """Stop the thread, try to deliver what is stored within the drain time, hand back claims.
+        """Stop the senders, try to deliver what is stored within the drain time, hand back claims.
 
         Returns how many events were delivered while draining.
         """
