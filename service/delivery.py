@@ -52,7 +52,7 @@ class Delivery:
         return status
 
     def start(self) -> None:
-        """Run this process's deliverer thread, if the settings want one here (fork-safe)."""
+        """Run this process's deliverer, if the settings want one here (fork-safe)."""
         if self._embedded():
             self.deliverer.ensure_running()
 

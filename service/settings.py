@@ -398,13 +398,32 @@ class Settings:
         default="1",
         help="How often an idle deliverer looks for events stored by other processes.",
     )
+    outbox_batch_size: int = setting(
+        fields.Integer(validate=validate.Range(min=1, max=INNGEST_MAX_EVENTS_PER_REQUEST)),
+        group=OUTBOX,
+        default="1000",
+        help=(
+            "Most events the deliverer sends in one request (Inngest takes at most 5000); "
+            "`OUTBOX_MAX_BATCH_BYTES` may stop a batch sooner."
+        ),
+    )
     outbox_max_batch_bytes: int = setting(
         fields.Integer(validate=validate.Range(min=1024, max=64 * 1024 * 1024)),
         group=OUTBOX,
         default="1048576",
         help=(
-            "Largest body the deliverer sends in one request (batches also stop at `API_MAX_BATCH` "
-            "events)."
+            "Largest body the deliverer sends in one request (batches also stop at "
+            "`OUTBOX_BATCH_SIZE` events)."
+        ),
+    )
+    outbox_concurrency: int = setting(
+        fields.Integer(validate=validate.Range(min=1, max=16)),
+        group=OUTBOX,
+        default="2",
+        help=(
+            "Batches each deliverer (a web worker's, or `flask --app wsgi outbox deliver`) sends "
+            "at once, each from a thread of its own, so that waiting for Inngest's answer does "
+            "not hold back the rest of a backlog."
         ),
     )
     outbox_split_after: int = setting(
@@ -439,7 +458,7 @@ class Settings:
         group=OUTBOX,
         default="true",
         help=(
-            "Run a deliverer thread in each web worker; `false` if you run `flask --app wsgi "
+            "Run a deliverer in each web worker; `false` if you run `flask --app wsgi "
             "outbox deliver` instead."
         ),
     )

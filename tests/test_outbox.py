@@ -440,3 +440,97 @@ def test_sync_mode_still_answers_after_inngest(
     assert response.status_code == 200
     assert inngest.accepted_ids() == response.get_json()["ids"]
     assert rows(app) == []
+
+
+def test_batches_hold_up_to_outbox_batch_size_events_whatever_api_max_batch(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_outbox_app(API_MAX_BATCH="2", OUTBOX_BATCH_SIZE="5")
+    client = app.test_client()
+    ids = []
+    for i in range(6):
+        ids += client.post("/api", json=[{"data": {"i": i}}, {"data": {"i": i}}]).get_json()["ids"]
+
+    assert [run_once(app) for _ in range(4)] == [5, 5, 2, 0]
+
+    assert [len(r.events) for r in inngest.received] == [5, 5, 2]
+    assert inngest.accepted_ids() == ids  # oldest first, in order within each batch
+    assert len({r.seed for r in inngest.received}) == 3
+    assert rows(app) == []
+
+
+def test_a_batch_stops_at_outbox_max_batch_bytes(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_outbox_app(OUTBOX_MAX_BATCH_BYTES="1024", OUTBOX_BATCH_SIZE="100")
+    client = app.test_client()
+    posted = [{"data": {"pad": "x" * 150}} for _ in range(5)] + [{"data": {"pad": "y" * 2000}}]
+    ids = client.post("/api", json=posted).get_json()["ids"]
+    sizes = [r.size for r in rows(app)]
+    assert all(341 <= size <= 511 for size in sizes[:5]) and sizes[5] > 1024  # two fit, not three
+
+    deliver_until(app, lambda: rows(app) == [])
+
+    # An event larger than the budget still goes, alone.
+    assert [len(r.events) for r in inngest.received] == [2, 2, 1, 1]
+    assert all(len(r.body) <= 1024 for r in inngest.received[:3])
+    assert inngest.accepted_ids() == ids
+
+
+def test_a_deliverer_sends_outbox_concurrency_batches_at_once(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_outbox_app(
+        OUTBOX_BATCH_SIZE="2",
+        OUTBOX_CONCURRENCY="2",
+        OUTBOX_POLL_SECONDS="0.05",
+        INNGEST_SEND_TIMEOUT="10",
+        OUTBOX_LEASE_SECONDS="30",
+    )
+    ids = app.test_client().post("/api", json=[{"id": f"e{i}"} for i in range(4)]).get_json()["ids"]
+    inngest.stall_next(2, 30)  # take each batch's events, then hold the answer
+    deliverer = gateway_state(app).deliverer
+    deliverer.ensure_running()
+    try:
+        # One sender at a time would wait for the first answer (held for 10 s, its send's
+        # budget) before sending the second batch.
+        deadline = time.monotonic() + 5
+        while len(inngest.received) < 2:
+            assert time.monotonic() < deadline, "the second batch waited for the first"
+            time.sleep(0.02)
+        held = list(inngest.received)
+        assert {r.state for r in rows(app)} == {PENDING}  # neither answer is in yet
+
+        inngest.reset()  # the held answers go out now
+        deadline = time.monotonic() + 10
+        while rows(app):
+            assert time.monotonic() < deadline, rows(app)
+            time.sleep(0.02)
+    finally:
+        deliverer.stop(drain_seconds=0)
+
+    sent = [event["id"] for r in held for event in r.events]
+    assert sorted(sent) == sorted(ids)  # each event in one batch only
+    assert [len(r.events) for r in held] == [2, 2]
+    assert len({r.seed for r in held}) == 2
+
+
+def test_a_failed_batch_goes_behind_events_due_before_its_retry(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_outbox_app(OUTBOX_RETRY_BASE="1s", OUTBOX_RETRY_MAX="1s")
+    client = app.test_client()
+    first = client.post("/api", json={"id": "first"}).get_json()["ids"]
+    inngest.fail_next(1, 503)
+    assert run_once(app) == 1  # retried in 0.5 to 1 s
+    later = client.post("/api", json={"id": "later"}).get_json()["ids"]
+    retried, fresh = rows(app)
+    assert fresh.next_attempt_at < retried.next_attempt_at
+    while outbox.now_ms() <= retried.next_attempt_at:  # both due
+        time.sleep(0.05)
+
+    assert run_once(app) == 1
+    assert inngest.accepted_ids() == later
+    assert run_once(app) == 1
+    assert inngest.accepted_ids() == later + first
+    assert len({r.seed for r in inngest.received[::2]}) == 1  # the retry kept its seed

@@ -1,9 +1,10 @@
 """Delivery: claim the oldest due events in batches, send them, record what Inngest said.
 
 Any number of deliverers (threads in gunicorn workers, `flask outbox deliver` processes,
-several hosts on PostgreSQL) can run at once: each claims a batch with a lease, and a batch
-keeps its events and its event-id seed across retries so that Inngest can deduplicate a
-repeat. Housekeeping dead-letters events too old to send and forgets delivered ones.
+several hosts on PostgreSQL) can run at once, each sending OUTBOX_CONCURRENCY batches at a
+time from threads of its own: each claims a batch with a lease, and a batch keeps its events
+and its event-id seed across retries so that Inngest can deduplicate a repeat. Housekeeping
+dead-letters events too old to send and forgets delivered ones.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import and_, delete, func, select, text, update
 
 from .. import metrics
 from ..db import OwnDatabase
@@ -33,7 +34,19 @@ from ..inngest import (
     lease_deadline,
 )
 from ..settings import Settings
-from .model import DEAD, DELIVERED, PENDING, RELEASED, columns, free, now_ms, table, transaction
+from .model import (
+    DEAD,
+    DELIVERED,
+    DUE_ORDER,
+    PENDING,
+    RELEASED,
+    columns,
+    free,
+    now_ms,
+    table,
+    these,
+    transaction,
+)
 from .queries import pending_count
 
 log = logging.getLogger(__name__)
@@ -50,6 +63,8 @@ class Claimed:
     bodies: list[bytes]
     seed: str
     lease_expires_at: int  # epoch ms, as stored in claim_expires_at
+    # The claim stopped at OUTBOX_BATCH_SIZE or OUTBOX_MAX_BATCH_BYTES: more may be due now.
+    more: bool = False
 
 
 def _finished(state: str, at: int, error: str | None) -> dict[str, Any]:
@@ -70,28 +85,41 @@ class Deliverer:
         self.name = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._pid = 0
         self._lock = threading.Lock()
+        self._housekeeping_lock = threading.Lock()
         self._last_housekeeping = 0.0
 
     # -- one step ----------------------------------------------------------------------
     def run_once(self, *, ignore_schedule: bool = False, deadline: float | None = None) -> int:
         """Claim and send one batch; the number of events it held (0: nothing was due)."""
+        claimed = self._step(ignore_schedule=ignore_schedule, deadline=deadline)
+        return 0 if claimed is None else len(claimed.ids)
+
+    def _step(
+        self, *, ignore_schedule: bool = False, deadline: float | None = None
+    ) -> Claimed | None:
+        """Housekeeping when due, then claim and send one batch; the batch, if there was one."""
         if time.monotonic() - self._last_housekeeping > HOUSEKEEPING_SECONDS:
-            self.housekeeping()
+            # One sender thread does it; the others go on sending.
+            if self._housekeeping_lock.acquire(blocking=False):
+                try:
+                    if time.monotonic() - self._last_housekeeping > HOUSEKEEPING_SECONDS:
+                        self.housekeeping()
+                finally:
+                    self._housekeeping_lock.release()
         claimed = self.claim(ignore_schedule=ignore_schedule)
-        if claimed is None:
-            return 0
-        self.deliver(claimed, deadline=deadline)
-        return len(claimed.ids)
+        if claimed is not None:
+            self.deliver(claimed, deadline=deadline)
+        return claimed
 
     def claim(self, *, ignore_schedule: bool = False) -> Claimed | None:
         """Lease the next batch: the oldest due event's unfinished batch, or a fresh one."""
         now = now_ms()
         claimable = free(now, due_only=not ignore_schedule)
         head = self.db.session.execute(
-            select(columns.id, columns.batch_seed).where(claimable).order_by(columns.id).limit(1)
+            select(columns.id, columns.batch_seed).where(claimable).order_by(*DUE_ORDER).limit(1)
         ).first()
         self.db.session.commit()  # end the read, so the claim below starts a write at once
         if head is None:
@@ -99,25 +127,32 @@ class Deliverer:
         seed = head.batch_seed or id_seed()
         expires = now + int(self.settings.outbox_lease_seconds * 1000)
         lease = {"claimed_by": self.name, "claim_expires_at": expires, "batch_seed": seed}
+        more = True  # a batch sent before: look again at once, for the events behind it
         with transaction(self.db):
             if head.batch_seed:
                 # A batch sent before: exactly its events again, under its seed.
-                which = columns.batch_seed == head.batch_seed
+                which = and_(columns.batch_seed == head.batch_seed, claimable)
             else:
                 # A fresh batch: sized before the seed is written, so that the seed only
                 # ever names the events it is first sent with.
+                self._read_in_index_order()
                 fresh = self.db.session.execute(
                     select(columns.id, columns.size)
                     .where(claimable, columns.batch_seed.is_(None))
-                    .order_by(columns.id)
-                    .limit(self._max_batch)
+                    .order_by(*DUE_ORDER)
+                    .limit(self.settings.outbox_batch_size)
                     .with_for_update(skip_locked=True)
                 ).all()
-                which = and_(columns.id.in_(self._fit(fresh)), columns.batch_seed.is_(None))
+                ids, more = self._fit(fresh)
+                if not ids:
+                    return None
+                # Read under lock (PostgreSQL: FOR UPDATE; SQLite: the write lock every
+                # writer holds), so still claimable: the key alone finds them.
+                which = self._these(ids)
             rows: list[Any] = list(
                 self.db.session.execute(
                     update(table)
-                    .where(which, claimable)
+                    .where(which)
                     .values(**lease)
                     .returning(columns.id, columns.body, columns.size),
                 ).all()
@@ -125,21 +160,33 @@ class Deliverer:
         if not rows:
             return None  # another deliverer took it first
         rows.sort(key=lambda row: row.id)
-        return Claimed([r.id for r in rows], [r.body.encode() for r in rows], seed, expires)
+        return Claimed([r.id for r in rows], [r.body.encode() for r in rows], seed, expires, more)
 
-    @property
-    def _max_batch(self) -> int:
-        return self.settings.api_max_batch
+    def _these(self, ids: Sequence[int]) -> Any:
+        return these(ids, self.db.engine.dialect.name)
 
-    def _fit(self, rows: Sequence[Any]) -> list[int]:
-        """The ids of the longest prefix under the batch byte budget (at least one event)."""
+    def _read_in_index_order(self) -> None:
+        """PostgreSQL: read the due rows in the due index's order, never sort the backlog.
+
+        Without fresh statistics (a backlog built up faster than autovacuum analyses the
+        table, or autovacuum off) the planner takes the backlog for a few rows, reads all
+        of it and sorts it to find the first batch; for the rest of this transaction it
+        walks the index instead, which reads only the rows it takes.
+        """
+        if self.db.engine.dialect.name == "postgresql":
+            self.db.session.execute(text("SET LOCAL enable_sort = off"))
+
+    def _fit(self, rows: Sequence[Any]) -> tuple[list[int], bool]:
+        """The ids of the longest prefix under the batch byte budget (at least one event),
+        and whether a limit (the budget, or OUTBOX_BATCH_SIZE rows read) stopped it."""
         budget, total, keep = self.settings.outbox_max_batch_bytes, 0, 0
         for row in rows:
             if keep and total + row.size + 1 > budget:
                 break
             total += row.size + 1
             keep += 1
-        return [row.id for row in rows[:keep]]
+        full = keep < len(rows) or len(rows) >= self.settings.outbox_batch_size
+        return [row.id for row in rows[:keep]], full
 
     def deliver(self, claimed: Claimed, *, deadline: float | None = None) -> None:
         """Send one claimed batch and record what Inngest said."""
@@ -183,7 +230,7 @@ class Deliverer:
         metrics.events_delivered(len(ids))
 
     def _mark_delivered(self, ids: list[int]) -> None:
-        where = columns.id.in_(ids)
+        where = self._these(ids)
         if self.settings.outbox_keep_delivered <= 0:
             self.db.session.execute(delete(table).where(where))
         else:
@@ -194,7 +241,7 @@ class Deliverer:
     def _mark_dead(self, ids: list[int], error: str) -> None:
         self.db.session.execute(
             update(table)
-            .where(columns.id.in_(ids), columns.state == PENDING)
+            .where(self._these(ids), columns.state == PENDING)
             .values(**_finished(DEAD, now_ms(), error[:2000]), attempts=columns.attempts + 1)
         )
 
@@ -216,10 +263,8 @@ class Deliverer:
         event alone, and the others are delivered. Each half is a new batch with a new seed;
         the events keep their ids.
         """
-        attempts = (
-            self.db.session.scalar(select(func.max(columns.attempts)).where(columns.id.in_(ids)))
-            or 0
-        )
+        most = select(func.max(columns.attempts)).where(self._these(ids))
+        attempts = self.db.session.scalar(most) or 0
         attempt = attempts + 1
         delay = self.backoff(attempt)
         if retry_after is not None:
@@ -234,11 +279,11 @@ class Deliverer:
                 half = (len(ids) + 1) // 2
                 for part in (ids[:half], ids[half:]):
                     self.db.session.execute(
-                        update(table).where(columns.id.in_(part), mine).values(batch_seed=id_seed())
+                        update(table).where(self._these(part), mine).values(batch_seed=id_seed())
                     )
             self.db.session.execute(
                 update(table)
-                .where(columns.id.in_(ids), mine)
+                .where(self._these(ids), mine)
                 .values(
                     attempts=columns.attempts + 1,
                     next_attempt_at=now_ms() + int(delay * 1000),
@@ -269,7 +314,7 @@ class Deliverer:
                 if rest:  # a new batch, with a new seed, when next claimed
                     self.db.session.execute(
                         update(table)
-                        .where(columns.id.in_(rest), columns.claimed_by == self.name)
+                        .where(self._these(rest), columns.claimed_by == self.name)
                         .values(**RELEASED, batch_seed=None)
                     )
             if done:
@@ -325,56 +370,72 @@ class Deliverer:
         """New events were stored: look now rather than at the next poll."""
         self._wake.set()
 
+    def _running(self) -> bool:
+        return self._pid == os.getpid() and any(thread.is_alive() for thread in self._threads)
+
     def ensure_running(self) -> None:
-        """Start the thread in this process, once; after a fork the child starts its own."""
-        if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
+        """Start the sender threads in this process, once; after a fork the child starts its own."""
+        if self._running():
             return
         with self._lock:
-            if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
+            if self._running():
                 return
             if self._stopping.is_set() and self._pid == os.getpid():
                 return
             self._pid = os.getpid()
             self._stopping = threading.Event()
-            self._thread = threading.Thread(target=self._loop, name="outbox-deliverer", daemon=True)
-            self._thread.start()
+            self._threads = [
+                threading.Thread(target=self._loop, name=f"outbox-deliverer-{n}", daemon=True)
+                for n in range(1, self.settings.outbox_concurrency + 1)
+            ]
+            for thread in self._threads:
+                thread.start()
             atexit.register(self.stop)
-            log.info("outbox deliverer %s started", self.name)
+            log.info(
+                "outbox deliverer %s started, sending %d batch(es) at once",
+                self.name,
+                len(self._threads),
+            )
 
     def _loop(self) -> None:
-        while not self._stopping.is_set():
+        """One sender thread: claim, send, settle, as long as events are due; then wait."""
+        stopping = self._stopping
+        while not stopping.is_set():
             try:
                 with self.app.app_context():
-                    sent = self.run_once()
+                    claimed = self._step()
             except Exception:
                 log.exception("outbox deliverer step failed")
                 with self.app.app_context():
                     self.db.session.rollback()
-                sent = 0
-            if sent >= self.settings.api_max_batch:
+                claimed = None
+            if claimed is not None and claimed.more:
                 continue  # a backlog: keep going
-            if sent:
+            if claimed is not None:
                 # Let a few more events arrive, so batches grow under load instead of
                 # every event costing its own claim, request and delete.
-                self._stopping.wait(BATCH_GATHER_SECONDS)
+                stopping.wait(BATCH_GATHER_SECONDS)
                 continue
             self._wake.wait(self.settings.outbox_poll_seconds)
             self._wake.clear()
 
     def stop(self, drain_seconds: float | None = None) -> int:
-        """Stop the thread, try to deliver what is stored within the drain time, hand back claims.
+        """Stop the senders, try to deliver what is stored within the drain time, hand back claims.
 
         Returns how many events were delivered while draining.
         """
         with self._lock:
-            thread, self._thread = self._thread, None
+            threads, self._threads = self._threads, []
             self._stopping.set()
             self._wake.set()
-        if thread is None or self._pid != os.getpid():
+        if not threads or self._pid != os.getpid():
             return 0
         drain = self.settings.outbox_drain_seconds if drain_seconds is None else drain_seconds
         deadline = time.monotonic() + drain
-        thread.join(timeout=max(drain, 0.1) + self.settings.inngest_send_timeout)
+        # A thread in the middle of a send finishes it (within INNGEST_SEND_TIMEOUT).
+        joined = time.monotonic() + max(drain, 0.1) + self.settings.inngest_send_timeout
+        for thread in threads:
+            thread.join(timeout=max(joined - time.monotonic(), 0))
         delivered = 0
         with self.app.app_context():
             try:
