@@ -515,6 +515,49 @@ def test_a_deliverer_sends_outbox_concurrency_batches_at_once(
     assert len({r.seed for r in held}) == 2
 
 
+def test_without_a_backlog_one_sender_gathers_the_posts(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    """The senders after the first work only while claims come back full.
+
+    Under a trickle of posts, a second sender would otherwise claim, send and delete each
+    handful of events on its own: the cost of delivery would grow with the senders, not
+    with the events.
+    """
+    app = make_outbox_app(
+        OUTBOX_BATCH_SIZE="10",
+        OUTBOX_CONCURRENCY="2",
+        OUTBOX_POLL_SECONDS="0.05",
+        INNGEST_SEND_TIMEOUT="10",
+        OUTBOX_LEASE_SECONDS="30",
+    )
+    client = app.test_client()
+    first = client.post("/api", json={"id": "first"}).get_json()["ids"]
+    inngest.stall_next(1, 30)  # take the first batch, then hold its answer
+    deliverer = gateway_state(app).deliverer
+    deliverer.ensure_running()
+    try:
+        deadline = time.monotonic() + 5
+        while not inngest.received:
+            assert time.monotonic() < deadline, "the first batch was not sent"
+            time.sleep(0.02)
+        second = client.post("/api", json={"id": "second"}).get_json()["ids"]
+        time.sleep(1.0)  # ten gathers and twenty polls of an idle second sender
+        assert len(inngest.received) == 1, "a second sender took a batch without a backlog"
+        held = list(inngest.received)
+
+        inngest.reset()  # the held answer goes out; the first sender takes the second post
+        deadline = time.monotonic() + 10
+        while rows(app):
+            assert time.monotonic() < deadline, rows(app)
+            time.sleep(0.02)
+    finally:
+        deliverer.stop(drain_seconds=0)
+
+    assert [event["id"] for event in held[0].events] == first
+    assert [event["id"] for r in inngest.received for event in r.events] == second
+
+
 def test_a_failed_batch_goes_behind_events_due_before_its_retry(
     make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:

@@ -84,6 +84,8 @@ class Deliverer:
         self.db = database
         self.name = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = threading.Event()
+        # Set while claims come back full: the senders after the first work only then.
+        self._backlog = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pid = 0
@@ -110,6 +112,10 @@ class Deliverer:
                 finally:
                     self._housekeeping_lock.release()
         claimed = self.claim(ignore_schedule=ignore_schedule)
+        if claimed is not None and claimed.more:
+            self._backlog.set()  # before the send: another sender can claim meanwhile
+        else:
+            self._backlog.clear()
         if claimed is not None:
             self.deliver(claimed, deadline=deadline)
         return claimed
@@ -384,8 +390,11 @@ class Deliverer:
                 return
             self._pid = os.getpid()
             self._stopping = threading.Event()
+            self._backlog.clear()
             self._threads = [
-                threading.Thread(target=self._loop, name=f"outbox-deliverer-{n}", daemon=True)
+                threading.Thread(
+                    target=self._loop, args=(n == 1,), name=f"outbox-deliverer-{n}", daemon=True
+                )
                 for n in range(1, self.settings.outbox_concurrency + 1)
             ]
             for thread in self._threads:
@@ -397,10 +406,19 @@ class Deliverer:
                 len(self._threads),
             )
 
-    def _loop(self) -> None:
-        """One sender thread: claim, send, settle, as long as events are due; then wait."""
+    def _loop(self, first: bool = True) -> None:
+        """One sender thread: claim, send, settle, as long as events are due; then wait.
+
+        The first sender of a process works whenever events are due; the others only while
+        there is a backlog (a claim came back full). Under a steady trickle of posts one
+        sender gathers them into batches, instead of several senders each paying for a
+        claim, a request and a delete per handful of events.
+        """
         stopping = self._stopping
         while not stopping.is_set():
+            if not first and not self._backlog.is_set():
+                self._backlog.wait(self.settings.outbox_poll_seconds)
+                continue
             try:
                 with self.app.app_context():
                     claimed = self._step()
@@ -428,6 +446,7 @@ class Deliverer:
             threads, self._threads = self._threads, []
             self._stopping.set()
             self._wake.set()
+            self._backlog.set()  # senders waiting for a backlog see the stop at once
         if not threads or self._pid != os.getpid():
             return 0
         drain = self.settings.outbox_drain_seconds if drain_seconds is None else drain_seconds
