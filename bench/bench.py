@@ -1,7 +1,9 @@
 """Benchmark `POST /api` under real gunicorn, against the stand-in Inngest, on loopback.
 
-Run by hand (`make bench`), never by `make test`. Everything is measured in one run, with the
-same gunicorn settings (gunicorn.conf.py, `--workers` x `--threads` gthread) for every target:
+Run by hand (`make bench`), never by `make test`. Everything is measured in one run, each
+target under gunicorn with `--workers` workers: the service with its production settings
+(gunicorn.conf.py: gthread, `--threads` threads per worker), the yardsticks as a plain Flask
+app runs by default (bench/floor.conf.py: gunicorn's sync workers, one request at a time):
 
 - floor: bench/floor.py, bare Flask + Flask-Login, `POST /ok` answering {"status":"ok"};
 - sdk: the same app's `POST /sdk`, calling inngest-py's `send_sync` (the SDK peer);
@@ -91,8 +93,8 @@ class BenchError(Exception):
 class Target:
     """One thing served under gunicorn: the floor app, the SDK peer, or the service.
 
-    The floor and the SDK peer run with bench/floor.conf.py: gunicorn.conf.py's worker
-    settings without the service's hooks.
+    The floor and the SDK peer run with bench/floor.conf.py: gunicorn's default (sync)
+    workers, as many as the service's.
     """
 
     name: str
@@ -932,8 +934,10 @@ class Report:
     def text(self) -> str:
         args = self.args
         lines = [
-            f"gunicorn: {args.workers} workers x {args.threads} threads (gthread, gunicorn.conf.py)"
-            f" for every target; wrk: {args.connections} connections, {args.wrk_threads} threads,"
+            f"gunicorn: {args.workers} workers for every target; the service gthread x"
+            f" {args.threads} threads (gunicorn.conf.py), floor and sdk gunicorn's default sync"
+            f" workers (bench/floor.conf.py, no keep-alive); wrk: {args.connections} connections,"
+            f" {args.wrk_threads} threads,"
             f" {args.duration:g}s x {args.rounds} round(s) (median) after {args.warmup:g}s"
             f" warm-up; {os.cpu_count()} CPUs",
             "service: production log level (INFO, JSON access log), metrics, rate limits"

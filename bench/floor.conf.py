@@ -1,8 +1,9 @@
-"""gunicorn settings for bench/floor.py: the service's worker settings, without its hooks.
+"""gunicorn settings for bench/floor.py: a plain Flask app as gunicorn runs one by default.
 
-The service's gunicorn.conf.py also checks the service's settings and prepares its metrics
-directory; the floor and the SDK peer take only the serving settings from it, so that every
-target of the bench runs with the same workers, threads and timeouts.
+The yardsticks are what a team would deploy without the gateway: gunicorn's default worker
+class (sync: one request at a time per worker, a new connection per request), with the
+same number of workers, bind address and limits as the service (read from its
+gunicorn.conf.py, without its hooks, which check the service's settings).
 """
 
 import runpy
@@ -12,8 +13,7 @@ _service = runpy.run_path(str(Path(__file__).resolve().parent.parent / "gunicorn
 
 bind = _service["bind"]
 workers = _service["workers"]
-worker_class = _service["worker_class"]
-threads = _service["threads"]
+worker_class = "sync"  # gunicorn's default
 timeout = _service["timeout"]
 graceful_timeout = _service["graceful_timeout"]
 keepalive = _service["keepalive"]
