@@ -782,6 +782,39 @@ def measure_target(
         return results, Memory(label, start_rss, end_rss)
 
 
+def soak(wrk: str, args: argparse.Namespace) -> Memory:
+    """The service in outbox mode under `--soak` seconds of keep-alive posts: RSS at both ends.
+
+    The RSS of each worker is also printed every minute, to show a trend, not just two points.
+    """
+    with tempfile.TemporaryDirectory(prefix="inngest-gateway-bench-") as tmp:
+        workdir = Path(tmp)
+        with standin(0.0, workdir) as inngest_url:
+            port = free_port()
+            database_url = f"sqlite:///{workdir / 'gateway.db'}"
+            env = service_env(workdir, inngest_url, "outbox", database_url, args, port)
+            create_user(env, workdir)
+            with gunicorn(OUTBOX, env, port, workdir) as (url, master):
+                cookie = login(OUTBOX, url)
+                if args.warmup > 0:
+                    run_wrk(wrk, url + OUTBOX.path, "keep-alive", args.warmup, cookie, args)
+                start = worker_rss(master.pid)
+                left, served = args.soak, 0
+                while left > 0:
+                    chunk = min(60.0, left)
+                    done = run_wrk(wrk, url + OUTBOX.path, "keep-alive", chunk, cookie, args)
+                    served += int(done["requests"])
+                    left -= chunk
+                    now = ", ".join(
+                        f"{rss:.0f}" for _, rss in sorted(worker_rss(master.pid).items())
+                    )
+                    print(
+                        f"  soak: {args.soak - left:g}s, {served} posts, RSS {now} MiB", flush=True
+                    )
+                end = worker_rss(master.pid)
+        return Memory(f"outbox, {args.soak:g}s soak ({served} posts)", start, end)
+
+
 # -- the report ------------------------------------------------------------------------------
 
 
@@ -1018,8 +1051,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=("floor", "sdk", "outbox", "sync", "delivery"),
+        choices=("floor", "sdk", "outbox", "sync", "delivery", "soak"),
         help="run only these (the ratios need floor and sdk)",
+    )
+    parser.add_argument(
+        "--soak",
+        type=float,
+        default=600,
+        help="seconds of outbox posts at the end, RSS per worker at both ends (0: none)",
     )
     parser.add_argument("--verbose", action="store_true", help="print wrk's own output")
     parser.add_argument(
@@ -1056,7 +1095,7 @@ def main(argv: list[str] | None = None) -> int:
     wrk = ensure_wrk()
     if (ROOT / ".env").exists():
         print("note: .env exists; settings it has that the bench does not set apply too")
-    wanted = set(args.only or ("floor", "sdk", "outbox", "sync", "delivery"))
+    wanted = set(args.only or ("floor", "sdk", "outbox", "sync", "delivery", "soak"))
     results: list[Result] = []
     memory: list[Memory] = []
     deliveries: list[Delivery] = []
@@ -1087,6 +1126,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, url in databases:
                 print(f"running delivery ({name}, {args.delivery_events} events) ...", flush=True)
                 deliveries.append(delivery(wrk, name, url, args))
+        if "soak" in wanted and args.soak > 0:
+            print(f"running soak (outbox, {args.soak:g}s) ...", flush=True)
+            memory.append(soak(wrk, args))
     except BenchError as exc:
         print(f"bench: failed: {exc}", file=sys.stderr)
         return 1
