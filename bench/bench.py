@@ -790,7 +790,9 @@ def measure_target(
 def soak(wrk: str, args: argparse.Namespace) -> Memory:
     """The service in outbox mode under `--soak` seconds of keep-alive posts: RSS at both ends.
 
-    The RSS of each worker is also printed every minute, to show a trend, not just two points.
+    The start is taken after a minute of warm-up posts, in which a worker fills what it keeps
+    up to a bound (SQLite's page cache of each pooled connection, up to 2 MiB each; the
+    statement caches); the RSS of each worker is also printed every minute, to show a trend.
     """
     with tempfile.TemporaryDirectory(prefix="inngest-gateway-bench-") as tmp:
         workdir = Path(tmp)
@@ -801,9 +803,10 @@ def soak(wrk: str, args: argparse.Namespace) -> Memory:
             create_user(env, workdir)
             with gunicorn(OUTBOX, env, port, workdir) as (url, master):
                 cookie = login(OUTBOX, url)
-                if args.warmup > 0:
-                    run_wrk(wrk, url + OUTBOX.path, "keep-alive", args.warmup, cookie, args)
+                warmup = max(args.warmup, 60.0)
+                run_wrk(wrk, url + OUTBOX.path, "keep-alive", warmup, cookie, args)
                 start = worker_rss(master.pid)
+                print(f"  soak: RSS after {warmup:g}s of warm-up {start} MiB", flush=True)
                 left, served = args.soak, 0
                 while left > 0:
                     chunk = min(60.0, left)
