@@ -806,7 +806,8 @@ def soak(wrk: str, args: argparse.Namespace) -> Memory:
                 warmup = max(args.warmup, 60.0)
                 run_wrk(wrk, url + OUTBOX.path, "keep-alive", warmup, cookie, args)
                 start = worker_rss(master.pid)
-                print(f"  soak: RSS after {warmup:g}s of warm-up {start} MiB", flush=True)
+                first = ", ".join(f"{rss:.0f}" for _, rss in sorted(start.items()))
+                print(f"  soak: RSS after {warmup:g}s of warm-up {first} MiB", flush=True)
                 left, served = args.soak, 0
                 while left > 0:
                     chunk = min(60.0, left)
