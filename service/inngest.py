@@ -306,6 +306,22 @@ def _body(response: requests.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
+def _read_environment_once(session: requests.Session, url: str) -> None:
+    """What requests reads from the environment for each request, read once for our one URL.
+
+    A session that trusts the environment looks up the proxy variables (with `NO_PROXY`)
+    and `~/.netrc` again on every request, which cost a send more than building its
+    request. The URL never changes, so the answer does not either: the proxies, CA bundle
+    (`REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`) and netrc credentials that would apply are
+    fixed on the session, and it stops reading the environment per request.
+    """
+    settings = session.merge_environment_settings(url, {}, None, None, None)
+    session.proxies = {k: v for k, v in settings["proxies"].items() if v}
+    session.verify = settings["verify"]
+    session.auth = requests.utils.get_netrc_auth(url)
+    session.trust_env = False
+
+
 class InngestClient:
     """Sends batches of encoded events to the event API, retrying what is worth retrying."""
 
@@ -334,6 +350,7 @@ class InngestClient:
                 adapter = _DeadlineAdapter(pool_connections=1, pool_maxsize=32, max_retries=0)
                 session.mount("http://", adapter)
                 session.mount("https://", adapter)
+                _read_environment_once(session, self._url)
                 self._session, self._pid = session, os.getpid()
             return self._session
 

@@ -563,3 +563,27 @@ def test_a_tls_handshake_that_never_ends_is_503_within_the_send_timeout(
     # The service got through to the handshake (rather than giving up while connecting).
     assert accepted >= 1
     assert elapsed < budget + 0.6, f"{elapsed:.1f}s for a {budget:.0f} s budget"
+
+
+def test_proxy_settings_from_the_environment_still_apply(
+    make_app: Callable[..., Flask], inngest: InngestStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender reads the proxy variables once, but still obeys them (and NO_PROXY)."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # nothing listens here once the socket is closed
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{port}")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+    through_proxy = make_app(INNGEST_SEND_TIMEOUT="1").test_client().post("/api", json={})
+
+    assert_envelope(through_proxy, 503, "upstream_unavailable")
+    assert inngest.received == []  # it went to the (dead) proxy, not to Inngest
+
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1")
+
+    assert make_app().test_client().post("/api", json={}).status_code == 200
+    assert len(inngest.received) == 1
