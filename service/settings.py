@@ -422,8 +422,9 @@ class Settings:
         default="2",
         help=(
             "Batches each deliverer (a web worker's, or `flask --app wsgi outbox deliver`) sends "
-            "at once, each from a thread of its own, so that waiting for Inngest's answer does "
-            "not hold back the rest of a backlog."
+            "at once during a backlog, each from a thread of its own, so that waiting for "
+            "Inngest's answer does not hold back the rest of it; without a backlog one sender "
+            "gathers the posts into batches."
         ),
     )
     outbox_split_after: int = setting(
