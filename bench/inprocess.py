@@ -85,6 +85,34 @@ def per_request_us(app: WSGIApp, path: str, cookie: str, requests: int, repeats:
     return best
 
 
+def rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def heap(app: WSGIApp, cookie: str, posts: int) -> None:
+    """What N more posts leave behind: in the Python heap (tracemalloc) and in the RSS."""
+    import gc  # noqa: PLC0415
+    import tracemalloc  # noqa: PLC0415
+
+    gc.collect()
+    tracemalloc.start(5)
+    before, rss_before = tracemalloc.take_snapshot(), rss_mib()
+    for _ in range(posts):
+        call(app, environ("/api", cookie))
+    gc.collect()
+    after, rss_after = tracemalloc.take_snapshot(), rss_mib()
+    tracemalloc.stop()
+    grown = after.compare_to(before, "lineno")
+    print(
+        f"{posts} more posts: Python heap {sum(s.size_diff for s in grown) / 1024:+.0f} KiB,"
+        f" RSS {rss_before:.1f} -> {rss_after:.1f} MiB"
+    )
+    for stat in grown[:3]:
+        print(f"  {stat}")
+
+
 def floor_app() -> tuple[WSGIApp, str]:
     os.environ.setdefault("SECRET_KEY", SECRET_KEY)
     sys.path.insert(0, str(ROOT / "bench"))
@@ -131,6 +159,13 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000, help="posts per repeat")
     parser.add_argument("--repeats", type=int, default=5, help="repeats; the least is shown")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument(
+        "--heap",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then N more posts under tracemalloc: growth of the Python heap and of the RSS",
+    )
     args = parser.parse_args()
     if any("=" not in item for item in args.set):
         parser.error("--set takes NAME=VALUE")
@@ -140,6 +175,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="inngest-gateway-inprocess-") as workdir:
         service, cookie = service_app(settings, workdir)
         service_us = per_request_us(service, "/api", cookie, args.requests, args.repeats)
+        if args.heap:
+            heap(service, cookie, args.heap)
     print(f"floor   POST /ok : {floor_us:6.0f} us CPU per request")
     print(f"service POST /api: {service_us:6.0f} us CPU per request (outbox mode, logged in)")
     print(f"service / floor  : {service_us / floor_us:.2f}")
