@@ -113,6 +113,57 @@ def heap(app: WSGIApp, cookie: str, posts: int) -> None:
         print(f"  {stat}")
 
 
+def senders(sends: int, repeats: int) -> None:
+    """CPU per send: the service's InngestClient and inngest-py, to the stand-in, one event."""
+    import socket  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    import inngest  # noqa: PLC0415
+
+    sys.path.insert(0, str(ROOT))
+    from service.inngest import InngestClient  # noqa: PLC0415
+    from service.settings import load_settings  # noqa: PLC0415
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "tests.standin", "--port", str(port), "--event-key", "k"]
+    standin = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}"
+        env = {"SECRET_KEY": SECRET_KEY, "INNGEST_EVENT_KEY": "k", "INNGEST_BASE_URL": url}
+        client = InngestClient(load_settings(env))
+        body = [b'{"name":"app/bench","data":{"example":"data"},"id":"bench-1","ts":1700000000000}']
+        peer = inngest.Inngest(
+            app_id="bench-sdk-peer", event_key="k", event_api_base_url=url, is_production=True
+        )
+        event = inngest.Event(name="app/bench", data={"example": "data"})
+        for name, send in (
+            ("service InngestClient.send", lambda: client.send(body)),
+            ("inngest-py send_sync      ", lambda: peer.send_sync(event)),
+        ):
+            for _ in range(100):
+                send()
+            best = float("inf")
+            for _ in range(repeats):
+                began = time.process_time()
+                for _ in range(sends):
+                    send()
+                best = min(best, (time.process_time() - began) / sends * 1e6)
+            print(f"{name}: {best:6.0f} us CPU per send")
+    finally:
+        standin.kill()
+        standin.wait(10)
+
+
 def floor_app() -> tuple[WSGIApp, str]:
     os.environ.setdefault("SECRET_KEY", SECRET_KEY)
     sys.path.insert(0, str(ROOT / "bench"))
@@ -160,6 +211,14 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5, help="repeats; the least is shown")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument(
+        "--send",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also: CPU per send of the service's sender and of inngest-py's send_sync, "
+        "N sends each of one event to the stand-in Inngest",
+    )
+    parser.add_argument(
         "--heap",
         type=int,
         default=0,
@@ -177,6 +236,8 @@ def main() -> int:
         service_us = per_request_us(service, "/api", cookie, args.requests, args.repeats)
         if args.heap:
             heap(service, cookie, args.heap)
+    if args.send:
+        senders(args.send, args.repeats)
     print(f"floor   POST /ok : {floor_us:6.0f} us CPU per request")
     print(f"service POST /api: {service_us:6.0f} us CPU per request (outbox mode, logged in)")
     print(f"service / floor  : {service_us / floor_us:.2f}")
