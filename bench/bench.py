@@ -22,7 +22,7 @@ The delivery scenario preloads `--delivery-events` events into the outbox (SQLit
 PostgreSQL when TEST_DATABASE_URL is set; that database's outbox table is emptied), starts
 the service against the slow stand-in and times the drain while posts keep coming.
 
-It ends with one table: the goals of issue 10 beside the figures, met or not met. Needs wrk
+It ends with one table: the per-request cost goals beside the figures, met or not met. Needs wrk
 (`apt-get install wrk`).
 """
 
@@ -55,7 +55,7 @@ EVENT_KEY = "bench-key"
 SECRET_KEY = "bench-secret-key-not-for-production-0123456789abcdef"
 BENCH_EMAIL = "bench@example.com"
 BENCH_PASSWORD = "bench-password-0123456789"
-# What the issue's users post: {"data": {"example": "data"}}; the name is the default's.
+# What a page posts: {"data": {"example": "data"}}, with an event name.
 BODY = json.dumps({"name": "app/bench", "data": {"example": "data"}}, separators=(",", ":"))
 # The service's and gunicorn's settings are dropped from the inherited environment, so that
 # every scenario runs with exactly the settings below.
@@ -899,7 +899,7 @@ class Report:
 
     def goals(self) -> str:
         args, slow = self.args, self.args.delay_ms
-        rows: list[tuple[str, ...]] = [("goal (issue 10)", "figure", "result")]
+        rows: list[tuple[str, ...]] = [("goal", "figure", "result")]
 
         def add(goal: str, value: float | None, text: str, met: bool | None) -> None:
             verdict = "no figure" if value is None or met is None else "met" if met else "NOT MET"
