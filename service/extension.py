@@ -99,7 +99,7 @@ class InngestGateway:
         """Read the settings, make the sender, outbox and limiter, register the blueprint and CLI.
 
         A missing or invalid setting raises `settings.ConfigError`. In outbox mode the
-        deliverer thread starts here in a process that serves the app, so a stored backlog
+        deliverer's senders start in a process that serves the app, so a stored backlog
         goes out without waiting for a post; not in `flask` commands, and in gunicorn's
         master under `preload_app` only in each worker it forks (see
         `Delivery.start_when_serving`).
@@ -140,7 +140,7 @@ class InngestGateway:
         app.extensions[EXTENSION_KEY].delivery.start_when_serving()
 
     def start(self, app: Flask) -> None:
-        """Start this process's deliverer thread now (outbox mode, when embedded); idempotent."""
+        """Start this process's deliverer senders now (outbox mode, when embedded); idempotent."""
         gateway_state(app).delivery.start()
 
     def stop(self, app: Flask) -> int:
