@@ -186,17 +186,22 @@ _LOGIN_QUERY = (
 )
 
 
+@functools.cache
+def _login_query(paramstyle: str) -> str:
+    return _LOGIN_QUERY.format(mark="?" if paramstyle == "qmark" else "%s")
+
+
 def load_user(token: str) -> LoggedIn | None:
     """Flask-Login's loader: the active user of this unexpired login, in one indexed lookup.
 
     One statement on the driver's own connection from the pool: SQLAlchemy's ORM and
-    statement layers cost more than the lookup. A driver error is raised as SQLAlchemy's
+    statement layers cost more than the lookup. Returning the connection to the pool rolls
+    the read back. A driver error is raised as SQLAlchemy's
     (the error handlers answer a database that is down with a 503, as for any query).
     """
     engine = db.engine
     dialect = engine.dialect
-    mark = "?" if dialect.paramstyle == "qmark" else "%s"
-    query = _LOGIN_QUERY.format(mark=mark)
+    query = _login_query(dialect.paramstyle)
     params = (_token_hash(token), _now_ms())
     connection = engine.raw_connection()
     try:
@@ -206,7 +211,6 @@ def load_user(token: str) -> LoggedIn | None:
             row = cursor.fetchone()
         finally:
             cursor.close()
-        connection.rollback()  # end the read at once; the pool would, later
     except dialect.loaded_dbapi.Error as error:
         wrapped = DBAPIError.instance(
             query, params, error, dialect.loaded_dbapi.Error, hide_parameters=True, dialect=dialect
