@@ -26,7 +26,7 @@ from flask_login import current_user
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.routing import Rule
 
-from . import apidoc, csrf, errors, limits, metrics
+from . import apidoc, browser, csrf, errors, limits, metrics
 from .events import RESERVED_PREFIX, build_events
 from .identity import login_required
 from .limits import client_ip
@@ -46,6 +46,7 @@ from .state import gateway_state
 NAME = "inngest_gateway"  # not "api": host apps often have a blueprint of that name
 POST_ENDPOINT = f"{NAME}.post_events"
 FALLBACK_ENDPOINT = f"{NAME}.method_not_allowed"
+SCRIPT_ENDPOINT = f"{NAME}.{browser.ENDPOINT}"
 ALLOWED_METHODS = ("OPTIONS", "POST")
 # Where an anonymous poster's scope for event ids lives in the (signed) session cookie.
 ANONYMOUS_SCOPE_KEY = "anonymous_scope"
@@ -273,6 +274,8 @@ def _before() -> None:
     if "received_ms" not in g:
         g.received_ms = int(time.time() * 1000)
     g.setdefault("client_request_id", None)
+    if request.endpoint == SCRIPT_ENDPOINT:
+        return  # the client's files: no body to read, nothing to store
     if not state.outbox_db.schema_ready and state.settings.delivery_mode == "outbox":
         state.outbox_db.ensure_schema()
     buffer_streamed_body()
@@ -289,6 +292,7 @@ def blueprint(settings: Settings, path: str) -> Blueprint:
     """A fresh blueprint for one app (its CORS depends on the app's settings)."""
     bp = Blueprint(NAME, __name__)
     bp.add_url_rule(path, "post_events", post_events, methods=["POST"])
+    browser.register(bp)
     bp.before_request(_before)
     bp.after_request(_after)
     errors.register(bp)

@@ -22,7 +22,7 @@ from typing import Any
 from flask import Flask
 from flask.cli import AppGroup
 
-from . import api, outbox
+from . import api, browser, outbox
 from .db import OwnDatabase, database_url
 from .delivery import Delivery
 from .identity import check_login_url
@@ -137,6 +137,7 @@ class InngestGateway:
         app.url_map.add(api.FallbackRule(rule, endpoint=api.FALLBACK_ENDPOINT))
         app.view_functions[api.FALLBACK_ENDPOINT] = api.method_not_allowed
         app.cli.add_command(cli)
+        app.add_template_global(browser.script_tag, "inngest_gateway_script")
         app.extensions[EXTENSION_KEY].delivery.start_when_serving()
 
     def start(self, app: Flask) -> None:

@@ -19,6 +19,7 @@ from service.db import database_url as normalize_url
 from service.db import db
 from service.state import gateway_state
 from service.users import create_user
+from tests.browsers import browser, new_context, page, shot  # noqa: F401 (fixtures for all)
 from tests.standin import InngestStandIn
 
 PASSWORD = "correct horse battery staple"

@@ -25,20 +25,12 @@ from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
+from tests.browsers import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, Screenshots, console_errors
 from tests.conftest import SECRET_KEY
 from tests.hostapp import add_user, beside_site, create_host_app, start_app
 from tests.processes import ROOT, Nginx, Server, start_gunicorn, start_nginx
 from tests.standin import InngestStandIn
-from tests.test_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    TIMEOUT_MS,
-    AttackerSite,
-    Screenshots,
-    Traffic,
-    assert_nothing_reaches_inngest,
-    console_errors,
-)
+from tests.test_browser import AttackerSite, Traffic, assert_nothing_reaches_inngest
 
 # Above the servers' starts (gunicorn 30 s each, nginx 15 s), Chromium's launch (30 s) and
 # each test's Playwright waits (5 s each).

@@ -14,7 +14,6 @@ Every wait is bounded; the server, the attacker's server and the browser are alw
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import threading
 import time
@@ -22,21 +21,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import (
-    Browser,
-    BrowserContext,
-    ConsoleMessage,
-    Page,
-    Request,
-    Response,
-    expect,
-    sync_playwright,
-)
+from playwright.sync_api import BrowserContext, Page, Request, Response, expect
 
+from tests.browsers import Screenshots, console_errors
 from tests.conftest import SECRET_KEY
 from tests.processes import BIN, ROOT, Server, clean_env, free_port, start_gunicorn
 from tests.standin import InngestStandIn
@@ -46,18 +36,6 @@ from tests.standin import InngestStandIn
 # waits (5 s each), so a slow failure reports the test's own message.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SCREENSHOTS = ROOT / "artifacts" / "browser"
-TIMEOUT_MS = 5_000  # for every Playwright wait: actions, navigations, assertions
 QUIET_SECONDS = 1.0  # how long the stand-in must stay silent after an attack
 
 EMAIL = "ada@example.com"
@@ -109,84 +87,6 @@ def service(
         yield Service(server, server.url)
     finally:
         server.kill()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Debian's Chromium, headless; missing Chromium is a failure, never a skip."""
-    if not CHROMIUM.is_file():
-        pytest.fail(
-            f"{CHROMIUM} is missing: the browser tests need Debian's Chromium. "
-            "`make test` installs it (apt-get install chromium); or install it yourself."
-        )
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, timeout=30_000
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@pytest.fixture
-def new_context(browser: Browser) -> Iterator[Callable[..., BrowserContext]]:
-    """Fresh browser profiles (cookies and all), closed after the test."""
-    contexts: list[BrowserContext] = []
-
-    def factory(**options: Any) -> BrowserContext:
-        context = browser.new_context(viewport={"width": 1000, "height": 700}, **options)
-        context.set_default_timeout(TIMEOUT_MS)
-        context.set_default_navigation_timeout(TIMEOUT_MS)
-        contexts.append(context)
-        return context
-
-    yield factory
-    for context in contexts:
-        context.close()
-
-
-@pytest.fixture
-def page(new_context: Callable[..., BrowserContext]) -> Page:
-    """A page in a fresh profile with JavaScript on."""
-    return new_context().new_page()
-
-
-def console_errors(page: Page) -> list[str]:
-    """Errors the page reports from now on: console errors (CSP violations among them) and
-    uncaught exceptions. The service has no favicon; the browser's 404 for it is not counted.
-    """
-    errors: list[str] = []
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error" and not message.location["url"].endswith("/favicon.ico"):
-            errors.append(f"{message.text} at {message.location['url']}")
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    return errors
-
-
-class Screenshots:
-    """Full-page screenshots named `<test>-<step>.png` under artifacts/browser/."""
-
-    def __init__(self, test_name: str) -> None:
-        self.test = re.sub(r"[^A-Za-z0-9_.-]+", "-", test_name).strip("-")
-        self.taken: list[Path] = []
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        for stale in SCREENSHOTS.glob(f"{self.test}-[0-9][0-9]-*.png"):
-            stale.unlink()  # a previous run's steps, so the directory shows this run only
-
-    def __call__(self, page: Page, step: str) -> Path:
-        path = SCREENSHOTS / f"{self.test}-{len(self.taken) + 1:02d}-{step}.png"
-        page.screenshot(path=str(path), full_page=True, timeout=TIMEOUT_MS)
-        self.taken.append(path)
-        return path
-
-
-@pytest.fixture
-def shot(request: pytest.FixtureRequest) -> Screenshots:
-    return Screenshots(request.node.name)
 
 
 ATTACK_PAGE = """<!doctype html>
@@ -369,26 +269,26 @@ def test_html_form_lands_on_the_sent_page_and_reaches_inngest(
     assert errors == []
 
 
-def test_fetch_button_shows_the_ids_and_reaches_inngest(
+def test_client_form_shows_the_result_in_place_and_reaches_inngest(
     page: Page, service: Service, shot: Screenshots, inngest: InngestStandIn
 ) -> None:
     errors = console_errors(page)
     log_in(page, service, shot)
-    message = f"Hello from fetch {uuid.uuid4().hex[:8]}"
-    form = page.locator("#fetch-form")
+    message = f"Hello from the client {uuid.uuid4().hex[:8]}"
+    form = page.locator("#client-form")
     form.get_by_label("Message").fill(message)
 
-    form.get_by_role("button").click()
+    with page.expect_response(f"{service.url}/api") as answer:
+        form.get_by_role("button").click()
 
-    result = page.locator("#fetch-result")
-    expect(result).to_have_attribute("data-status", "200")
-    expect(result).to_contain_text("Sent (HTTP 200)")
+    expect(form).to_have_attribute("data-inngest-state", "sent")
+    expect(page.locator("#client-result")).to_have_text("Sent.")
     assert page.url == f"{service.url}/"  # the script posted; the page stayed
-    shot(page, "fetch-result")
-    match = re.fullmatch(r"Sent \(HTTP 200\)\. Event id\(s\): (\S+)", result.inner_text())
-    assert match, result.inner_text()
-    assert_sent_by_ada(only_event(inngest), match.group(1), message)
-    assert errors == []  # demo.js ran under the page's CSP without a violation
+    shot(page, "client-result")
+    assert answer.value.status == 200
+    (event_id,) = answer.value.json()["ids"]
+    assert_sent_by_ada(only_event(inngest), event_id, message)
+    assert errors == []  # inngest-gateway.js ran under the page's CSP without a violation
 
 
 def test_login_and_form_post_work_without_javascript(
@@ -399,12 +299,16 @@ def test_login_and_form_post_work_without_javascript(
 ) -> None:
     page = new_context(java_script_enabled=False).new_page()
     log_in(page, service, shot)
-    # Without demo.js the fetch form is a plain GET form back to the page: proof JS is off.
-    page.locator("#fetch-form").get_by_role("button").click()
-    page.wait_for_url(re.compile(r"/\?name="))
-    expect(page.locator("#fetch-result")).to_be_empty()
-    shot(page, "fetch-form-without-js")
-    assert inngest.received == []
+    # Without the script the client form is the plain form it enhances: it posts, gets the
+    # 303 and lands on the sent page, like the HTML form does below.
+    form = page.locator("#client-form")
+    form.get_by_role("button").click()
+    page.wait_for_url(f"{service.url}/sent")
+    expect(page.locator("h1")).to_have_text("Sent")
+    shot(page, "client-form-without-js")
+    only_event(inngest)
+    inngest.reset()
+    page.goto(f"{service.url}/")
     message = f"Hello without JavaScript {uuid.uuid4().hex[:8]}"
 
     event_id = send_html_form(page, service, shot, message)

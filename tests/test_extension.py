@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Blueprint, Flask, Request, Response, request
+from flask import Blueprint, Flask, Request, Response, render_template_string, request
 from flask.testing import FlaskClient
 from flask_login import LoginManager, UserMixin
 
@@ -292,6 +292,7 @@ def snapshot(app: Flask) -> dict[str, Any]:
         "config": dict(app.config),
         "session_interface": app.session_interface,
         "json": app.json,
+        "jinja_globals": set(app.jinja_env.globals),
         "root_log_handlers": list(logging.getLogger().handlers),
         "root_log_level": logging.getLogger().level,
     }
@@ -303,7 +304,10 @@ def test_mounting_changes_nothing_app_wide(hosts: Callable[..., Flask]) -> None:
 
     InngestGateway(app)
 
-    assert snapshot(app) == before
+    after = snapshot(app)
+    # One addition: the template helper that writes the browser client's <script> tag.
+    assert after.pop("jinja_globals") == before.pop("jinja_globals") | {"inngest_gateway_script"}
+    assert after == before
     assert app.request_class is Request
     assert set(app.blueprints) == {"inngest_gateway"}
 
@@ -562,6 +566,8 @@ def test_pip_installs_inngest_gateway_and_the_readme_example_runs(
     installed = target / "inngest_gateway"
     assert (installed / "extension.py").is_file()
     assert (installed / "templates" / "index.html").is_file()
+    for name in ("inngest-gateway.js", "inngest-gateway.mjs", "inngest-gateway.d.ts"):
+        assert (installed / "js" / name).is_file(), name
 
     workdir = tmp_path / "host"
     workdir.mkdir()
@@ -695,3 +701,65 @@ def test_a_forked_worker_gets_its_own_connections_and_deliverer(
     assert [event["name"] for event in inngest.accepted] == ["app/child"]
     assert state.outbox_db.engine.pool is parents_pool  # the master's own, untouched
     assert outbox.status(state.outbox_db)["pending"] == 0
+
+
+# -- the browser client's files and tag ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "mimetype", "content"),
+    [
+        ("inngest-gateway.js", "text/javascript", "root.InngestGateway = {"),
+        ("inngest-gateway.mjs", "text/javascript", 'import "./inngest-gateway.js";'),
+        ("inngest-gateway.d.ts", "application/typescript", "export declare class GatewayError"),
+    ],
+)
+def test_the_browser_client_is_served_beside_the_api(
+    hosts: Callable[..., Flask], name: str, mimetype: str, content: str
+) -> None:
+    client = hosts(url_prefix="/hooks").test_client()
+
+    with client.get(f"/hooks/{name}") as response:
+        assert response.status_code == 200
+        assert response.mimetype == mimetype
+        assert content in response.get_data(as_text=True)
+        etag = response.headers["ETag"]
+        assert response.headers["Cache-Control"] == "no-cache, max-age=0"  # revalidated
+    with client.get(f"/hooks/{name}", headers={"If-None-Match": etag}) as again:
+        assert again.status_code == 304
+    assert client.get(f"/{name}").status_code == 404  # only under the gateway's prefix
+    assert client.post(f"/hooks/{name}").status_code == 405
+    assert client.get("/hooks/inngest-gateway.txt").status_code == 404
+
+
+def test_the_script_tag_helper_configures_the_client_for_this_app(
+    hosts: Callable[..., Flask],
+) -> None:
+    app = hosts(url_prefix="/hooks", config={"API_MAX_BATCH": 25})
+
+    with app.test_request_context("/"):
+        plain = render_template_string("{{ inngest_gateway_script() }}")
+        with_nonce = render_template_string(
+            "{{ inngest_gateway_script(nonce=n, data_budget='5000') }}", n='a"b'
+        )
+
+    assert plain == (
+        '<script src="/hooks/inngest-gateway.js" data-endpoint="/hooks/api" '
+        'data-max-batch="25" defer></script>'
+    )
+    assert with_nonce == (
+        '<script src="/hooks/inngest-gateway.js" data-endpoint="/hooks/api" '
+        'data-max-batch="25" nonce="a&#34;b" data-budget="5000" defer></script>'
+    )
+
+
+def test_a_trusted_origin_may_load_the_module_across_origins(
+    hosts: Callable[..., Flask],
+) -> None:
+    trusted = "https://app.example.com"
+    client = hosts(config={"TRUSTED_ORIGINS": trusted}).test_client()
+
+    with client.get("/inngest-gateway.mjs", headers={"Origin": trusted}) as ours:
+        assert ours.headers["Access-Control-Allow-Origin"] == trusted
+    with client.get("/inngest-gateway.mjs", headers={"Origin": "https://evil.example"}) as other:
+        assert "Access-Control-Allow-Origin" not in other.headers

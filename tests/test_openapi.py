@@ -37,6 +37,9 @@ PATHS = {
     "/metrics": {"get"},
     "/": {"get"},
     "/sent": {"get"},
+    "/inngest-gateway.js": {"get"},
+    "/inngest-gateway.mjs": {"get"},
+    "/inngest-gateway.d.ts": {"get"},
 }
 ORDER = {
     "type": "object",
@@ -300,7 +303,12 @@ def test_the_mounted_api_documents_itself_at_its_own_path(
         gateway_state(host).outbox_db.dispose()
 
     validate(doc)
-    assert {path: set(ops) for path, ops in doc["paths"].items()} == {"/hooks/events": {"post"}}
+    assert {path: set(ops) for path, ops in doc["paths"].items()} == {
+        "/hooks/events": {"post"},
+        "/hooks/inngest-gateway.js": {"get"},
+        "/hooks/inngest-gateway.mjs": {"get"},
+        "/hooks/inngest-gateway.d.ts": {"get"},
+    }
     body = doc["paths"]["/hooks/events"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"]["oneOf"][1]["maxItems"] == 7
 

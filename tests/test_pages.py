@@ -28,9 +28,12 @@ def test_index_for_an_anonymous_visitor(client: FlaskClient) -> None:
     assert 'href="/auth/login"' in html
     assert '<form id="html-form" method="post" action="/api">' in html
     assert '<input type="hidden" name="next" value="/sent">' in html
-    assert '<form id="fetch-form" data-endpoint="/api">' in html
+    assert '<form id="client-form" method="post" action="/api" data-inngest-event="">' in html
     assert '<input name="name" value="app/api.posted" required>' in html
-    assert '<script src="/static/demo.js" defer></script>' in html
+    assert (
+        '<script src="/inngest-gateway.js" data-endpoint="/api" data-max-batch="100" defer>'
+        "</script>"
+    ) in html
     assert 'href="/static/style.css"' in html
     assert "user: null" in html
     assert "Log out" not in html
@@ -119,8 +122,9 @@ def test_sent_page_after_a_form_post_shows_the_ids(
 @pytest.mark.parametrize(
     ("path", "mimetype", "content"),
     [
-        ("/static/demo.js", "text/javascript", 'getElementById("fetch-form")'),
-        ("/static/demo.js", "text/javascript", '"Content-Type": "application/json"'),
+        ("/inngest-gateway.js", "text/javascript", '"Content-Type": "application/json"'),
+        ("/inngest-gateway.mjs", "text/javascript", "export default gateway;"),
+        ("/inngest-gateway.d.ts", "application/typescript", "export interface GatewayEvent"),
         ("/static/style.css", "text/css", "body {"),
     ],
 )

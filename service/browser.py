@@ -1,0 +1,79 @@
+"""The browser client (`inngest-gateway.js`): its files, served beside `/api`, and its tag.
+
+The blueprint serves `/inngest-gateway.js` (a classic script), `/inngest-gateway.mjs` (the
+ES module) and `/inngest-gateway.d.ts` (its types) under the same prefix as the API, from the
+package's `js/` folder; templates get `inngest_gateway_script()`, the `<script>` tag that
+loads the client configured for this app's endpoint and batch limit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, send_from_directory, url_for
+from markupsafe import Markup, escape
+
+from . import apidoc
+from .state import gateway_state
+
+FOLDER = Path(__file__).resolve().parent / "js"
+# Explicit types: a module script must be JavaScript, and `.ts` would guess MPEG video.
+FILES = {
+    "inngest-gateway.js": "text/javascript",
+    "inngest-gateway.mjs": "text/javascript",
+    "inngest-gateway.d.ts": "application/typescript",
+}
+ENDPOINT = "script"
+
+
+def _file(description: str, content_type: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {"ETag": {"schema": {"type": "string"}}},
+        "content": {content_type: {"schema": {"type": "string"}}},
+    }
+
+
+@apidoc.documented(
+    "get",
+    {
+        "summary": "The browser client: a classic script (.js), its ES module (.mjs), types",
+        "description": "Static files, revalidated by ETag. Trusted origins get CORS headers, "
+        "so that their pages can import the module.",
+        "responses": {
+            "200": _file("The file", "text/javascript"),
+            "304": {"description": "Not modified (If-None-Match)"},
+        },
+    },
+)
+def serve(filename: str) -> Response:
+    """One of the client's files, revalidated by ETag (so a new release is picked up)."""
+    return send_from_directory(FOLDER, filename, mimetype=FILES[filename], max_age=0)
+
+
+def script_tag(**attributes: str) -> Markup:
+    """`<script src=".../inngest-gateway.js" data-endpoint=... data-max-batch=... defer>`.
+
+    Extra keyword arguments become attributes (`nonce="..."` for a strict CSP, say);
+    `_` in a name is written as `-`.
+    """
+    from .api import NAME, POST_ENDPOINT  # api registers these routes: imported when used
+
+    settings = gateway_state().settings
+    values = {
+        "src": url_for(f"{NAME}.{ENDPOINT}", filename="inngest-gateway.js"),
+        "data-endpoint": url_for(POST_ENDPOINT),
+        "data-max-batch": str(settings.api_max_batch),
+        **{name.replace("_", "-"): value for name, value in attributes.items()},
+    }
+    rendered = " ".join(f'{name}="{escape(value)}"' for name, value in values.items())
+    return Markup(f"<script {rendered} defer></script>")
+
+
+def register(bp: Blueprint) -> None:
+    """Add the client's routes to the gateway's blueprint."""
+    for filename in FILES:
+        bp.add_url_rule(
+            f"/{filename}", ENDPOINT, serve, methods=["GET"], defaults={"filename": filename}
+        )
