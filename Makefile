@@ -8,7 +8,9 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test system-deps bench lint format clean
+NODE_TOOLS := tests/js/node_modules/.installed
+
+.PHONY: run test system-deps bench lint format clean client-size
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,12 +41,23 @@ system-deps:
 	  fi; \
 	fi
 
-test: $(VENV)/.dev system-deps
+# terser and TypeScript, for the browser client's size and types (tests/test_client_build.py),
+# from the npm registry at the versions tests/js/package-lock.json pins.
+$(NODE_TOOLS): tests/js/package.json tests/js/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is needed for the browser client's checks (apt-get install npm)"; exit 1; }
+	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: $(VENV)/.dev system-deps $(NODE_TOOLS)
 	@if [ -z "$$TEST_DATABASE_URL" ]; then \
 	  echo "NOTE: TEST_DATABASE_URL is not set: the PostgreSQL variants of the outbox tests will be skipped."; \
 	  echo "      Set it (e.g. postgresql://postgres@127.0.0.1:5432/test) to run them."; \
 	fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The browser client's size as README states it: minified by terser, then gzip -9.
+client-size: $(VENV)/.dev $(NODE_TOOLS)
+	@$(BIN)/python -c "from tests.test_client_build import client_size; print(client_size(), 'bytes minified and gzipped')"
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
@@ -59,4 +72,4 @@ format: $(VENV)/.dev
 	$(BIN)/ruff format service tests bench wsgi.py gunicorn.conf.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
+	rm -rf $(VENV) tests/js/node_modules .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

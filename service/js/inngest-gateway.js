@@ -108,6 +108,7 @@
     let attempt = 0;
     let until = 0; // retries stop here (the latest send's budget), until the next send or "online"
     let solo = 0; // groups still to send one per request, after a batch was refused
+    let plain = false;
 
     // Settle a group in this page, and in the page that sent it: another tab may be the one
     // flushing the queue; it learns the answer from the "storage" event of this write.
@@ -151,7 +152,9 @@
       const events = batch.flatMap((group) => group.events);
       const body = JSON.stringify(events.length === 1 ? events[0] : events);
       const size = new Blob([body]).size;
-      const keepalive = keepaliveBytes + size <= KEEPALIVE_BYTES;
+      // After a keepalive request got no answer, the next one is plain: other scripts of the
+      // page may hold the keepalive budget, which the browser enforces by failing the fetch.
+      const keepalive = (rescuing || !plain) && keepaliveBytes + size <= KEEPALIVE_BYTES;
       if (rescuing && !keepalive) return false;
       if (keepalive) keepaliveBytes += size;
       for (const group of batch) inflight.add(group.key);
@@ -162,7 +165,7 @@
         body,
         keepalive, // outlives the page: a click that navigates away still sends its event
         credentials,
-        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        headers: { "Content-Type": "application/json" }, // answered in JSON, errors too
       })
         .then((response) => {
           status = response.status;
@@ -172,6 +175,7 @@
         .catch(() => ({}))
         .then((answer) => {
           answer = answer || {};
+          plain = keepalive && !status;
           if (keepalive) keepaliveBytes -= size;
           for (const group of batch) inflight.delete(group.key);
           const ids = answer.ids;
@@ -247,7 +251,6 @@
           id: event.id || uuid(),
           ts: event.ts || Date.now(), // when it happened, not when the queue got it through
         }));
-        if (!events.length) throw new TypeError("send() needs at least one event");
         last = Math.max(Date.now(), last + 1);
         const key = prefix + String(last).padStart(15, "0") + uuid().slice(0, 8);
         put(key, JSON.stringify({ events }));

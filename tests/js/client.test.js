@@ -310,6 +310,12 @@ test("sends use keepalive while the page's 64 KiB budget allows", async () => {
   same(seen.map((request) => request.keepalive), [true, false], "keepalive");
 });
 
+test("after a keepalive request fails, the retry is a plain one (the budget may be taken)", async () => {
+  const seen = network("offline", "offline", accepted);
+  await client().send("app/retried");
+  same(seen.map((request) => request.keepalive), [true, false, true], "keepalive on each try");
+});
+
 test("pagehide sends what is queued at once, in keepalive requests within 64 KiB", async () => {
   const seen = network("offline");
   const gw = client({ base: 60000, cap: 60000 });
