@@ -6,6 +6,9 @@ its own hooks, error handlers, rate limit and CORS, so a host app mounting it ke
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import secrets
 import time
 import uuid
@@ -50,6 +53,8 @@ SCRIPT_ENDPOINT = f"{NAME}.{browser.ENDPOINT}"
 ALLOWED_METHODS = ("OPTIONS", "POST")
 # Where an anonymous poster's scope for event ids lives in the (signed) session cookie.
 ANONYMOUS_SCOPE_KEY = "anonymous_scope"
+# The poster a page's queued events were made by (`poster_tag`), sent by the browser client.
+POSTER_HEADER = "X-Inngest-Poster"
 _USER = "_inngest_gateway_user"
 
 
@@ -103,6 +108,35 @@ def poster_scope(user: dict[str, Any] | None) -> str:
     if not isinstance(anonymous, str):
         anonymous = session[ANONYMOUS_SCOPE_KEY] = secrets.token_urlsafe(16)
     return f"anonymous:{anonymous}"
+
+
+def poster_tag(user: dict[str, Any] | None) -> str | None:
+    """An opaque tag of the poster, for the browser client to bind queued events to.
+
+    A page gets it in its script tag; the client stores it with each event and sends it back
+    in `X-Inngest-Poster`, and a post whose tag is not the current poster's is refused
+    (`409`): events queued by one user are never sent as another who logs in later on the
+    same browser. A keyed hash of the poster's scope, so it names nobody. None for an
+    anonymous visitor who has no scope yet (made by the first post with a client key);
+    reading it never sets a cookie.
+    """
+    if user is not None:
+        scope = f"user:{user['id']}"
+    else:
+        anonymous = session.get(ANONYMOUS_SCOPE_KEY)
+        if not isinstance(anonymous, str):
+            return None
+        scope = f"anonymous:{anonymous}"
+    secret = current_app.secret_key or ""
+    key = secret.encode() if isinstance(secret, str) else secret
+    digest = hmac.new(key, b"inngest-gateway poster\n" + scope.encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(digest.digest()[:16]).rstrip(b"=").decode()
+
+
+def _check_poster(user: dict[str, Any] | None) -> None:
+    claimed = request.headers.get(POSTER_HEADER)
+    if claimed is not None and not hmac.compare_digest(claimed, poster_tag(user) or "-"):
+        raise errors.PosterChanged()
 
 
 def poster_key() -> str:
@@ -168,6 +202,14 @@ def _post_events_doc(settings: Settings) -> dict[str, Any]:
                 "`:index` in a batch); the event id is derived from it and the poster.",
                 "schema": {"type": "string", "maxLength": MAX_ID_LENGTH - 8},
             },
+            {
+                "name": POSTER_HEADER,
+                "in": "header",
+                "required": False,
+                "description": "The poster the events were queued for (the page's "
+                "`data-poster`, sent by the browser client); another poster's is a 409.",
+                "schema": {"type": "string"},
+            },
             apidoc.REQUEST_ID,
         ],
         "requestBody": {
@@ -197,6 +239,10 @@ def _post_events_doc(settings: Settings) -> dict[str, Any]:
                 "A cross-site request, or an event name that is not allowed",
                 "cross_site_request",
                 "event_not_allowed",
+            ),
+            "409": apidoc.error(
+                "The events were queued for another poster of this browser",
+                "poster_changed",
             ),
             "413": apidoc.error(
                 "The body exceeds API_MAX_BODY_BYTES, or an event API_MAX_EVENT_BYTES",
@@ -237,6 +283,7 @@ def post_events() -> Any:
     user = current_poster()
     if user is None and settings.api_require_login:
         return login_required(state.login_url)  # 401, or a form post to the login page
+    _check_poster(user)
     payload = read_payload(request, settings.api_max_batch)
     events = build_events(
         payload.items,

@@ -53,20 +53,24 @@ def serve(filename: str) -> Response:
 
 
 def script_tag(**attributes: str) -> Markup:
-    """`<script src=".../inngest-gateway.js" data-endpoint=... data-max-batch=... defer>`.
+    """`<script src=".../inngest-gateway.js" data-endpoint=... data-max-batch=... defer>`,
+    with `data-poster` (see `api.poster_tag`) when the visitor has a poster scope.
 
     Extra keyword arguments become attributes (`nonce="..."` for a strict CSP, say);
     `_` in a name is written as `-`.
     """
-    from .api import NAME, POST_ENDPOINT  # api registers these routes: imported when used
+    from .api import NAME, POST_ENDPOINT, current_poster, poster_tag  # api imports this
 
     settings = gateway_state().settings
     values = {
         "src": url_for(f"{NAME}.{ENDPOINT}", filename="inngest-gateway.js"),
         "data-endpoint": url_for(POST_ENDPOINT),
         "data-max-batch": str(settings.api_max_batch),
-        **{name.replace("_", "-"): value for name, value in attributes.items()},
     }
+    tag = poster_tag(current_poster())
+    if tag is not None:
+        values["data-poster"] = tag  # binds what this page queues to who is viewing it
+    values.update({name.replace("_", "-"): value for name, value in attributes.items()})
     rendered = " ".join(f'{name}="{escape(value)}"' for name, value in values.items())
     return Markup(f"<script {rendered} defer></script>")
 

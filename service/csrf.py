@@ -62,7 +62,13 @@ def allow_trusted_origins(bp: Blueprint, trusted_origins: tuple[str, ...]) -> No
             bp,
             origins=list(trusted_origins),
             supports_credentials=True,
-            allow_headers=["Content-Type", "Idempotency-Key", "X-Request-ID", "X-Requested-With"],
+            allow_headers=[
+                "Content-Type",
+                "Idempotency-Key",
+                "X-Inngest-Poster",
+                "X-Request-ID",
+                "X-Requested-With",
+            ],
             expose_headers=["X-Request-ID", "Retry-After"],
             methods=["POST"],
         )

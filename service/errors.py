@@ -77,6 +77,14 @@ class UnsupportedMediaType(APIError):
     message = "Send JSON (application/json) or an HTML form."
 
 
+class PosterChanged(APIError):
+    status_code, code = 409, "poster_changed"
+    message = (
+        "These events were queued for another user or session of this browser; "
+        "they are not sent as the current one."
+    )
+
+
 class ValidationFailed(APIError):
     status_code, code = 422, "validation_failed"
     message = "The request is invalid."

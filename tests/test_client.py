@@ -38,6 +38,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 EVENT = "app/api.posted"  # the service's default allowed and default event name
 DELIVERED_WITHIN = 20.0  # seconds for the embedded deliverer to hand an event to Inngest
 QUIET_SECONDS = 1.5  # how long nothing more may arrive after what was expected
+BOB, BOB_EMAIL = "Bob", "bob@example.com"
 
 
 class Site:
@@ -125,6 +126,18 @@ def service(
         check=False,
     )
     assert created.returncode == 0, created.stdout + created.stderr
+    created = subprocess.run(
+        [str(BIN / "flask"), "--app", "wsgi", "users", "create", BOB_EMAIL]
+        + ["--name", BOB, "--password", PASSWORD],
+        cwd=ROOT,
+        env=clean_env(directory) | settings,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert created.returncode == 0, created.stdout + created.stderr
     server = start_gunicorn(directory, inngest_server, env=settings)
     try:
         yield Service(server, server.url, outbox, trusted, other)
@@ -137,14 +150,16 @@ def service(
 # -- steps -----------------------------------------------------------------------------
 
 
-def log_in(page: Page, service: Service, *, script: bool = True) -> None:
-    """Log in as Ada through the login page; lands on the demo page, the client loaded."""
+def log_in(
+    page: Page, service: Service, *, script: bool = True, email: str = EMAIL, name: str = NAME
+) -> None:
+    """Log in (as Ada) through the login page; lands on the demo page, the client loaded."""
     page.goto(f"{service.url}/auth/login")
-    page.get_by_label("E-mail").fill(EMAIL)
+    page.get_by_label("E-mail").fill(email)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
     page.wait_for_url(f"{service.url}/")
-    expect(page.locator("#current-user")).to_have_text(NAME)
+    expect(page.locator("#current-user")).to_have_text(name)
     if script:
         until(page, "typeof window.InngestGateway === 'object'")
 
@@ -346,6 +361,55 @@ def test_a_send_from_a_pagehide_listener_is_delivered(
     (event,) = wait_for_events(inngest, 1)
     assert event["data"]["message"] == "left the page"
     assert event["data"]["user"]["email"] == EMAIL
+
+
+# -- a shared computer ------------------------------------------------------------------
+
+
+def test_a_queue_left_by_one_user_is_not_sent_as_the_next_who_logs_in(
+    new_context: Callable[..., BrowserContext],
+    service: Service,
+    inngest: InngestStandIn,
+    shot: Screenshots,
+) -> None:
+    """Ada's send cannot reach the service; she logs out, Bob logs in on the same browser.
+    Her queued event carries her poster tag: the service refuses it as Bob's (409), the
+    client drops it and tells the page, and nothing reaches Inngest."""
+    context = new_context()
+    page = context.new_page()
+    page.add_init_script(
+        "window.rejected = []; addEventListener('inngest-gateway:rejected', (e) =>"
+        " window.rejected.push([e.detail.code, e.detail.events.map((v) => v.data.message)]));"
+    )
+    log_in(page, service)
+    api = f"{service.url}/api"
+    context.route(api, lambda route: route.abort())  # the service is out of reach for posts
+    page.evaluate(
+        "() => { InngestGateway.send('app/api.posted', {message: 'Ada, on a shared computer'},"
+        " {budget: 500}).catch(() => {}); }"
+    )
+    until(page, "InngestGateway.createClient().pending() === 1")
+    page.get_by_role("button", name="Log out").click()
+    expect(page.locator("#current-user")).to_have_text("Not logged in")
+    log_in(page, service, email=BOB_EMAIL, name=BOB)
+    assert page.evaluate("InngestGateway.createClient().pending()") == 1
+    shot(page, "bob-with-adas-queue")
+
+    context.unroute(api)
+    with page.expect_response(api) as answer:
+        page.reload()
+    until(page, "InngestGateway.createClient().pending() === 0")
+    shot(page, "refused")
+
+    assert answer.value.status == 409
+    assert answer.value.json()["code"] == "poster_changed"
+    assert page.evaluate("window.rejected") == [["poster_changed", ["Ada, on a shared computer"]]]
+    time.sleep(QUIET_SECONDS)
+    assert inngest.received == []
+    # Bob's own sends go as Bob's.
+    ids = page.evaluate("() => InngestGateway.send('app/api.posted', {message: 'Bob'})")
+    (event,) = wait_for_events(inngest, 1)
+    assert ids == [event["id"]] and event["data"]["user"]["email"] == BOB_EMAIL
 
 
 # -- other origins ----------------------------------------------------------------------

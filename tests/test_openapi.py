@@ -140,6 +140,7 @@ def test_every_error_answer_of_post_api_is_the_envelope(client: FlaskClient) -> 
         "400",
         "401",
         "403",
+        "409",
         "413",
         "415",
         "422",

@@ -34,6 +34,10 @@ export interface ClientOptions {
   /** First retry delay and the longest one, in milliseconds (defaults 500 and 30000). */
   base?: number;
   cap?: number;
+  /** Who is viewing the page, as the service tags them (the script tag's data-poster, from
+   * `inngest_gateway_script()`): stored with each event, so that the service refuses
+   * (409 poster_changed) events queued for someone else than who is logged in. */
+  poster?: string;
 }
 
 export interface Client {
@@ -54,7 +58,7 @@ export declare class GatewayError extends Error {
   readonly name: "GatewayError";
   /** The HTTP status; 0 when no answer came (network error, or the budget ran out). */
   readonly status: number;
-  /** The envelope's code (`validation_failed`, `login_required`, ...), or `network_error`,
+  /** The envelope's code (`validation_failed`, `login_required`, `poster_changed`, ...), or `network_error`,
    * `timeout` (queued, not yet acknowledged) or `http_error` (an answer without an envelope). */
   readonly code: string;
   /** Field errors: for one event its fields' messages; for several, keyed by index. */

@@ -14,10 +14,10 @@
 
   const PREFIX = "inngest-gateway ";
   const KEEPALIVE_BYTES = 65536; // what a page may have in flight in keepalive requests
-  const defaults = { endpoint: "/api", maxBatch: 100, budget: 30000, base: 500, cap: 30000 };
+  const defaults = { endpoint: "/api", maxBatch: 100, budget: 30000, base: 500, cap: 30000, poster: "" };
   const tag = root.document && document.currentScript;
   for (const [name, value] of Object.entries(tag ? tag.dataset : {})) {
-    if (name in defaults) defaults[name] = name === "endpoint" ? value : Number(value);
+    if (name in defaults) defaults[name] = typeof defaults[name] === "string" ? value : Number(value);
   }
 
   // -- the queue's storage: localStorage, else (missing, refused or full) this page's memory
@@ -57,7 +57,7 @@
   const uuid = () =>
     crypto.randomUUID
       ? crypto.randomUUID() // secure contexts only (https, localhost)
-      : "10000000-1000-4000-8000-100000000000".replace(/[018]/g, (c) =>
+      : `${1e7}-${1e3}-${4e3}-${8e3}-${1e11}`.replace(/[018]/g, (c) =>
           (c ^ (crypto.getRandomValues(new Uint8Array(1))[0] & (15 >> (c / 4)))).toString(16),
         );
 
@@ -139,8 +139,9 @@
         if (!group || !group.events) continue;
         count += group.events.length;
         room -= JSON.stringify(group.events).length;
-        if (batch.length && (solo || count > config.maxBatch || room < 0)) break;
-        batch.push({ key, events: group.events });
+        // One request, one poster: events queued for another poster go in a request of their own.
+        if (batch.length && (solo || count > config.maxBatch || room < 0 || group.p !== batch[0].p)) break;
+        batch.push({ key, events: group.events, p: group.p });
       }
       return batch;
     };
@@ -165,7 +166,9 @@
         body,
         keepalive, // outlives the page: a click that navigates away still sends its event
         credentials,
-        headers: { "Content-Type": "application/json" }, // answered in JSON, errors too
+        // JSON is answered in JSON, errors too. The poster tag (the page's data-poster) makes
+        // the service refuse events queued by someone else than who is logged in now.
+        headers: { "Content-Type": "application/json", ...(batch[0].p && { "X-Inngest-Poster": batch[0].p }) },
       })
         .then((response) => {
           status = response.status;
@@ -253,7 +256,7 @@
         }));
         last = Math.max(Date.now(), last + 1);
         const key = prefix + String(last).padStart(15, "0") + uuid().slice(0, 8);
-        put(key, JSON.stringify({ events }));
+        put(key, JSON.stringify({ events, p: config.poster }));
         waiting.set(key, [resolve, reject]);
         const budget = options.budget || config.budget;
         setTimeout(() => {

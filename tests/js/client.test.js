@@ -293,6 +293,28 @@ test("an answer another tab got settles this tab's send (the storage event)", as
   same((await rejection(refused)).code, "login_required", "code");
 });
 
+test("events carry the poster they were queued for, one poster per request", async () => {
+  let seen = network("offline");
+  const endpoint = `/t/${++endpoints}`;
+  const ada = createClient({ endpoint, poster: "tag-of-ada", base: 60000, cap: 60000 });
+  const first = ada.send("app/by-ada");
+  await within(500, () => seen.length === 1, "the first try");
+  // The same queue, as a later page of another poster finds it (the poster is per page).
+  const key = Object.keys(localStorage).find((k) => k.startsWith(`inngest-gateway ${ada.endpoint} `));
+  const stored = JSON.parse(localStorage.getItem(key));
+  same(stored.p, "tag-of-ada", "stored with the event");
+  localStorage.setItem(`${key}~bob`, JSON.stringify({ events: [{ name: "app/by-bob", id: "b-1", ts: 1 }], p: "tag-of-bob" }));
+  localStorage.setItem(`${key}~none`, JSON.stringify({ events: [{ name: "app/unbound", id: "n-1", ts: 1 }] }));
+  const headers = [];
+  seen = network((body) => accepted(body));
+  const realFetch = window.fetch;
+  window.fetch = (url, init) => (headers.push(init.headers["X-Inngest-Poster"] || null), realFetch(url, init));
+  await ada.flush();
+  await first;
+  same(names(seen), [["app/by-ada"], ["app/by-bob"], ["app/unbound"]], "requests");
+  same(headers, ["tag-of-ada", "tag-of-bob", null], "X-Inngest-Poster");
+});
+
 // -- credentials, keepalive, leaving the page --------------------------------------------
 
 test("credentials: same-origin for this site's service, include for another origin's", async () => {

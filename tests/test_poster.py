@@ -1,0 +1,126 @@
+"""The poster tag: a page's queued events are sent only as the poster who queued them.
+
+The page's script tag carries `data-poster`; the browser client stores it with each event and
+sends it back in `X-Inngest-Poster`. A post whose tag is not the current poster's is a 409,
+and nothing of it is sent: a queue left by one user on a shared browser is never sent as the
+next user who logs in.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from service.users import create_user
+from tests.conftest import PASSWORD, AuthActions, assert_envelope
+from tests.standin import InngestStandIn
+
+EVENT = {"name": "app/api.posted", "data": {"n": 1}, "id": "client-key-1"}
+
+
+def tag_on_page(client: FlaskClient) -> str | None:
+    """The data-poster of the demo page's script tag, or None when it has none."""
+    html = client.get("/").get_data(as_text=True)
+    script = re.search(r'<script src="/inngest-gateway.js"[^>]*>', html)
+    assert script, html
+    match = re.search(r'data-poster="([^"]+)"', script.group(0))
+    return match.group(1) if match else None
+
+
+def post(client: FlaskClient, tag: str | None) -> Any:
+    headers = {"X-Inngest-Poster": tag} if tag is not None else {}
+    return client.post("/api", json=EVENT, headers=headers)
+
+
+def test_an_anonymous_visitor_without_a_scope_gets_no_tag_and_no_cookie(
+    client: FlaskClient,
+) -> None:
+    response = client.get("/")
+
+    assert tag_on_page(client) is None
+    assert "Set-Cookie" not in response.headers  # rendering the tag never starts a session
+
+
+def test_a_users_tag_is_accepted_and_another_is_refused(
+    client: FlaskClient, auth: AuthActions, user: dict[str, Any], inngest: InngestStandIn
+) -> None:
+    auth.login()
+    tag = tag_on_page(client)
+    assert tag is not None and re.fullmatch(r"[A-Za-z0-9_-]{22}", tag)
+    assert tag == tag_on_page(client)  # stable for the user
+
+    accepted = post(client, tag)
+    refused = post(client, "A" * 22)
+    unbound = post(client, None)
+
+    assert accepted.status_code == 200, accepted.get_data(as_text=True)
+    body = assert_envelope(refused, 409, "poster_changed")
+    assert "another user or session" in body["message"]
+    assert unbound.status_code == 200
+    assert len(inngest.accepted) == 2  # the refused post sent nothing
+
+
+def test_a_queue_left_by_one_user_is_refused_for_the_next(
+    app: Flask,
+    client: FlaskClient,
+    auth: AuthActions,
+    user: dict[str, Any],
+    inngest: InngestStandIn,
+) -> None:
+    with app.app_context():
+        create_user("bob@example.com", "Bob", PASSWORD)
+    auth.login()
+    adas = tag_on_page(client)
+    auth.logout()
+    auth.login("bob@example.com")
+    bobs = tag_on_page(client)
+
+    refused = post(client, adas)
+    accepted = post(client, bobs)
+
+    assert adas != bobs
+    assert_envelope(refused, 409, "poster_changed")
+    assert accepted.status_code == 200
+    (event,) = inngest.accepted
+    assert event["data"]["user"]["email"] == "bob@example.com"
+
+
+def test_an_anonymous_scope_has_a_tag_of_its_own_which_a_login_does_not_keep(
+    client: FlaskClient, auth: AuthActions, user: dict[str, Any]
+) -> None:
+    assert post(client, None).status_code == 200  # a client key: the scope is made
+    anonymous = tag_on_page(client)
+    assert anonymous is not None
+
+    assert post(client, anonymous).status_code == 200
+    auth.login()
+    assert_envelope(post(client, anonymous), 409, "poster_changed")
+    assert tag_on_page(client) != anonymous
+
+
+def test_the_tag_names_nobody_and_depends_on_the_secret(
+    make_app: Any, auth: AuthActions, user: dict[str, Any]
+) -> None:
+    client = auth._client
+    auth.login()
+    tag = tag_on_page(client)
+    other = make_app(SECRET_KEY="another-secret-0123456789abcdef0123")  # same users table
+    other_client = other.test_client()
+    AuthActions(other_client).login()
+
+    assert tag is not None
+    assert tag_on_page(other_client) not in (None, tag)
+    for revealing in (str(user["id"]), "ada", "example"):
+        assert revealing not in tag.lower()
+
+
+@pytest.mark.parametrize("tag", ["", " ", "x" * 5000])
+def test_odd_tags_are_refused_not_errors(
+    client: FlaskClient, auth: AuthActions, user: dict[str, Any], tag: str
+) -> None:
+    auth.login()
+    assert_envelope(post(client, tag), 409, "poster_changed")
