@@ -27,11 +27,11 @@ FILES = {
 ENDPOINT = "script"
 
 
-def _file(description: str, content_type: str) -> dict[str, Any]:
+def _files(description: str) -> dict[str, Any]:
     return {
         "description": description,
         "headers": {"ETag": {"schema": {"type": "string"}}},
-        "content": {content_type: {"schema": {"type": "string"}}},
+        "content": {mimetype: {"schema": {"type": "string"}} for mimetype in set(FILES.values())},
     }
 
 
@@ -42,7 +42,7 @@ def _file(description: str, content_type: str) -> dict[str, Any]:
         "description": "Static files, revalidated by ETag. Trusted origins get CORS headers, "
         "so that their pages can import the module.",
         "responses": {
-            "200": _file("The file", "text/javascript"),
+            "200": _files("The file: JavaScript, or TypeScript for the .d.ts"),
             "304": {"description": "Not modified (If-None-Match)"},
         },
     },

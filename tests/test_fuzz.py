@@ -53,6 +53,9 @@ OPERATIONS = [  # every operation the document describes
     "GET /docs",
     "GET /",
     "GET /sent",
+    "GET /inngest-gateway.js",
+    "GET /inngest-gateway.mjs",
+    "GET /inngest-gateway.d.ts",
 ]
 # Fixed inputs: the same examples on every run and machine, nothing read from .hypothesis/.
 FUZZ = settings(
