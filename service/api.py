@@ -110,32 +110,36 @@ def poster_scope(user: dict[str, Any] | None) -> str:
     return f"anonymous:{anonymous}"
 
 
-def poster_tag(user: dict[str, Any] | None) -> str | None:
+ANONYMOUS_TAG = "anonymous"
+
+
+def poster_tag(user: dict[str, Any] | None) -> str:
     """An opaque tag of the poster, for the browser client to bind queued events to.
 
     A page gets it in its script tag; the client stores it with each event and sends it back
     in `X-Inngest-Poster`, and a post whose tag is not the current poster's is refused
     (`409`): events queued by one user are never sent as another who logs in later on the
-    same browser. A keyed hash of the poster's scope, so it names nobody. None for an
-    anonymous visitor who has no scope yet (made by the first post with a client key);
-    reading it never sets a cookie.
+    same browser. A user's tag is a keyed hash of their scope, so it names nobody; every
+    anonymous visitor shares `anonymous` (their session cookie, and so their scope, may end
+    with the browser while their queue lives on; their events are still nobody's).
     """
-    if user is not None:
-        scope = f"user:{user['id']}"
-    else:
-        anonymous = session.get(ANONYMOUS_SCOPE_KEY)
-        if not isinstance(anonymous, str):
-            return None
-        scope = f"anonymous:{anonymous}"
+    if user is None:
+        return ANONYMOUS_TAG
     secret = current_app.secret_key or ""
     key = secret.encode() if isinstance(secret, str) else secret
-    digest = hmac.new(key, b"inngest-gateway poster\n" + scope.encode(), hashlib.sha256)
-    return base64.urlsafe_b64encode(digest.digest()[:16]).rstrip(b"=").decode()
+    scope = f"user:{user['id']}".encode()
+    digest = hmac.new(key, b"inngest-gateway poster\n" + scope, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
 
 
 def _check_poster(user: dict[str, Any] | None) -> None:
     claimed = request.headers.get(POSTER_HEADER)
-    if claimed is not None and not hmac.compare_digest(claimed, poster_tag(user) or "-"):
+    if claimed is None:
+        return
+    # As bytes: a header may hold any Latin-1 text, which compare_digest takes only as bytes.
+    if not hmac.compare_digest(
+        claimed.encode("utf-8", "surrogateescape"), poster_tag(user).encode()
+    ):
         raise errors.PosterChanged()
 
 

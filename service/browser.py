@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, send_from_directory, url_for
+from flask import Blueprint, Response, after_this_request, send_from_directory, session, url_for
 from markupsafe import Markup, escape
 
 from . import apidoc
@@ -52,14 +52,30 @@ def serve(filename: str) -> Response:
     return send_from_directory(FOLDER, filename, mimetype=FILES[filename], max_age=0)
 
 
+def _private(response: Response) -> Response:
+    """The page sets the visitor's session cookie: no shared cache may keep it."""
+    response.headers["Cache-Control"] = "no-store"
+    response.vary.add("Cookie")
+    return response
+
+
 def script_tag(**attributes: str) -> Markup:
-    """`<script src=".../inngest-gateway.js" data-endpoint=... data-max-batch=... defer>`,
-    with `data-poster` (see `api.poster_tag`) when the visitor has a poster scope.
+    """`<script src=".../inngest-gateway.js" data-endpoint=... data-max-batch=...
+    data-poster=... defer>` (see `api.poster_tag`). For an anonymous visitor it starts the
+    session that keeps their event-id scope (see `api.poster_scope`).
 
     Extra keyword arguments become attributes (`nonce="..."` for a strict CSP, say);
     `_` in a name is written as `-`.
     """
-    from .api import NAME, POST_ENDPOINT, current_poster, poster_tag  # api imports this
+    # api imports this module to register the routes, so its names are looked up when used.
+    from .api import (
+        ANONYMOUS_SCOPE_KEY,
+        NAME,
+        POST_ENDPOINT,
+        current_poster,
+        poster_scope,
+        poster_tag,
+    )
 
     settings = gateway_state().settings
     values = {
@@ -67,9 +83,13 @@ def script_tag(**attributes: str) -> Markup:
         "data-endpoint": url_for(POST_ENDPOINT),
         "data-max-batch": str(settings.api_max_batch),
     }
-    tag = poster_tag(current_poster())
-    if tag is not None:
-        values["data-poster"] = tag  # binds what this page queues to who is viewing it
+    user = current_poster()
+    if user is None and ANONYMOUS_SCOPE_KEY not in session:
+        # The anonymous visitor's event-id scope, made now rather than by the first post, so
+        # that a retry of that post (its answer, and the cookie in it, lost) keeps its ids.
+        poster_scope(None)
+        after_this_request(_private)
+    values["data-poster"] = poster_tag(user)  # binds what this page queues to its viewer
     values.update({name.replace("_", "-"): value for name, value in attributes.items()})
     rendered = " ".join(f'{name}="{escape(value)}"' for name, value in values.items())
     return Markup(f"<script {rendered} defer></script>")

@@ -745,11 +745,12 @@ def test_the_script_tag_helper_configures_the_client_for_this_app(
 
     assert plain == (
         '<script src="/hooks/inngest-gateway.js" data-endpoint="/hooks/api" '
-        'data-max-batch="25" defer></script>'
+        'data-max-batch="25" data-poster="anonymous" defer></script>'
     )
     assert with_nonce == (
         '<script src="/hooks/inngest-gateway.js" data-endpoint="/hooks/api" '
-        'data-max-batch="25" nonce="a&#34;b" data-budget="5000" defer></script>'
+        'data-max-batch="25" data-poster="anonymous" nonce="a&#34;b" data-budget="5000" '
+        "defer></script>"
     )
 
 

@@ -31,8 +31,8 @@ def test_index_for_an_anonymous_visitor(client: FlaskClient) -> None:
     assert '<form id="client-form" method="post" action="/api" data-inngest-event="">' in html
     assert '<input name="name" value="app/api.posted" required>' in html
     assert (
-        '<script src="/inngest-gateway.js" data-endpoint="/api" data-max-batch="100" defer>'
-        "</script>"
+        '<script src="/inngest-gateway.js" data-endpoint="/api" data-max-batch="100" '
+        'data-poster="anonymous" defer></script>'
     ) in html
     assert 'href="/static/style.css"' in html
     assert "user: null" in html

@@ -23,7 +23,7 @@ EVENT = {"name": "app/api.posted", "data": {"n": 1}, "id": "client-key-1"}
 
 
 def tag_on_page(client: FlaskClient) -> str | None:
-    """The data-poster of the demo page's script tag, or None when it has none."""
+    """The data-poster of the demo page's script tag (None if it had none)."""
     html = client.get("/").get_data(as_text=True)
     script = re.search(r'<script src="/inngest-gateway.js"[^>]*>', html)
     assert script, html
@@ -36,13 +36,33 @@ def post(client: FlaskClient, tag: str | None) -> Any:
     return client.post("/api", json=EVENT, headers=headers)
 
 
-def test_an_anonymous_visitor_without_a_scope_gets_no_tag_and_no_cookie(
+def test_an_anonymous_visitor_gets_the_anonymous_tag_and_a_scope_with_the_page(
     client: FlaskClient,
 ) -> None:
     response = client.get("/")
 
-    assert tag_on_page(client) is None
-    assert "Set-Cookie" not in response.headers  # rendering the tag never starts a session
+    assert tag_on_page(client) == "anonymous"
+    # The page started the session that keeps the visitor's event-id scope.
+    assert any(c.startswith("session=") for c in response.headers.getlist("Set-Cookie"))
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_a_retry_whose_first_answer_was_lost_keeps_the_anonymous_ids(
+    app: Flask, client: FlaskClient, inngest: InngestStandIn
+) -> None:
+    """The first post's answer (and the cookie it may set) never arrives; the retry carries
+    the cookie the page set, so the service derives the same id and Inngest drops it."""
+    client.get("/")
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    first = client.post("/api", json=EVENT, headers={"X-Inngest-Poster": "anonymous"})
+    retry_client = app.test_client()
+    retry_client.set_cookie("session", cookie.value)
+
+    retry = retry_client.post("/api", json=EVENT, headers={"X-Inngest-Poster": "anonymous"})
+
+    assert first.status_code == retry.status_code == 200
+    assert first.get_json()["ids"] == retry.get_json()["ids"]
 
 
 def test_a_users_tag_is_accepted_and_another_is_refused(
@@ -89,17 +109,20 @@ def test_a_queue_left_by_one_user_is_refused_for_the_next(
     assert event["data"]["user"]["email"] == "bob@example.com"
 
 
-def test_an_anonymous_scope_has_a_tag_of_its_own_which_a_login_does_not_keep(
-    client: FlaskClient, auth: AuthActions, user: dict[str, Any]
+def test_anonymous_events_go_as_anyone_anonymous_but_never_as_a_user(
+    app: Flask, client: FlaskClient, auth: AuthActions, user: dict[str, Any]
 ) -> None:
-    assert post(client, None).status_code == 200  # a client key: the scope is made
-    anonymous = tag_on_page(client)
-    assert anonymous is not None
+    """A browser restart ends the anonymous session (and scope) but not the queue: its
+    events are still nobody's. Once someone logs in they are not sent as that user."""
+    assert tag_on_page(client) == "anonymous"
+    restarted = app.test_client()  # no cookie: another anonymous scope
 
-    assert post(client, anonymous).status_code == 200
+    assert post(restarted, "anonymous").status_code == 200
     auth.login()
-    assert_envelope(post(client, anonymous), 409, "poster_changed")
-    assert tag_on_page(client) != anonymous
+    assert_envelope(post(client, "anonymous"), 409, "poster_changed")
+    users = tag_on_page(client)
+    auth.logout()
+    assert_envelope(post(client, users), 409, "poster_changed")
 
 
 def test_the_tag_names_nobody_and_depends_on_the_secret(
@@ -118,7 +141,7 @@ def test_the_tag_names_nobody_and_depends_on_the_secret(
         assert revealing not in tag.lower()
 
 
-@pytest.mark.parametrize("tag", ["", " ", "x" * 5000])
+@pytest.mark.parametrize("tag", ["", " ", "x" * 5000, "café", "anonymous"])
 def test_odd_tags_are_refused_not_errors(
     client: FlaskClient, auth: AuthActions, user: dict[str, Any], tag: str
 ) -> None:

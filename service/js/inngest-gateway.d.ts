@@ -36,7 +36,9 @@ export interface ClientOptions {
   cap?: number;
   /** Who is viewing the page, as the service tags them (the script tag's data-poster, from
    * `inngest_gateway_script()`): stored with each event, so that the service refuses
-   * (409 poster_changed) events queued for someone else than who is logged in. */
+   * (409 poster_changed) events queued for someone else than who is logged in. The page's
+   * tag goes only with the page's own endpoint; another endpoint's client has none unless
+   * given one here. */
   poster?: string;
 }
 
@@ -47,7 +49,7 @@ export interface Client {
   send(name: string | undefined, data?: Record<string, unknown> | null, options?: SendOptions & { id?: string }): Promise<string[]>;
   /** Queue several events, sent together in this order; resolves to their ids, in order. */
   send(events: GatewayEvent[], options?: SendOptions): Promise<string[]>;
-  /** Try to send what is queued now. */
+  /** Try to send what is queued now, whatever the backoff says (a "retry now" button). */
   flush(): Promise<void>;
   /** How many sends are queued for this endpoint (by any tab of this site). */
   pending(): number;
@@ -56,10 +58,12 @@ export interface Client {
 /** Why a send did not go through: the service's error envelope, or the client's own. */
 export declare class GatewayError extends Error {
   readonly name: "GatewayError";
-  /** The HTTP status; 0 when no answer came (network error, or the budget ran out). */
+  /** The HTTP status; 0 for `timeout` (no answer came in time: network errors, 503s and the
+   * like are retried, never final). */
   readonly status: number;
-  /** The envelope's code (`validation_failed`, `login_required`, `poster_changed`, ...), or `network_error`,
-   * `timeout` (queued, not yet acknowledged) or `http_error` (an answer without an envelope). */
+  /** The envelope's code (`validation_failed`, `login_required`, `poster_changed`, ...),
+   * `timeout` (still queued, not yet acknowledged) or `http_error` (an answer without an
+   * envelope). */
   readonly code: string;
   /** Field errors: for one event its fields' messages; for several, keyed by index. */
   readonly errors: Record<string, unknown>;

@@ -15,8 +15,7 @@
   const PREFIX = "inngest-gateway ";
   const KEEPALIVE_BYTES = 65536; // what a page may have in flight in keepalive requests
   const defaults = { endpoint: "/api", maxBatch: 100, budget: 30000, base: 500, cap: 30000, poster: "" };
-  const tag = root.document && document.currentScript;
-  for (const [name, value] of Object.entries(tag ? tag.dataset : {})) {
+  for (const [name, value] of Object.entries(root.document?.currentScript?.dataset || {})) {
     if (name in defaults) defaults[name] = typeof defaults[name] === "string" ? value : Number(value);
   }
 
@@ -54,12 +53,12 @@
     return keys.filter((key) => key && key.startsWith(prefix)).sort();
   };
 
+  // A client id: a random UUID, or (outside secure contexts, which lack randomUUID) 128 random
+  // bits in hex.
   const uuid = () =>
     crypto.randomUUID
-      ? crypto.randomUUID() // secure contexts only (https, localhost)
-      : `${1e7}-${1e3}-${4e3}-${8e3}-${1e11}`.replace(/[018]/g, (c) =>
-          (c ^ (crypto.getRandomValues(new Uint8Array(1))[0] & (15 >> (c / 4)))).toString(16),
-        );
+      ? crypto.randomUUID()
+      : crypto.getRandomValues(new Uint8Array(16)).reduce((id, byte) => id + (byte + 256).toString(16).slice(1), "");
 
   // Milliseconds to wait before try number `attempt + 1`: exponential from `base` up to `cap`,
   // half of it random (so that many pages do not come back at once), never sooner than the
@@ -75,38 +74,43 @@
   };
 
   class GatewayError extends Error {
-    constructor(status, body, events, queued) {
-      body = body || {};
-      super(body.message || (status ? `The service answered HTTP ${status}.` : "The service could not be reached."));
-      this.name = "GatewayError";
-      this.status = status;
-      this.code = body.code || (status ? "http_error" : "network_error");
-      this.errors = body.errors || {};
-      this.requestId = body.request_id || null;
-      this.events = events || [];
-      this.queued = !!queued;
+    // A failure without an answer is never final (it is retried, then "timeout"), so every
+    // error but that one has a status; an answer that is not the envelope is an "http_error".
+    constructor(status, body, events = [], queued = false) {
+      super(body.message || `HTTP ${status}`);
+      const code = body.code || "http_error";
+      Object.assign(this, { name: "GatewayError", status, code, errors: body.errors || {}, requestId: body.request_id || null, events, queued });
     }
   }
 
   const clients = new Map();
+  const bytes = (text) => new Blob([text]).size;
   let keepaliveBytes = 0; // shared by every client of the page, as the browser counts it
   let last = 0;
+  let leaving = false; // between pagehide and pageshow: a send then is the page's last word
+  addEventListener("pagehide", () => (leaving = true));
+  addEventListener("pageshow", () => (leaving = false));
 
-  function createClient(options) {
-    const config = { ...defaults, ...options };
-    const endpoint = new URL(config.endpoint, location.href).href;
+  function createClient(options = {}) {
+    const endpoint = new URL(options.endpoint || defaults.endpoint, location.href).href;
     if (clients.has(endpoint)) return clients.get(endpoint);
+    // The page's poster tag (data-poster) is for the page's own endpoint; another service
+    // could not match it, so other endpoints get one only when given it.
+    const own = endpoint === new URL(defaults.endpoint, location.href).href;
+    const config = { ...defaults, poster: own ? defaults.poster : "", ...options };
     const prefix = `${PREFIX}${endpoint} `;
     // The session cookie goes along to this site's own service, and to another origin's only
     // when that service lists this page's origin in TRUSTED_ORIGINS (CORS with credentials).
     const credentials = new URL(endpoint).origin === location.origin ? "same-origin" : "include";
     const waiting = new Map(); // key -> [resolve, reject] of this page's sends
-    const inflight = new Set();
+    const inflight = new Map(); // key -> whether its request is a keepalive one
     let running = null;
     let again = false;
     let timer = 0;
     let attempt = 0;
     let until = 0; // retries stop here (the latest send's budget), until the next send or "online"
+    let notBefore = 0; // no request before this (backoff, Retry-After), but at pagehide
+    let offline = false; // the last try got no answer at all
     let solo = 0; // groups still to send one per request, after a batch was refused
     let plain = false;
 
@@ -126,19 +130,20 @@
     };
     addEventListener("storage", ({ key, newValue }) => {
       const answer = waiting.has(key) && newValue && JSON.parse(newValue);
-      if (answer && (answer.ids || answer.failure)) finish(key, answer.ids, answer.failure);
+      if (answer?.ids || answer?.failure) finish(key, answer.ids, answer.failure);
     });
 
-    // The oldest groups not in flight, up to maxBatch events (a larger group goes alone) and,
-    // when `room` is given, about that many bytes (a keepalive request's budget).
-    const next = (room = Infinity) => {
+    // The oldest groups not in flight (at pagehide: not in a keepalive request, which outlives
+    // the page), up to maxBatch events (a larger group goes alone) and, when `room` is given,
+    // that many bytes (a keepalive request's budget).
+    const next = (room) => {
       const batch = [];
       let count = 0;
       for (const key of stored(prefix)) {
-        const group = !inflight.has(key) && read(key);
-        if (!group || !group.events) continue;
+        const group = !(room ? inflight.get(key) : inflight.has(key)) && read(key);
+        if (!group?.events) continue;
         count += group.events.length;
-        room -= JSON.stringify(group.events).length;
+        room -= bytes(JSON.stringify(group.events));
         // One request, one poster: events queued for another poster go in a request of their own.
         if (batch.length && (solo || count > config.maxBatch || room < 0 || group.p !== batch[0].p)) break;
         batch.push({ key, events: group.events, p: group.p });
@@ -146,19 +151,18 @@
       return batch;
     };
 
-    // Post a batch: resolves to undefined when it is settled, or to the server's Retry-After
-    // when it should be tried again. Rescuing (the page is going away), only a keepalive
-    // request will do, and `false` says the budget for those is spent.
+    // Post a batch: resolves to true when it should be tried again. Rescuing (the page is
+    // going away), only a keepalive request will do, and `false` says it would not fit.
     const post = (batch, rescuing) => {
       const events = batch.flatMap((group) => group.events);
       const body = JSON.stringify(events.length === 1 ? events[0] : events);
-      const size = new Blob([body]).size;
+      const size = bytes(body);
       // After a keepalive request got no answer, the next one is plain: other scripts of the
       // page may hold the keepalive budget, which the browser enforces by failing the fetch.
       const keepalive = (rescuing || !plain) && keepaliveBytes + size <= KEEPALIVE_BYTES;
       if (rescuing && !keepalive) return false;
       if (keepalive) keepaliveBytes += size;
-      for (const group of batch) inflight.add(group.key);
+      for (const group of batch) inflight.set(group.key, keepalive);
       let status = 0;
       let wait = 0;
       return fetch(endpoint, {
@@ -166,6 +170,8 @@
         body,
         keepalive, // outlives the page: a click that navigates away still sends its event
         credentials,
+        // A request that hangs must not hold the queue (and its lock) for ever.
+        signal: AbortSignal.timeout?.(30000),
         // JSON is answered in JSON, errors too. The poster tag (the page's data-poster) makes
         // the service refuse events queued by someone else than who is logged in now.
         headers: { "Content-Type": "application/json", ...(batch[0].p && { "X-Inngest-Poster": batch[0].p }) },
@@ -185,33 +191,44 @@
           if (status > 199 && status < 300 && Array.isArray(ids) && ids.length === events.length) {
             let at = 0;
             for (const group of batch) settle(group.key, ids.slice(at, (at += group.events.length)));
+            attempt = 0;
             if (solo) solo--;
             return;
           }
-          // No answer, a 2xx that is not the service's, 429, 503, or a proxy's 408/502/504:
-          // worth another try. Any other refusal is final for what was refused.
-          if (status < 300 || status === 429 || status === 503 || (!answer.code && [408, 502, 504].includes(status))) {
-            return wait;
+          // No answer, a 2xx that is not the service's, the service's 429 or 503, or any
+          // other 408, 429 or 5xx page (a proxy's, a CDN's): worth another try, not before
+          // the backoff and the server's Retry-After.
+          if (status < 300 || (answer.code ? status === 429 || status === 503 : status > 499 || status === 408 || status === 429)) {
+            offline = !status;
+            notBefore = Date.now() + backoff(attempt++, wait, config);
+            return true;
           }
-          if (batch.length > 1) {
-            solo = batch.length; // one group's refusal must not sink the others: send each alone
+          // A refusal naming events (field errors), or of a body too large, may be about one
+          // send of the batch: each is sent alone to learn which. Any other is for them all.
+          if (batch.length > 1 && (status === 413 || Object.keys(answer.errors || {}).length)) {
+            solo = batch.length;
             return;
           }
-          settle(batch[0].key, null, [status, answer, events]);
+          for (const group of batch) settle(group.key, null, [status, answer, group.events]);
+          attempt = 0;
           if (solo) solo--;
         });
     };
 
     const loop = async () => {
-      for (let batch; navigator.onLine !== false && (batch = next()).length; attempt = 0) {
-        const wait = await post(batch);
-        if (wait !== undefined) {
-          const delay = backoff(attempt++, wait, config);
-          if (Date.now() + delay <= until) timer = setTimeout(() => ((timer = 0), flush()), delay);
-          break;
-        }
+      while (navigator.onLine !== false && Date.now() >= notBefore) {
+        const batch = next();
+        if (!batch.length || (await post(batch))) break;
       }
-      again = false; // a send during a failed try waits for the retry; "online" does not
+      again = false; // a send during a failed try waits for the retry
+      wait();
+    };
+    // Set the timer for the next try, if one is due within the budget.
+    const wait = () => {
+      clearTimeout(timer);
+      timer = 0;
+      const delay = notBefore - Date.now();
+      if (delay > 0 && notBefore <= until && pending()) timer = setTimeout(() => ((timer = 0), flush()), delay);
     };
 
     // Send what is queued now, one run at a time across the site's tabs (Web Locks). The
@@ -220,29 +237,31 @@
       if (running) return (again = true), running;
       clearTimeout(timer);
       timer = 0;
-      return (running = (navigator.locks ? navigator.locks.request(prefix, loop) : loop()).finally(() => {
+      return (running = (navigator.locks?.request(prefix, loop) || loop()).finally(() => {
         running = null;
         if (again) return flush();
       }));
     };
-    // A new send, or a reason to think the service is back: retry from the first delay,
-    // unless the server asked to wait (a retry is already set for then).
+    // A new send, or a reason to think the service is back: send now, or when the backoff
+    // and the server's Retry-After allow.
     const kick = (budget = config.budget) => {
       until = Math.max(until, Date.now() + budget);
-      if (!timer) flush();
+      if (!timer) Date.now() < notBefore ? wait() : flush();
     };
     // The page is going away (or may be killed in the background): whatever is queued and not
-    // in flight goes now in keepalive requests, as far as their 64 KiB budget allows.
-    const rescue = () => {
-      for (let batch; navigator.onLine !== false && (batch = next(KEEPALIVE_BYTES - keepaliveBytes)).length && post(batch, true); );
+    // in a keepalive request goes now in keepalive requests, as far as their 64 KiB allow. At
+    // pagehide this is the last chance; a hidden page waits for its backoff like any other.
+    const rescue = (leaving) => {
+      if (navigator.onLine === false || !(leaving || Date.now() >= notBefore)) return;
+      // next() sized each batch to fit; only a first send larger than what is left stops it.
+      for (let batch; (batch = next(KEEPALIVE_BYTES - keepaliveBytes)).length && post(batch, true); );
     };
     addEventListener("online", () => {
-      clearTimeout(timer);
-      timer = attempt = 0;
+      if (offline) notBefore = attempt = timer = 0; // that backoff was the connection's, not the server's
       kick();
     });
     addEventListener("pageshow", () => kick());
-    addEventListener("pagehide", rescue);
+    addEventListener("pagehide", () => rescue(true));
     document.addEventListener("visibilitychange", () => (document.hidden ? rescue() : kick()));
 
     const send = (name, data, options) => {
@@ -255,24 +274,25 @@
           ts: event.ts || Date.now(), // when it happened, not when the queue got it through
         }));
         last = Math.max(Date.now(), last + 1);
-        const key = prefix + String(last).padStart(15, "0") + uuid().slice(0, 8);
+        const key = prefix + (1e15 + last) + uuid().slice(0, 8); // sorts by time: 16 digits
         put(key, JSON.stringify({ events, p: config.poster }));
         waiting.set(key, [resolve, reject]);
         const budget = options.budget || config.budget;
         setTimeout(() => {
-          const message = "Not acknowledged in time; the events stay queued.";
+          const message = "Not acknowledged in time; still queued.";
           if (waiting.has(key)) finish(key, null, [0, { code: "timeout", message }, events, true]);
         }, budget);
         kick(budget);
         // A send while the page is hidden (from a pagehide listener, say) may be its last
         // chance: it goes now, not after the lock is granted.
-        if (document.visibilityState === "hidden") rescue();
+        if (document.visibilityState === "hidden") rescue(leaving);
       });
     };
 
     // How many sends (groups of events) are queued for this endpoint, by any tab of the site.
-    const pending = () => stored(prefix).filter((key) => (read(key) || {}).events).length;
-    const client = { endpoint, send, flush, pending };
+    const pending = () => stored(prefix).length;
+    // flush() of the API tries now, whatever the backoff says (a "retry now" button, say).
+    const client = { endpoint, send, flush: () => ((notBefore = 0), flush()), pending };
     clients.set(endpoint, client);
     kick();
     return client;
@@ -280,52 +300,48 @@
 
   // -- forms: <form data-inngest-event="app/signup" action="/api" method="post"> posts through
   // the client and shows the answer in place; without JavaScript it posts and gets the 303.
-  const messages = (errors, path) =>
-    Object.entries(errors).flatMap(([field, value]) =>
-      Array.isArray(value) && typeof value[0] === "string"
-        ? [`${path}${field}: ${value.join(" ")}`]
-        : value && typeof value === "object"
-          ? messages(value, `${path}${field}.`)
-          : [],
-    );
+  // The form's own DOM methods are called from Element.prototype: a field named "action",
+  // "dataset" or "querySelector" hides the form's property of that name.
+  const dom = (name, node, ...args) => Element.prototype[name].call(node, ...args);
+  const attr = (form, name) => dom("getAttribute", form, `data-inngest-${name}`);
   const show = (form, state, text, detail) => {
-    form.dataset.inngestState = state;
-    let out = form.querySelector("[data-inngest-result]");
+    dom("setAttribute", form, "data-inngest-state", state);
+    let out = dom("querySelector", form, "[data-inngest-result]");
     if (!out) {
-      out = form.appendChild(document.createElement("output"));
+      out = dom("appendChild", form, document.createElement("output")); // role "status"
       out.setAttribute("data-inngest-result", "");
     }
-    out.setAttribute("role", "status");
     out.textContent = text;
-    form.dispatchEvent(new CustomEvent(`inngest:${state}`, { bubbles: true, detail }));
+    dom("dispatchEvent", form, new CustomEvent(`inngest:${state}`, { bubbles: true, detail }));
   };
   const submit = (event) => {
     const form = event.target;
-    if (event.defaultPrevented || !form.matches || !form.matches("form[data-inngest-event]")) return;
+    if (event.defaultPrevented || !(form instanceof HTMLFormElement) || attr(form, "event") == null) return;
     event.preventDefault();
-    if (form.dataset.inngestState === "sending") return; // a double click sends once
+    if (attr(form, "state") === "sending") return; // a double click sends once
     const fields = new FormData(form, event.submitter);
     const data = {};
     for (const [field, value] of fields) {
       if (typeof value !== "string" || field === "name" || field === "next") continue;
-      data[field] = field in data ? [].concat(data[field], value) : value;
+      data[field] = Object.hasOwn(data, field) ? [].concat(data[field], value) : value;
     }
-    for (const field of form.querySelectorAll("[aria-invalid]")) field.removeAttribute("aria-invalid");
+    for (const field of dom("querySelectorAll", form, "[aria-invalid]")) field.removeAttribute("aria-invalid");
     show(form, "sending", "Sending…");
-    // getAttribute: a field named "action" would hide the form's own `action` property
-    createClient({ endpoint: Element.prototype.getAttribute.call(form, "action") || location.href })
-      .send(form.dataset.inngestEvent || fields.get("name") || undefined, data)
+    createClient({ endpoint: dom("getAttribute", form, "action") || location.href })
+      .send(attr(form, "event") || fields.get("name") || undefined, data)
       .then(
-        (ids) => show(form, "sent", form.dataset.inngestSent || "Sent.", { ids }),
+        (ids) => show(form, "sent", attr(form, "sent") || "Sent.", { ids }),
         (error) => {
-          if (error.queued) return show(form, "queued", form.dataset.inngestQueued || "Saved: it will be sent when the service can be reached.", { error });
-          const errors = error.errors || {};
-          for (const field of Object.keys({ ...errors, ...errors.data })) {
-            const input = form.elements[field];
-            if (input && input.setAttribute) input.setAttribute("aria-invalid", "true");
+          if (error.queued) return show(form, "queued", attr(form, "queued") || "Saved; it will be sent later.", { error });
+          // The field errors of a form's one event: {name: [...]} and {data: {field: [...]}}.
+          const text = [error.message];
+          for (const [field, list] of Object.entries({ ...error.errors, ...error.errors.data })) {
+            if (!Array.isArray(list)) continue;
+            text.push(`${field}: ${list.join(" ")}`);
+            const input = dom("querySelector", form, `[name="${CSS.escape(field)}"]`);
+            input?.setAttribute("aria-invalid", "true");
           }
-          const text = [error.message, ...messages(errors, "")].join(" ").replace(/\bdata\./g, "");
-          show(form, "error", text, { error });
+          show(form, "error", text.join(" "), { error });
         },
       );
   };

@@ -167,6 +167,68 @@ test("a 2xx that is not the service's answer (a captive portal, say) is retried"
   same(seen.length, 3, "requests");
 });
 
+test("a Retry-After longer than the budget holds later sends too (no request storm)", async () => {
+  const seen = network([503, { status: "error", code: "outbox_full", errors: {} }, { "Retry-After": "120" }]);
+  const gw = client({ budget: 100 });
+  gw.send("app/1").catch(() => {});
+  await within(500, () => seen.length === 1, "the first try");
+  for (const n of [2, 3, 4, 5]) {
+    gw.send(`app/${n}`).catch(() => {});
+    await sleep(20);
+  }
+  same(seen.length, 1, "requests before Retry-After");
+  same(gw.pending(), 5, "queued");
+  network(accepted);
+  await gw.flush(); // an explicit flush tries now, whatever the backoff says
+  same(gw.pending(), 0, "sent by flush()");
+});
+
+test("going online retries at once after lost connections, not before a server's Retry-After", async () => {
+  let seen = network("offline");
+  const gw = client({ base: 60000, cap: 60000 });
+  const first = gw.send("app/net");
+  await within(500, () => seen.length === 1, "the first try");
+  seen = network(accepted);
+  window.dispatchEvent(new Event("online"));
+  same((await first).length, 1, "sent when online");
+  seen = network([503, { status: "error", code: "outbox_full", errors: {} }, { "Retry-After": "60" }]);
+  gw.send("app/server").catch(() => {});
+  await within(500, () => seen.length === 1, "the first try");
+  const again = network(accepted);
+  window.dispatchEvent(new Event("online"));
+  await sleep(50);
+  same(again.length, 0, "the server asked for 60 s");
+});
+
+test("any 5xx page that is not the service's envelope is retried; the service's 500 is final", async () => {
+  const seen = network([500], [520], [503], accepted);
+  same((await client().send("app/cdn")).length, 1, "ids");
+  same(seen.length, 4, "requests");
+  network(envelope(500, "internal_error"));
+  same((await rejection(client().send("app/bug"))).code, "internal_error", "code");
+});
+
+test("a refusal of the whole batch (401, 409) settles every send in it, without a split", async () => {
+  const seen = network("offline");
+  const gw = client({ base: 60000, cap: 60000 });
+  const sends = [1, 2, 3].map((n) => gw.send(`app/${n}`));
+  await within(500, () => seen.length === 1, "the first try");
+  const again = network(envelope(409, "poster_changed"));
+  await gw.flush();
+  same(again.length, 1, "one request");
+  for (const sent of sends) same((await rejection(sent)).code, "poster_changed", "code");
+  same(gw.pending(), 0, "none kept");
+});
+
+test("every request can be aborted (a hung connection must not hold the queue)", async () => {
+  let signal;
+  network(accepted);
+  const realFetch = window.fetch;
+  window.fetch = (url, init) => ((signal = init.signal), realFetch(url, init));
+  await client().send("app/timed");
+  check(signal instanceof AbortSignal && !signal.aborted, `signal ${signal}`);
+});
+
 // -- the queue -----------------------------------------------------------------------------
 
 test("queued sends go oldest first, in batches of at most maxBatch events", async () => {
@@ -315,6 +377,24 @@ test("events carry the poster they were queued for, one poster per request", asy
   same(headers, ["tag-of-ada", "tag-of-bob", null], "X-Inngest-Poster");
 });
 
+test("a client of another endpoint does not take the page's poster tag", async () => {
+  const seen = network(accepted);
+  const headers = [];
+  const realFetch = window.fetch;
+  window.fetch = (url, init) => (headers.push(init.headers["X-Inngest-Poster"] || null), realFetch(url, init));
+  const defaults = { ...gateway.configure({}) };
+  try {
+    gateway.configure({ endpoint: "/own-api", poster: "tag-of-this-page" });
+    await createClient().send("app/own");
+    await createClient({ endpoint: "https://events.example.com/api" }).send("app/other");
+    await createClient({ endpoint: "https://events2.example.com/api", poster: "given" }).send("app/given");
+  } finally {
+    gateway.configure(defaults);
+  }
+  same(headers, ["tag-of-this-page", null, "given"], "X-Inngest-Poster");
+  same(seen.length, 3, "requests");
+});
+
 // -- credentials, keepalive, leaving the page --------------------------------------------
 
 test("credentials: same-origin for this site's service, include for another origin's", async () => {
@@ -344,7 +424,8 @@ test("pagehide sends what is queued at once, in keepalive requests within 64 KiB
   const sends = [1, 2, 3].map((n) => gw.send(`app/big-${n}`, { text: "x".repeat(30 * 1024) }));
   await within(500, () => seen.length === 1, "the first try");
   const leaving = network(accepted);
-  window.dispatchEvent(new PageTransitionEvent("pagehide", { persisted: false }));
+  window.dispatchEvent(new PageTransitionEvent("pagehide", { persisted: true }));
+  window.dispatchEvent(new PageTransitionEvent("pageshow", { persisted: true })); // back (bfcache)
   // Synchronously: the page may be gone after its pagehide handlers.
   same(names(leaving), [["app/big-1", "app/big-2"]], "sent during pagehide");
   same(leaving.map((request) => request.keepalive), [true], "keepalive");
@@ -354,21 +435,79 @@ test("pagehide sends what is queued at once, in keepalive requests within 64 KiB
   await sends[2];
 });
 
-test("a page hidden in the background sends its queue like pagehide", async () => {
-  const seen = network("offline");
-  const gw = client({ base: 60000, cap: 60000 });
-  const sent = gw.send("app/hidden");
-  await within(500, () => seen.length === 1, "the first try");
-  const hiding = network(accepted);
+const hidden = (body) => {
   Object.defineProperty(document, "hidden", { configurable: true, get: () => true });
+  Object.defineProperty(document, "visibilityState", { configurable: true, get: () => "hidden" });
   try {
-    document.dispatchEvent(new Event("visibilitychange"));
+    return body();
   } finally {
     delete document.hidden;
+    delete document.visibilityState;
   }
-  same(names(hiding), [["app/hidden"]], "sent on visibilitychange");
-  same(hiding[0].keepalive, true, "keepalive");
-  await sent;
+};
+
+test("pagehide sends again what is in flight in a plain request (unload would abort it)", async () => {
+  let seen = network("offline", () => new Promise(() => {})); // the retry hangs
+  const gw = client({ base: 10, cap: 10 });
+  const sent = gw.send("app/plain");
+  await within(500, () => seen.length === 2, "the retry");
+  same(seen.map((request) => request.keepalive), [true, false], "the retry is plain");
+  seen = network(accepted);
+  window.dispatchEvent(new PageTransitionEvent("pagehide", { persisted: true }));
+  window.dispatchEvent(new PageTransitionEvent("pageshow", { persisted: true }));
+  same(seen.map((request) => [request.body.name, request.keepalive]), [["app/plain", true]], "sent again");
+  same((await sent).length, 1, "ids");
+});
+
+test("the keepalive budget is counted in bytes, not characters", async () => {
+  let seen = network("offline");
+  const gw = client({ base: 60000, cap: 60000 });
+  const text = "字".repeat(15000); // 45,000 bytes in UTF-8
+  const sends = [gw.send("app/cjk-1", { text }), gw.send("app/cjk-2", { text })];
+  await within(500, () => seen.length === 1, "the first try");
+  seen = network(accepted);
+  window.dispatchEvent(new PageTransitionEvent("pagehide", { persisted: true }));
+  window.dispatchEvent(new PageTransitionEvent("pageshow", { persisted: true }));
+  same(names(seen), [["app/cjk-1"]], "what fits in 64 KiB goes");
+  await sends[0];
+  same(gw.pending(), 1, "the other waits");
+  await gw.flush();
+  await sends[1];
+});
+
+test("a page going to the background sends at once what waits for another tab's turn", async () => {
+  network(accepted);
+  const gw = client();
+  // Another tab holds the queue's lock (it is flushing): this tab's run waits for it.
+  let release;
+  const held = new Promise((resolve) => (release = resolve));
+  await new Promise((granted) => navigator.locks.request(`inngest-gateway ${gw.endpoint} `, () => (granted(), held)));
+  const seen = network(accepted);
+  const sent = gw.send("app/hidden");
+  await sleep(50);
+  same(seen.length, 0, "waiting for the lock");
+  hidden(() => document.dispatchEvent(new Event("visibilitychange")));
+  same(names(seen), [["app/hidden"]], "sent on visibilitychange");
+  same(seen[0].keepalive, true, "keepalive");
+  same((await sent).length, 1, "ids");
+  release();
+});
+
+test("a hidden page keeps to the backoff; pagehide does not", async () => {
+  const seen = network([503, { status: "error", code: "outbox_full", errors: {} }, { "Retry-After": "60" }]);
+  const gw = client();
+  const sent = gw.send("app/later");
+  await within(500, () => seen.length === 1, "the first try");
+  network(accepted);
+  const again = network(accepted);
+  hidden(() => document.dispatchEvent(new Event("visibilitychange")));
+  hidden(() => gw.send("app/while-hidden"));
+  await sleep(50);
+  same(again.length, 0, "nothing before Retry-After while the page lives");
+  window.dispatchEvent(new PageTransitionEvent("pagehide", { persisted: true }));
+  window.dispatchEvent(new PageTransitionEvent("pageshow", { persisted: true }));
+  same(names(again), [["app/later", "app/while-hidden"]], "at pagehide, the last chance");
+  same((await sent).length, 1, "ids");
 });
 
 // -- forms -----------------------------------------------------------------------------------
@@ -424,6 +563,17 @@ test("a refused form marks its fields and shows the messages; the next try clear
   same(element.elements.email.hasAttribute("aria-invalid"), false, "cleared");
 });
 
+test("fields named like the form's own properties do not break it", async () => {
+  const seen = network(accepted);
+  const element = form(`<input name="action" value="subscribe"><input name="dataset" value="d">
+    <input name="querySelectorAll" value="q"><input name="constructor" value="c"><button>Go</button>`);
+  element.setAttribute("data-inngest-event", "app/odd-fields");
+  element.querySelector("button").click();
+  await within(2000, () => element.getAttribute("data-inngest-state") === "sent", "sent");
+  same(events(seen)[0][0].data, { action: "subscribe", dataset: "d", querySelectorAll: "q", constructor: "c" }, "data");
+  check(seen[0].url.endsWith(element.getAttribute("action")), seen[0].url);
+});
+
 test("a double click on a form sends once", async () => {
   const seen = network(async (body) => accepted(body));
   const element = form(`<input name="a" value="1"><button>Go</button>`);
@@ -443,7 +593,7 @@ test("a form whose send outlives its budget says it is saved for later", async (
   createClient({ endpoint: element.getAttribute("action"), budget: 100, base: 60000, cap: 60000 });
   element.querySelector("button").click();
   await state(element, "queued");
-  same(element.querySelector("[data-inngest-result]").textContent, "Saved: it will be sent when the service can be reached.", "result");
+  same(element.querySelector("[data-inngest-result]").textContent, "Saved; it will be sent later.", "result");
 });
 
 test("the classic script and the module are one client", async () => {
