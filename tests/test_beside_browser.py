@@ -378,3 +378,30 @@ def test_a_page_on_another_origin_is_refused(
     message = unique("After the attack")
     send_fetch(page, shot, message)
     assert_from_ada(event_with(inngest, message))
+
+
+def test_the_browser_client_through_nginx_posts_as_the_hosts_user(
+    page: Page, site: Site, shot: Screenshots, inngest: InngestStandIn
+) -> None:
+    """The host's page loads inngest-gateway.js from its own origin (nginx passes it to the
+    service, as deploy/nginx-beside.conf says) and sends through it with the host's cookie."""
+    errors = console_errors(page)
+    log_in(page, site, shot)
+    message = unique("Hello from the client beside the host")
+
+    page.evaluate(
+        """() => new Promise((loaded, failed) => {
+             const script = document.createElement('script');
+             script.src = '/inngest-gateway.js';
+             script.onload = loaded;
+             script.onerror = () => failed(new Error('the client did not load'));
+             document.head.append(script);
+           })"""
+    )
+    ids = page.evaluate("(message) => InngestGateway.send('app/api.posted', {message})", message)
+    shot(page, "client-sent")
+
+    event = event_with(inngest, message)
+    assert ids == [event["id"]]
+    assert_from_ada(event)
+    assert errors == []
