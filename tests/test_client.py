@@ -185,22 +185,29 @@ def wait_for_events(inngest: InngestStandIn, count: int) -> list[dict[str, Any]]
     return accepted
 
 
-def wait_for_one_event(inngest: InngestStandIn) -> dict[str, Any]:
-    """The one event Inngest got, counted as Inngest counts them: by id.
+def wait_for_distinct(inngest: InngestStandIn, count: int) -> list[dict[str, Any]]:
+    """The events Inngest got, counted as Inngest counts them: by id, first copies in order.
 
-    A page that goes away can lose the answer to a request the service did get (the browser
-    drops it with the page); the client then sends the same event again at pagehide, with
-    the same id, and Inngest runs its functions once. So copies may arrive, never two ids.
+    Where the client cannot know whether the service got a request (a page that goes away
+    loses the answer with it; another tab's localStorage shows a sent event a moment late),
+    it sends the event again, with the same id, and Inngest runs its functions once. So
+    copies may arrive, each the same event (but for `data.request`, the post's own); never
+    more ids than events.
     """
     deadline = time.monotonic() + DELIVERED_WITHIN
-    while not inngest.accepted and time.monotonic() < deadline:
+    while len({e["id"] for e in inngest.accepted}) < count and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert inngest.accepted, "no event arrived"
     time.sleep(QUIET_SECONDS)
-    accepted = list(inngest.accepted)
-    assert len({event["id"] for event in accepted}) == 1, accepted
-    assert all(event == accepted[0] for event in accepted), accepted
-    return accepted[0]
+    first: dict[str, dict[str, Any]] = {}
+
+    def sent(event: dict[str, Any]) -> dict[str, Any]:  # all but the post's own request data
+        return {**event, "data": {k: v for k, v in event["data"].items() if k != "request"}}
+
+    for event in list(inngest.accepted):
+        kept = first.setdefault(event["id"], event)
+        assert sent(kept) == sent(event), "two different events share an id"
+    assert len(first) == count, [e["data"]["message"] for e in first.values()]
+    return list(first.values())
 
 
 def expected_id(event: dict[str, Any], client_id: str) -> str:
@@ -359,7 +366,7 @@ def test_a_click_that_navigates_away_at_once_still_delivers_its_event(
     page.wait_for_url(elsewhere)
     shot(page, "elsewhere")
 
-    event = wait_for_one_event(inngest)
+    (event,) = wait_for_distinct(inngest, 1)
     assert event["data"]["message"] == "clicked on the way out"
     assert event["data"]["user"]["email"] == EMAIL
 
@@ -376,9 +383,56 @@ def test_a_send_from_a_pagehide_listener_is_delivered(
 
     page.goto("about:blank")
 
-    event = wait_for_one_event(inngest)
+    (event,) = wait_for_distinct(inngest, 1)
     assert event["data"]["message"] == "left the page"
     assert event["data"]["user"]["email"] == EMAIL
+
+
+# -- tabs ------------------------------------------------------------------------------
+
+
+def test_two_tabs_share_one_queue_and_send_each_event_under_one_id(
+    new_context: Callable[..., BrowserContext],
+    service: Service,
+    inngest: InngestStandIn,
+    shot: Screenshots,
+) -> None:
+    """Both tabs queue while the service is out of reach; when it is back, both flush at once.
+    Web Locks let one tab send at a time; each event goes under its one id, and each tab's
+    promises resolve to their events' ids, whichever tab sent them (the storage event)."""
+    context = new_context()
+    first = context.new_page()
+    log_in(first, service)
+    second = context.new_page()
+    second.goto(f"{service.url}/")
+    until(second, "typeof window.InngestGateway === 'object'")
+    api = f"{service.url}/api"
+    context.route(api, lambda route: route.abort())
+    for tab, name in ((first, "first"), (second, "second")):
+        tab.evaluate(
+            """(name) => { window.sent = [];
+                 for (const n of [1, 2, 3]) InngestGateway.send('app/api.posted',
+                   {message: name + ' ' + n}).then((ids) => window.sent.push(...ids));
+               }""",
+            name,
+        )
+    until(first, "InngestGateway.createClient().pending() === 6")
+    context.unroute(api)
+
+    first.evaluate("() => { InngestGateway.flush(); }")
+    second.evaluate("() => { InngestGateway.flush(); }")
+    until(first, "window.sent.length === 3", timeout=10)
+    until(second, "window.sent.length === 3", timeout=10)
+    events = wait_for_distinct(inngest, 6)
+    shot(second, "second-tab")
+
+    assert sorted(e["data"]["message"] for e in events) == sorted(
+        f"{tab} {n}" for tab in ("first", "second") for n in (1, 2, 3)
+    )
+    by_message = {e["data"]["message"]: e["id"] for e in events}
+    assert first.evaluate("window.sent") == [by_message[f"first {n}"] for n in (1, 2, 3)]
+    assert second.evaluate("window.sent") == [by_message[f"second {n}"] for n in (1, 2, 3)]
+    assert first.evaluate("InngestGateway.createClient().pending()") == 0
 
 
 # -- a shared computer ------------------------------------------------------------------
