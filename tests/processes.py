@@ -52,6 +52,22 @@ def clean_env(home: Path) -> dict[str, str]:
     return env
 
 
+def run_flask(
+    app: str, directory: Path, env: Mapping[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`flask --app <app> <args>` as an operator runs it: the settings in `env` only."""
+    return subprocess.run(
+        [str(BIN / "flask"), "--app", app, *args],
+        cwd=ROOT,
+        env=clean_env(directory) | dict(env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
-from tests.browsers import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, Screenshots, console_errors
+from tests.browsers import Screenshots, console_errors
 from tests.conftest import SECRET_KEY
 from tests.hostapp import add_user, beside_site, create_host_app, start_app
 from tests.processes import ROOT, Nginx, Server, start_gunicorn, start_nginx
@@ -130,38 +130,6 @@ def site(
 
 def _port(server: Server) -> int:
     return int(server.url.rsplit(":", 1)[1])
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Debian's Chromium, headless; missing Chromium is a failure, never a skip."""
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, timeout=30_000
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A page in a fresh profile (cookies and all), closed after the test."""
-    context: BrowserContext = browser.new_context(viewport={"width": 1000, "height": 700})
-    context.set_default_timeout(TIMEOUT_MS)
-    context.set_default_navigation_timeout(TIMEOUT_MS)
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
-
-
-@pytest.fixture
-def shot(request: pytest.FixtureRequest) -> Screenshots:
-    return Screenshots(request.node.name)
 
 
 # -- steps -----------------------------------------------------------------------------

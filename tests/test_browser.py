@@ -14,7 +14,6 @@ Every wait is bounded; the server, the attacker's server and the browser are alw
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 import uuid
@@ -28,7 +27,7 @@ from playwright.sync_api import BrowserContext, Page, Request, Response, expect
 
 from tests.browsers import Screenshots, console_errors
 from tests.conftest import SECRET_KEY
-from tests.processes import BIN, ROOT, Server, clean_env, free_port, start_gunicorn
+from tests.processes import Server, free_port, run_flask, start_gunicorn
 from tests.standin import InngestStandIn
 
 # Above each test's own waits: the service's start (`flask users create` 60 s, gunicorn 30 s),
@@ -70,17 +69,8 @@ def service(
         "DELIVERY_MODE": "sync",
         "OUTBOX_EMBEDDED_DELIVERER": "false",
     }
-    created = subprocess.run(
-        [str(BIN / "flask"), "--app", "wsgi", "users", "create", EMAIL]
-        + ["--name", NAME, "--password", PASSWORD],
-        cwd=ROOT,
-        env=clean_env(directory) | settings,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    user = ("users", "create", EMAIL, "--name", NAME, "--password", PASSWORD)
+    created = run_flask("wsgi", directory, settings, *user)
     assert created.returncode == 0, created.stdout + created.stderr
     server = start_gunicorn(directory, inngest_server, env=settings)
     try:

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +26,8 @@ from playwright.sync_api import BrowserContext, Page, Request, Route, expect
 from service.events import EVENT_ID_NAMESPACE
 from tests.browsers import Screenshots, console_errors
 from tests.conftest import SECRET_KEY
-from tests.processes import BIN, ROOT, Server, clean_env, free_port, start_gunicorn
+from tests.processes import Server, run_flask, start_gunicorn
+from tests.sites import Site
 from tests.standin import InngestStandIn
 from tests.test_browser import EMAIL, NAME, PASSWORD, Traffic
 
@@ -39,44 +37,6 @@ EVENT = "app/api.posted"  # the service's default allowed and default event name
 DELIVERED_WITHIN = 20.0  # seconds for the embedded deliverer to hand an event to Inngest
 QUIET_SECONDS = 1.5  # how long nothing more may arrive after what was expected
 BOB, BOB_EMAIL = "Bob", "bob@example.com"
-
-
-class Site:
-    """Another origin's server on 127.0.0.1: fixed pages by path; every other path a 404."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.pages: dict[str, str] = {}
-        pages = self.pages
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                page = pages.get(self.path.split("?")[0])
-                if page is None:
-                    self.send_error(404)
-                    return
-                body = page.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
 
 
 @dataclass
@@ -114,30 +74,10 @@ def service(
         "OUTBOX_WRITE_TIMEOUT": "0.3s",
         "TRUSTED_ORIGINS": trusted.url("").rstrip("/"),
     }
-    created = subprocess.run(
-        [str(BIN / "flask"), "--app", "wsgi", "users", "create", EMAIL]
-        + ["--name", NAME, "--password", PASSWORD],
-        cwd=ROOT,
-        env=clean_env(directory) | settings,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert created.returncode == 0, created.stdout + created.stderr
-    created = subprocess.run(
-        [str(BIN / "flask"), "--app", "wsgi", "users", "create", BOB_EMAIL]
-        + ["--name", BOB, "--password", PASSWORD],
-        cwd=ROOT,
-        env=clean_env(directory) | settings,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert created.returncode == 0, created.stdout + created.stderr
+    for email, name in ((EMAIL, NAME), (BOB_EMAIL, BOB)):
+        user = ("users", "create", email, "--name", name, "--password", PASSWORD)
+        created = run_flask("wsgi", directory, settings, *user)
+        assert created.returncode == 0, created.stdout + created.stderr
     server = start_gunicorn(directory, inngest_server, env=settings)
     try:
         yield Service(server, server.url, outbox, trusted, other)

@@ -30,7 +30,7 @@ from tests.hostapp import (
     create_host_app,
     start_app,
 )
-from tests.processes import BIN, ROOT, Server, clean_env, free_port, launch
+from tests.processes import BIN, ROOT, Server, clean_env, free_port, launch, run_flask
 from tests.standin import InngestStandIn
 
 pytestmark = pytest.mark.slow
@@ -120,15 +120,7 @@ def flask_run(directory: Path, env: dict[str, str]) -> Server:
 
 def flask_cli(env: dict[str, str], directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`flask --app <host factory> <args>` as an operator runs it."""
-    return subprocess.run(
-        [str(BIN / "flask"), "--app", HOST_SPEC, *args],
-        cwd=ROOT,
-        env=clean_env(directory) | env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    return run_flask(HOST_SPEC, directory, env, *args, timeout=30)
 
 
 def log_in(session: requests.Session, url: str, email: str, password: str) -> requests.Response:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,7 @@ from flask.testing import FlaskClient
 from service.settings import ConfigError, load_settings
 from service.users import create_user
 from tests.conftest import PASSWORD, SECRET_KEY, assert_envelope
-from tests.processes import BIN, ROOT, clean_env, start_gunicorn, wait_until_healthy
+from tests.processes import run_flask, start_gunicorn, wait_until_healthy
 from tests.standin import InngestStandIn
 
 ADA = {"email": "ada@example.com", "password": PASSWORD}
@@ -312,16 +311,7 @@ def test_logout_and_disable_end_a_login_in_every_worker_at_once(
     }
 
     def flask(*args: str) -> None:
-        done = subprocess.run(
-            [str(BIN / "flask"), "--app", "wsgi", *args],
-            cwd=ROOT,
-            env=clean_env(tmp_path) | settings,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = run_flask("wsgi", tmp_path, settings, *args)
         assert done.returncode == 0, done.stdout + done.stderr
 
     def login(remember: bool) -> dict[str, str]:

@@ -143,7 +143,7 @@
         const group = !(room ? inflight.get(key) : inflight.has(key)) && read(key);
         if (!group?.events) continue;
         count += group.events.length;
-        room -= bytes(JSON.stringify(group.events));
+        if (room) room -= bytes(JSON.stringify(group.events)); // measured only at pagehide
         // One request, one poster: events queued for another poster go in a request of their own.
         if (batch.length && (solo || count > config.maxBatch || room < 0 || group.p !== batch[0].p)) break;
         batch.push({ key, events: group.events, p: group.p });
