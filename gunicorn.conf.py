@@ -36,12 +36,16 @@ limit_request_fields = 100
 
 def on_starting(server):  # type: ignore[no-untyped-def]
     """Check the settings once in the master: a bad one stops gunicorn, not each worker in turn."""
-    from service.identity import load_identity_settings
+    from service.identity import check_users_query, load_identity_settings, user_lookup
     from service.settings import ConfigError, environment, load_settings
 
     try:
         load_settings(environment())
-        load_identity_settings(environment())
+        lookup = user_lookup(load_identity_settings(environment()))
+        try:
+            check_users_query(lookup)  # against the users database, when it answers
+        finally:
+            lookup.dispose()
     except ConfigError as exc:
         sys.exit(f"inngest-gateway: configuration error: {exc}")
     _metrics_directory()

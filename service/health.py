@@ -10,7 +10,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import apidoc
 from .db import db, ensure_schema, ping
 from .errors import NotReady
+from .identity import UserLookup, UsersQueryError
 from .outbox import queries
+from .reads import ReadTimeout
 from .state import gateway_state
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,8 @@ def healthz() -> Response:
 @apidoc.documented(
     "get",
     {
-        "summary": "Readiness: the database answers and takes writes",
+        "summary": "Readiness: the database answers and takes writes (and beside a host app, "
+        "USERS_SQL runs on the users database)",
         "responses": {
             "200": apidoc.ok("Ready, with the outbox's state", "Ready"),
             "500": apidoc.UNEXPECTED,
@@ -66,7 +69,27 @@ def readyz() -> Response:
         raise NotReady(
             "The database does not answer.", errors={"database": ["unreachable"]}
         ) from None
-    return jsonify(status="ok", database="ok", outbox=depth)
+    lookup = current_app.extensions.get("identity")
+    if lookup is None:
+        return jsonify(status="ok", database="ok", outbox=depth)
+    return jsonify(status="ok", database="ok", outbox=depth, users=_users_state(lookup))
+
+
+def _users_state(lookup: UserLookup) -> str:
+    """IDENTITY=flask-session: `ok`, or `unavailable` (an outage does not make the service
+    unready: anonymous posts still work, and every instance shares the users database).
+    A USERS_SQL that the users database says cannot run is a configuration error: not ready.
+    """
+    try:
+        lookup.check()
+    except UsersQueryError as exc:
+        raise NotReady(
+            "USERS_SQL cannot run on the users database.", errors={"users": [f"USERS_SQL: {exc}"]}
+        ) from None
+    except (SQLAlchemyError, ReadTimeout) as exc:
+        log.warning("users database not answering: %s", type(getattr(exc, "orig", exc)).__name__)
+        return "unavailable"
+    return "ok"
 
 
 def init_app(app: Flask) -> None:

@@ -30,13 +30,14 @@ from flask.sessions import SecureCookieSession, SecureCookieSessionInterface, Se
 from flask_login import LoginManager, UserMixin
 from flask_login.utils import decode_cookie
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import Engine, TextClause, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from werkzeug.wrappers import Response as BaseResponse
 
 from .errors import LoginRequired, UsersUnavailable
 from .payload import FORM_TYPES, referrer_path, wants_json
+from .reads import BoundedReads, ReadTimeout
 from .settings import ConfigError, Duration
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ IDENTITY_FLASK_SESSION = "flask-session"
 FLASK_SESSION_SALT = "cookie-session"  # Flask's SecureCookieSessionInterface.salt
 DEFAULT_SESSION_MAX_AGE = 31 * 86400.0  # Flask's default PERMANENT_SESSION_LIFETIME
 MAX_USER_ID_LENGTH = 512
+# A configuration error of USERS_SQL is logged at ERROR at most this often (seconds).
+_CONFIG_ERROR_LOG_INTERVAL = 60.0
 # A cookie name is an RFC 6265 token.
 _COOKIE_NAME = re.compile(r"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 
@@ -321,18 +324,54 @@ class HostUser(UserMixin):  # type: ignore[misc]
         return self.id
 
     def public(self) -> dict[str, Any]:
-        """The user as events carry it in `data.user`: the row, JSON-safe."""
-        return {str(name): json_safe(value) for name, value in self.row.items()}
+        """The user as events carry it in `data.user`: the row, JSON-safe, always with an id
+        (the session's, where the row has none)."""
+        user = {str(name): json_safe(value) for name, value in self.row.items()}
+        if user.get("id") is None:
+            user["id"] = self.id
+        return user
 
     def __repr__(self) -> str:
         return f"HostUser(id={self.id!r})"
+
+
+class UsersQueryError(Exception):
+    """USERS_SQL cannot run on the users database as it is (a missing table, a syntax error)."""
+
+
+# SQLSTATE class 42: syntax error or access rule violation (a missing table or column, a typo,
+# no permission). Retrying cannot help: the query or the database must change.
+_CONFIG_SQLSTATE = "42"
+_SQLITE_CONFIG_ERRORS = (
+    "no such table",
+    "no such column",
+    "syntax error",
+    "incomplete input",
+    "ambiguous column",
+)
+
+
+def _configuration_problem(exc: SQLAlchemyError) -> str | None:
+    """What is wrong with USERS_SQL, if this error says the query itself cannot run."""
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate.startswith(_CONFIG_SQLSTATE):
+        detail = getattr(getattr(orig, "diag", None), "message_primary", None) or ""
+        return f"{type(orig).__name__}: {detail}".rstrip(": ")
+    if isinstance(orig, sqlite3.Error):
+        message = str(orig)
+        if any(words in message for words in _SQLITE_CONFIG_ERRORS):
+            return message
+    return None
 
 
 class UserLookup:
     """Finds the host's user for an id with USERS_SQL, read-only and within a time limit.
 
     Without a query every id is a user carrying only its id. The engine is the lookup's own
-    (never the service's database), opened lazily in each process.
+    (never the service's database), opened lazily in each process. On PostgreSQL each lookup
+    ends within `timeout` whatever the network does (`reads.BoundedReads`); on SQLite a
+    progress handler and `busy_timeout` bound it.
     """
 
     def __init__(self, url: str | None, sql: str | None, timeout: float = 2.0) -> None:
@@ -341,50 +380,57 @@ class UserLookup:
         self.url = users_engine_url(url) if url else None
         self.sql = text(check_users_sql(sql)) if sql else None
         self.timeout = timeout
+        self.problem: str | None = None  # the last configuration error seen, until a lookup works
         self._engine: Engine | None = None
+        self._reads: BoundedReads | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        self._postgres_sql: str | None = None
+        self._logged_at = -math.inf
 
     @property
     def engine(self) -> Engine:
         """This process's engine for the users database."""
         if self.url is None:
             raise RuntimeError("no USERS_DATABASE_URL")
+        if self._bounded() is not None:
+            assert self._reads is not None
+            return self._reads.engine
         with self._lock:
             if self._engine is None or self._pid != os.getpid():
                 if self._engine is not None:  # inherited through fork: leave the parent's
                     self._engine.dispose(close=False)
-                self._engine = self._create_engine(self.url)
+                self._engine = self._sqlite_engine(self.url)
                 self._pid = os.getpid()
             return self._engine
 
-    def _create_engine(self, url: str) -> Engine:
-        if url.startswith("sqlite"):
-            # mode=rw: a missing file is an error, never a new empty database on the host's path.
-            uri = f"file:{quote(make_url(url).database or '')}?mode=rw"
-            # One connection per lookup: nothing pooled to hold a read snapshot or a lock.
-            engine = create_engine(
-                "sqlite://",
-                creator=lambda: sqlite3.connect(uri, uri=True),
-                poolclass=NullPool,
-            )
-            busy_ms = max(1, int(self.timeout * 1000))
+    def _bounded(self) -> BoundedReads | None:
+        """PostgreSQL's reads, made on first use."""
+        if self.url is None or not self.url.startswith("postgresql"):
+            return None
+        if self._reads is None:
+            self._reads = BoundedReads(self.url, self.timeout)
+        return self._reads
 
-            def on_connect(dbapi_connection: Any, _record: Any) -> None:
-                cursor = dbapi_connection.cursor()
-                cursor.execute("PRAGMA query_only=ON")
-                cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
-                cursor.close()
-
-            event.listen(engine, "connect", on_connect)
-            return engine
-        return create_engine(
-            url,
-            pool_pre_ping=True,
-            pool_timeout=self.timeout,
-            # libpq counts whole seconds, 2 at least.
-            connect_args={"connect_timeout": max(2, math.ceil(self.timeout))},
+    def _sqlite_engine(self, url: str) -> Engine:
+        # mode=rw: a missing file is an error, never a new empty database on the host's path.
+        uri = f"file:{quote(make_url(url).database or '')}?mode=rw"
+        # One connection per lookup: nothing pooled to hold a read snapshot or a lock.
+        engine = create_engine(
+            "sqlite://",
+            creator=lambda: sqlite3.connect(uri, uri=True),
+            poolclass=NullPool,
         )
+        busy_ms = max(1, int(self.timeout * 1000))
+
+        def on_connect(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA query_only=ON")
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+            cursor.close()
+
+        event.listen(engine, "connect", on_connect)
+        return engine
 
     def load(self, user_id: str) -> HostUser | None:
         """The user with this id, or None without a row; UsersUnavailable if the query fails."""
@@ -392,43 +438,119 @@ class UserLookup:
             return HostUser(user_id)
         started = time.monotonic()
         try:
-            row = self._query(user_id)
-        except SQLAlchemyError as exc:
-            # The class only: a driver's message may quote the URL or the query's values.
-            log.warning(
-                "users lookup failed after %.0f ms: %s",
-                (time.monotonic() - started) * 1000,
-                type(getattr(exc, "orig", None) or exc).__name__,
-            )
+            row = self._run(self.sql, {"id": user_id}, first=True)
+        except (SQLAlchemyError, ReadTimeout) as exc:
+            self._failed(exc, started)
             raise UsersUnavailable() from None
+        self.problem = None
         return None if row is None else HostUser(user_id, row)
 
-    def _query(self, user_id: str) -> dict[str, Any] | None:
-        assert self.sql is not None
+    def check(self) -> None:
+        """Run USERS_SQL against the database without reading a user, and check its columns.
+
+        Raises UsersQueryError when the query cannot run as it is or returns no `id` column,
+        and SQLAlchemyError or ReadTimeout when the database does not answer.
+        """
+        if self.sql is None:
+            return
+        # Wrapped so that no row can come back, whatever the query selects.
+        probe = text(f"SELECT * FROM ({self.sql.text}) AS users_sql WHERE 1 = 0")
+        try:
+            columns = self._run(probe, {"id": None}, first=False)
+        except SQLAlchemyError as exc:
+            problem = _configuration_problem(exc)
+            if problem is None:
+                raise
+            self.problem = problem
+            raise UsersQueryError(problem) from None
+        assert isinstance(columns, list)
+        if "id" not in columns:
+            self.problem = f"returns no `id` column (it returns {', '.join(columns) or 'none'})"
+            raise UsersQueryError(self.problem)
+        self.problem = None
+
+    def _failed(self, exc: Exception, started: float) -> None:
+        """Log a failed lookup: a configuration error at ERROR (rate-limited), an outage at
+        WARNING. The class only: a driver's message may quote the URL or the query's values."""
+        elapsed = (time.monotonic() - started) * 1000
+        problem = _configuration_problem(exc) if isinstance(exc, SQLAlchemyError) else None
+        if problem is None:
+            log.warning(
+                "users lookup failed after %.0f ms: %s",
+                elapsed,
+                type(getattr(exc, "orig", None) or exc).__name__,
+            )
+            return
+        self.problem = problem
+        now = time.monotonic()
+        if now - self._logged_at >= _CONFIG_ERROR_LOG_INTERVAL:
+            self._logged_at = now
+            log.error(
+                "users lookup failed: USERS_SQL cannot run on the users database (%s); this is "
+                "a configuration error, not an outage: fix USERS_SQL or the users database's "
+                "schema. Logged-in posts get 503 until then.",
+                problem,
+            )
+
+    def _run(self, sql: TextClause, params: dict[str, Any], *, first: bool) -> Any:
+        """The first row as a dict (`first`), else the result's column names."""
+        reads = self._bounded()
+        if reads is not None:
+            compiled = sql.compile(dialect=reads.engine.dialect)
+            query, values = str(compiled), compiled.construct_params(params)
+
+            def read(driver: Any) -> Any:
+                with driver.cursor() as cursor:
+                    cursor.execute(query, values)
+                    names = [column.name for column in cursor.description or ()]
+                    if not first:
+                        return names
+                    found = cursor.fetchone()
+                    return None if found is None else dict(zip(names, found, strict=True))
+
+            return reads.run(read)
         deadline = time.monotonic() + self.timeout
         with self.engine.connect() as connection:
-            sqlite = connection.dialect.name == "sqlite"
             driver: Any = connection.connection.driver_connection
-            if sqlite:
-                driver.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
-            else:
-                connection.exec_driver_sql("SET TRANSACTION READ ONLY")
-                connection.exec_driver_sql(
-                    "SELECT set_config('statement_timeout', %(ms)s, true)",
-                    {"ms": str(max(1, int(self.timeout * 1000)))},
-                )
+            driver.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
             try:
-                row = connection.execute(self.sql, {"id": user_id}).mappings().first()
+                result = connection.execute(sql, params)
+                if not first:
+                    return list(result.keys())
+                row = result.mappings().first()
+                return dict(row) if row is not None else None
             finally:
-                connection.rollback()  # nothing to keep; ends the read-only transaction
-                if sqlite:
-                    driver.set_progress_handler(None, 0)
-        return dict(row) if row is not None else None
+                connection.rollback()  # nothing to keep
+                driver.set_progress_handler(None, 0)
 
     def dispose(self) -> None:
         """Close this process's connections."""
         if self._engine is not None:
             self._engine.dispose()
+        if self._reads is not None:
+            self._reads.dispose()
+
+
+def check_users_query(lookup: UserLookup) -> None:
+    """At start: refuse USERS_SQL if the users database answers and says it cannot run.
+
+    Raises ConfigError with one line naming the problem. A database that does not answer
+    is only logged: it may come up after the service, and lookups then answer `503`.
+    """
+    try:
+        lookup.check()
+    except UsersQueryError as exc:
+        raise ConfigError(f"USERS_SQL: {exc}") from None
+    except (SQLAlchemyError, ReadTimeout) as exc:
+        log.warning(
+            "users database did not answer at start (%s): USERS_SQL is checked on first use",
+            type(getattr(exc, "orig", None) or exc).__name__,
+        )
+
+
+def user_lookup(settings: IdentitySettings) -> UserLookup:
+    """The lookup these settings describe."""
+    return UserLookup(settings.users_database_url, settings.users_sql, settings.users_sql_timeout)
 
 
 # --- Logging in elsewhere -------------------------------------------------------------------
@@ -467,9 +589,7 @@ def make_login_manager(
     Session protection is off: in "strong" mode Flask-Login would delete the remember cookie
     of a browser whose address changed, and this service must never touch the host's cookies.
     """
-    lookup = lookup or UserLookup(
-        settings.users_database_url, settings.users_sql, settings.users_sql_timeout
-    )
+    lookup = lookup or user_lookup(settings)
     manager = LoginManager()
     manager.session_protection = None
     manager.user_loader(_loader(lookup))
@@ -490,7 +610,8 @@ def init_app(app: Flask, settings: IdentitySettings) -> LoginManager:
 
     Installs the read-only session interface and a Flask-Login manager whose loader runs
     USERS_SQL; Flask-Login then honours the host's remember cookie as the host does. Call it
-    instead of binding the service's own logins.
+    instead of binding the service's own logins. A USERS_SQL that the users database says
+    cannot run stops the start (ConfigError).
     """
     if not settings.flask_session:
         raise ValueError("identity.init_app is for IDENTITY=flask-session")
@@ -502,7 +623,12 @@ def init_app(app: Flask, settings: IdentitySettings) -> LoginManager:
     )
     app.config["REMEMBER_COOKIE_NAME"] = settings.remember_cookie_name
     app.config["REMEMBER_COOKIE_REFRESH_EACH_REQUEST"] = False
-    lookup = UserLookup(settings.users_database_url, settings.users_sql, settings.users_sql_timeout)
+    lookup = user_lookup(settings)
+    try:
+        check_users_query(lookup)
+    except ConfigError:
+        lookup.dispose()
+        raise
     manager = make_login_manager(settings, lookup)
     manager.init_app(app)
     app.extensions["identity"] = lookup

@@ -10,6 +10,7 @@ import os
 import re
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
@@ -17,6 +18,7 @@ from datetime import time as time_of_day
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 import pytest
@@ -24,6 +26,7 @@ import requests
 from flask import Flask, Response, jsonify, make_response, session
 from flask.sessions import SecureCookieSessionInterface
 from flask.testing import FlaskClient
+from psycopg import OperationalError
 from werkzeug.test import TestResponse
 
 from service import identity
@@ -48,6 +51,7 @@ from tests.hostapp import (
     start_app,
 )
 from tests.processes import BIN, ROOT, clean_env, free_port, start_gunicorn, start_nginx
+from tests.proxy import FreezableProxy, freezable_proxy, silent_server
 from tests.standin import InngestStandIn
 
 SQL = "SELECT id, email, name, created_at FROM host_users WHERE id = :id AND active"
@@ -624,15 +628,99 @@ def test_a_users_database_that_is_down_is_503_and_keeps_its_password(
     assert "s3cret-pw" not in caplog.text
 
 
-def test_a_failing_query_is_503(host: Flask, make_reader: ReaderFactory, host_db: str) -> None:
-    broken = "SELECT id, no_such_column FROM host_users WHERE id = :id"
+def test_a_users_sql_that_breaks_after_the_start_is_503_an_error_and_not_ready(
+    host: Flask,
+    make_reader: ReaderFactory,
+    host_db: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The host renames its table under a running service: posts get 503 (the browser client
+    keeps them), the log says at ERROR that it is the query, not an outage, and /readyz says
+    so; once the table is back, lookups and readiness recover."""
     reader = with_cookies(
-        make_reader(USERS_DATABASE_URL=host_db, USERS_SQL=broken), host_cookies(host)
+        make_reader(USERS_DATABASE_URL=host_db, USERS_SQL=SQL), host_cookies(host)
     )
-    _assert_unavailable(reader.post("/api", json={"name": "app/x"}))
-    # The lookup recovers with a good query on the same database.
-    good = with_cookies(make_reader(USERS_DATABASE_URL=host_db, USERS_SQL=SQL), host_cookies(host))
-    assert whoami(good)["id"] == 1
+    assert whoami(reader)["id"] == 1
+    assert reader.get("/readyz").get_json()["users"] == "ok"
+    engine = host.extensions["host_db"]
+    with engine.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE host_users RENAME TO host_users_old")
+    caplog.set_level(logging.INFO)
+    try:
+        _assert_unavailable(reader.post("/api", json={"name": "app/x"}))
+        _assert_unavailable(reader.post("/api", json={"name": "app/x"}))
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        (line,) = [r.getMessage() for r in errors]  # once, not once a post
+        assert "configuration error, not an outage" in line and "host_users" in line, line
+        ready = reader.get("/readyz")
+        assert_envelope(ready, 503, "not_ready")
+        (problem,) = ready.get_json()["errors"]["users"]
+        assert problem.startswith("USERS_SQL: ") and "host_users" in problem, problem
+    finally:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE host_users_old RENAME TO host_users")
+    assert whoami(reader)["id"] == 1
+    assert reader.get("/readyz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("sql", "problem"),
+    [
+        ("SELECT id, email FROM no_such_table WHERE id = :id", "no_such_table"),
+        ("SELECT id, no_such_column FROM host_users WHERE id = :id", "no_such_column"),
+        ("SELECT id, email FROM host_users WHERE id = :id ORDER", "syntax"),
+        ("SELECT email, name FROM host_users WHERE id = :id", "returns no `id` column"),
+    ],
+)
+def test_a_users_sql_the_database_cannot_run_stops_the_start(
+    host: Flask, make_app: Callable[..., Flask], host_db: str, sql: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        reader_app(make_app, USERS_DATABASE_URL=host_db, USERS_SQL=sql)
+    (line,) = str(raised.value).splitlines()
+    assert line.startswith("USERS_SQL: ") and problem in line.lower(), line
+
+
+def test_the_start_up_check_reads_no_user(
+    host: Flask, make_reader: ReaderFactory, host_db: str
+) -> None:
+    """The check runs the query so that no row can come back: a query that would fail on any
+    row it read (a division by zero) passes it, and fails only when a post reads a user."""
+    sql = "SELECT id, 1 / (id - id) AS boom FROM host_users WHERE id = :id"
+    reader = with_cookies(
+        make_reader(USERS_DATABASE_URL=host_db, USERS_SQL=sql), host_cookies(host)
+    )
+    response = reader.post("/api", json={"name": "app/x"})
+    if host_db.startswith("sqlite"):  # SQLite's 1/0 is NULL, not an error
+        assert response.status_code == 200
+    else:
+        _assert_unavailable(response)
+
+
+def test_a_row_whose_id_is_null_carries_the_sessions_id(
+    host: Flask, make_reader: ReaderFactory, host_db: str
+) -> None:
+    """Not a 500: `data.user.id` is the id the host's session names."""
+    sql = "SELECT NULL AS id, email FROM host_users WHERE id = :id"
+    reader = with_cookies(
+        make_reader(USERS_DATABASE_URL=host_db, USERS_SQL=sql), host_cookies(host)
+    )
+    assert whoami(reader) == {"id": "1", "email": "ada@example.com"}
+
+
+def test_a_users_database_that_is_down_at_the_start_is_checked_later(
+    make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    down = f"postgresql://gateway:s3cret-pw@127.0.0.1:{free_port()}/users"
+    caplog.set_level(logging.INFO)
+    app = reader_app(make_app, USERS_DATABASE_URL=down, USERS_SQL=SQL)
+    try:
+        assert "users database did not answer at start" in caplog.text
+        ready = app.test_client().get("/readyz")
+        assert ready.status_code == 200 and ready.get_json()["users"] == "unavailable"
+        assert "s3cret-pw" not in caplog.text
+    finally:
+        app.extensions["identity"].dispose()
 
 
 @pytest.mark.timeout(30)
@@ -655,6 +743,105 @@ def test_a_locked_sqlite_database_is_503_within_the_timeout(
         holder.execute("ROLLBACK")
         holder.close()
     assert whoami(reader)["id"] == 1
+
+
+def _through(proxy: FreezableProxy, url: str) -> str:
+    """The database URL `url`, reached through `proxy`."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit(parts._replace(netloc=netloc + proxy.url_netloc))
+
+
+@pytest.mark.timeout(60)
+def test_a_users_database_gone_silent_is_503_in_time_and_starves_no_other_request(
+    make_host: HostFactory, postgres_host_db: str, make_reader: ReaderFactory
+) -> None:
+    """With the pool warm, the link to the users database holds its connections and forwards
+    nothing: a logged-in post gets 503 within USERS_SQL_TIMEOUT plus a margin, and meanwhile
+    an anonymous post and /healthz in the same process answer at once."""
+    cookies = host_cookies(make_host(postgres_host_db))
+    port = urlsplit(postgres_host_db).port or 5432
+    with freezable_proxy(port) as proxy:
+        reader = make_reader(
+            USERS_DATABASE_URL=_through(proxy, postgres_host_db),
+            USERS_SQL=SQL,
+            USERS_SQL_TIMEOUT="1",
+            API_REQUIRE_LOGIN="false",
+        )
+        with_cookies(reader, cookies)
+        assert whoami(reader)["id"] == 1  # the pool holds a connection through the proxy
+        anonymous = reader.application.test_client()
+        proxy.freeze()
+        answers: list[tuple[int, str | None, float]] = []
+
+        def logged_in_post() -> None:
+            began = time.monotonic()
+            response = reader.post("/api", json={"name": "app/x"})
+            code = (response.get_json() or {}).get("code")
+            answers.append((response.status_code, code, time.monotonic() - began))
+            assert response.headers.get("Retry-After") == "5"
+
+        for _ in range(2):  # the warm connection, then a new one through the frozen link
+            thread = threading.Thread(target=logged_in_post, daemon=True)
+            thread.start()
+            time.sleep(0.2)  # the lookup is under way, and stuck
+            assert thread.is_alive()
+            began = time.monotonic()
+            assert anonymous.get("/healthz").status_code == 200
+            response = anonymous.post("/api", json={"name": "app/anonymous"})
+            assert response.status_code == 200, response.get_data(as_text=True)
+            assert time.monotonic() - began < 0.5
+            thread.join(timeout=10)
+            assert not thread.is_alive(), "the logged-in post never answered"
+        for status, code, seconds in answers:
+            assert (status, code) == (503, "users_unavailable")
+            assert 0.9 < seconds < 1 + 0.5, f"{seconds:.2f}s with USERS_SQL_TIMEOUT=1"
+        proxy.thaw()
+        deadline = time.monotonic() + 10
+        while reader.post("/api", json={"name": "app/x"}).status_code != 200:
+            assert time.monotonic() < deadline, "the lookup did not recover"
+            time.sleep(0.2)
+        assert whoami(reader)["id"] == 1
+
+
+@pytest.mark.timeout(30)
+def test_the_users_engine_gives_up_connecting_and_waiting_for_the_pool(
+    postgres_host_db: str, make_host: HostFactory
+) -> None:
+    """`connect_timeout`: a server that accepts and never answers is left after libpq's 2 s
+    (the lookup itself answers at its own deadline). `pool_timeout`: with every pooled
+    connection taken, a lookup gives up at its deadline, not SQLAlchemy's 30 s."""
+    make_host(postgres_host_db)
+    with silent_server() as port:
+        lookup = UserLookup(f"postgresql://reader@127.0.0.1:{port}/users", SQL, timeout=0.5)
+        try:
+            began = time.monotonic()
+            with pytest.raises(UsersUnavailable):
+                lookup.load("1")
+            assert time.monotonic() - began < 0.5 + 0.5
+            # What the helper thread's connection attempt is bounded by: libpq's 2 s.
+            began = time.monotonic()
+            with pytest.raises(OperationalError, match="timeout"):
+                lookup.engine.raw_connection()
+            assert 1.9 < time.monotonic() - began < 2 + 1.5
+        finally:
+            lookup.dispose()
+    lookup = UserLookup(postgres_host_db, SQL, timeout=0.5)
+    try:
+        assert (user := lookup.load("1")) is not None and user.id == "1"
+        pool = lookup.engine.pool
+        taken = [lookup.engine.raw_connection() for _ in range(pool.size())]  # type: ignore[attr-defined]
+        try:
+            began = time.monotonic()
+            with pytest.raises(UsersUnavailable):
+                lookup.load("1")
+            assert time.monotonic() - began < 0.5 + 0.5
+        finally:
+            for connection in taken:
+                connection.close()
+        assert (user := lookup.load("1")) is not None and user.id == "1"
+    finally:
+        lookup.dispose()
 
 
 @pytest.mark.timeout(30)
@@ -1040,6 +1227,38 @@ def test_beside_the_host_behind_nginx(
     finally:
         for server in reversed(servers):
             server.kill()
+
+
+@pytest.mark.timeout(60)
+def test_gunicorn_refuses_a_users_sql_the_users_database_cannot_run(
+    tmp_path: Path, make_host: HostFactory, sqlite_host_db: str
+) -> None:
+    """The users database answers at start and has no such table: one line, no worker."""
+    make_host(sqlite_host_db)
+    env = clean_env(tmp_path) | {
+        "PYTHONPATH": str(ROOT),
+        "SECRET_KEY": SECRET_KEY,
+        "INNGEST_EVENT_KEY": "some-key",
+        "IDENTITY": "flask-session",
+        "USERS_DATABASE_URL": sqlite_host_db,
+        "USERS_SQL": "SELECT id, email FROM accounts WHERE id = :id",
+        "GUNICORN_BIND": f"127.0.0.1:{free_port()}",
+    }
+    result = subprocess.run(
+        [str(BIN / "gunicorn"), "wsgi:app", "-c", str(ROOT / "gunicorn.conf.py")],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=45,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Booting worker" not in output, output
+    (line,) = [line for line in output.splitlines() if "configuration error" in line]
+    assert line == "inngest-gateway: configuration error: USERS_SQL: no such table: accounts"
 
 
 @pytest.mark.timeout(60)

@@ -9,7 +9,6 @@ import contextlib
 import fcntl
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from flask import Flask
 from service.outbox import DEAD, PENDING, OutboxEvent, now_ms
 from service.state import gateway_state
 from tests.outboxes import FAST, deliver_until, outbox_app_factory, rows, run_once
+from tests.proxy import silent_server
 from tests.standin import Fault, InngestStandIn, Received
 
 WRITE_TIMEOUT = 1.0
@@ -316,18 +316,6 @@ def test_an_exhausted_connection_pool_answers_503_within_two_write_timeouts(
     assert [row_label(r) for r in rows(app)] == ["before"]  # the 503 was true
     assert client.post("/api", json=labelled("after")).status_code == 202
     assert [row_label(r) for r in rows(app)] == ["before", "after"]
-
-
-@contextlib.contextmanager
-def silent_server() -> Iterator[int]:
-    """A TCP server on 127.0.0.1 that accepts and never answers: a database host that hangs."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    try:
-        yield listener.getsockname()[1]  # the kernel completes connects; nobody answers
-    finally:
-        listener.close()
 
 
 @pytest.mark.timeout(60)
