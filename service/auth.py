@@ -33,7 +33,15 @@ from .payload import (
 from .schemas import LoginSchema
 from .settings import Settings
 from .state import gateway_state
-from .users import LoggedIn, authenticate, end_session, load_user, normalize_email, start_session
+from .users import (
+    LoggedIn,
+    authenticate,
+    bound_login_reads,
+    end_session,
+    load_user,
+    normalize_email,
+    start_session,
+)
 
 __all__ = ["ANONYMOUS_SCOPE_KEY", "bp", "current", "init_app", "login_manager"]
 
@@ -257,4 +265,5 @@ def init_app(app: Flask) -> None:
     settings = gateway_state(app).settings
     app.config["REMEMBER_COOKIE_DURATION"] = timedelta(seconds=settings.remember_cookie_duration)
     login_manager.init_app(app)
+    bound_login_reads(app, settings.outbox_write_timeout)
     app.register_blueprint(bp)

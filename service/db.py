@@ -203,7 +203,9 @@ class OwnDatabase:
         write_timeout: float | None = None,
     ) -> None:
         sqlite = url.startswith("sqlite")
-        self.engine = create_engine(url, **engine_options(url, write_timeout))
+        # No pre-ping: the outbox's writer cuts a hung commit's socket, and retries a
+        # connection the server closed (`Writer._commit`); the deliverer retries anyway.
+        self.engine = create_engine(url, **engine_options(url, write_timeout, pre_ping=False))
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas(sqlite_synchronous))
         self.session: scoped_session[Session] = scoped_session(sessionmaker(bind=self.engine))
@@ -277,7 +279,9 @@ def ping() -> None:
     db.session.execute(text("SELECT 1"))
 
 
-def engine_options(url: str, write_timeout: float | None = None) -> dict[str, Any]:
+def engine_options(
+    url: str, write_timeout: float | None = None, *, pre_ping: bool = True
+) -> dict[str, Any]:
     """Pool and connection options, so that getting a connection cannot outlast a write.
 
     With `write_timeout` (OUTBOX_WRITE_TIMEOUT): waiting for a free connection of the pool
@@ -287,10 +291,14 @@ def engine_options(url: str, write_timeout: float | None = None) -> dict[str, An
     connection (a crash, a network partition) an error within seconds rather than a wait
     for the operating system's defaults (minutes to hours): `statement_timeout` cannot fire
     on a server that no longer answers.
+
+    Without `pre_ping` the pool hands out connections unchecked: for engines whose users cut
+    a hung connection's socket themselves (`reads.watchdog`), which a ping could not be, and
+    try once more when the server had closed it.
     """
     sqlite = url.startswith("sqlite")
     # A server can drop idle connections; a SQLite file cannot.
-    options: dict[str, Any] = {"pool_pre_ping": not sqlite}
+    options: dict[str, Any] = {"pool_pre_ping": pre_ping and not sqlite}
     if write_timeout is None:
         return options
     in_memory = sqlite and make_url(url).database in (None, "", ":memory:")

@@ -11,6 +11,7 @@ thread never waits on a dead link for longer than it either.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import os
@@ -61,6 +62,7 @@ class _Cut:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self.done = False  # the caller gave up: the read must not start, or must end
+        self.released = False  # the read is over: nothing left to cut
 
     def hold(self, fd: int) -> bool:
         """The read is about to use `fd`; False if the caller has given up already."""
@@ -74,6 +76,7 @@ class _Cut:
         """The read is done with its socket; True if the socket was cut meanwhile."""
         with self._lock:
             self._fd = None
+            self.released = True
             return self.done
 
     def cut(self) -> None:
@@ -89,6 +92,57 @@ class _Cut:
                     sock.shutdown(socket.SHUT_RDWR)
             except OSError:  # already closed by the driver: nothing to cut
                 pass
+
+
+class Watchdog:
+    """Shuts down the socket of a statement still running at its deadline: one thread a process.
+
+    For work that must stay on its own thread (a commit whose outcome its caller must know):
+    `arm(fd, deadline)` before the statements, `release()` on the returned cut after them;
+    `release()` says whether the socket was shut down meanwhile (the connection is then dead).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._armed: list[tuple[float, int, _Cut]] = []
+        self._count = 0
+        self._pid = 0
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's thread is not here, and its lock may be held."""
+        self._cond = threading.Condition()
+        self._armed = []
+        self._pid = 0
+
+    def arm(self, fd: int, deadline: float) -> _Cut:
+        """Cut `fd` at `deadline` (monotonic) unless released first."""
+        cut = _Cut()
+        cut.hold(fd)
+        with self._cond:
+            if self._pid != os.getpid():  # the first use in this process
+                self._pid = os.getpid()
+                threading.Thread(target=self._watch, name="socket-watchdog", daemon=True).start()
+            self._count += 1
+            heapq.heappush(self._armed, (deadline, self._count, cut))
+            if self._armed[0][2] is cut:
+                self._cond.notify()
+        return cut
+
+    def _watch(self) -> None:
+        pid = os.getpid()
+        with self._cond:
+            while self._pid == pid:
+                now = time.monotonic()
+                while self._armed and (self._armed[0][0] <= now or self._armed[0][2].released):
+                    _, _, cut = heapq.heappop(self._armed)
+                    if not cut.released:
+                        cut.cut()
+                wait = self._armed[0][0] - now if self._armed else None
+                self._cond.wait(wait if wait is None else max(wait, 0.001))
+
+
+watchdog = Watchdog()
+os.register_at_fork(after_in_child=watchdog.after_fork)
 
 
 class BoundedReads:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import secrets
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import AppGroup
 from flask_login import UserMixin
 from marshmallow import ValidationError, validate
@@ -19,8 +21,14 @@ from sqlalchemy.orm import Mapped, mapped_column
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .db import db
+from .errors import DatabaseUnavailable
+from .reads import BoundedReads, ReadTimeout
+
+log = logging.getLogger(__name__)
 
 MIN_PASSWORD_LENGTH = 8
+# app.extensions key of the login lookup's bounded reads (PostgreSQL only).
+LOGIN_READS = "login_reads"
 DEMO_EMAIL = "demo@example.com"
 
 
@@ -194,33 +202,56 @@ def _login_query(paramstyle: str) -> str:
 def load_user(token: str) -> LoggedIn | None:
     """Flask-Login's loader: the active user of this unexpired login, in one indexed lookup.
 
-    One statement on the driver's own connection from the pool: SQLAlchemy's ORM and
-    statement layers cost more than the lookup. Returning the connection to the pool rolls
-    the read back. A driver error is raised as SQLAlchemy's
-    (the error handlers answer a database that is down with a 503, as for any query).
+    One statement on the driver's own connection: SQLAlchemy's ORM and statement layers cost
+    more than the lookup. On PostgreSQL it is a bounded read (`reads.BoundedReads`, within
+    OUTBOX_WRITE_TIMEOUT), so that a link that forwards nothing cannot hold the request. A
+    driver error is raised as SQLAlchemy's, and a read past its deadline as
+    DatabaseUnavailable: the error handlers answer either with a 503 and `Retry-After`.
     """
+    params = (_token_hash(token), _now_ms())
+    reads: BoundedReads | None = current_app.extensions.get(LOGIN_READS)
+    if reads is not None:
+        query = _login_query(reads.engine.dialect.paramstyle)
+
+        def read(driver: Any) -> Any:
+            with driver.cursor() as cursor:
+                cursor.execute(query, params)
+                return cursor.fetchone()
+
+        try:
+            row = reads.run(read)
+        except ReadTimeout:
+            log.warning("login lookup: no answer from the database within %gs", reads.timeout)
+            raise DatabaseUnavailable(headers={"Retry-After": "5"}) from None
+    else:
+        row = _sqlite_login_row(params)
+    return None if row is None else LoggedIn(row[0], row[1], row[2], token)
+
+
+def _sqlite_login_row(params: tuple[str, int]) -> Any:
+    """The login query on the pooled SQLite connection; returning it rolls the read back."""
     engine = db.engine
     dialect = engine.dialect
     query = _login_query(dialect.paramstyle)
-    params = (_token_hash(token), _now_ms())
-    connection = engine.raw_connection()
+    connection = None
     try:
+        connection = engine.raw_connection()
         cursor = connection.cursor()
         try:
             cursor.execute(query, params)
-            row = cursor.fetchone()
+            return cursor.fetchone()
         finally:
             cursor.close()
     except dialect.loaded_dbapi.Error as error:
         wrapped = DBAPIError.instance(
             query, params, error, dialect.loaded_dbapi.Error, hide_parameters=True, dialect=dialect
         )
-        if isinstance(wrapped, OperationalError):
+        if connection is not None and isinstance(wrapped, OperationalError):
             connection.invalidate()  # may be broken: the pool opens a fresh one
         raise wrapped from error
     finally:
-        connection.close()
-    return None if row is None else LoggedIn(row[0], row[1], row[2], token)
+        if connection is not None:
+            connection.close()
 
 
 def end_session(token: str) -> None:
@@ -288,6 +319,16 @@ def disable_command(email: str) -> None:
     except UserError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"disabled user {user.id}: {user.email}")
+
+
+def bound_login_reads(app: Flask, timeout: float) -> None:
+    """On PostgreSQL, make `load_user` a bounded read: it ends within `timeout`."""
+    with app.app_context():
+        url = db.engine.url
+    if url.get_backend_name() == "postgresql":
+        app.extensions[LOGIN_READS] = BoundedReads(
+            url.render_as_string(hide_password=False), timeout
+        )
 
 
 def init_app(app: Flask) -> None:

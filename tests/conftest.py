@@ -18,7 +18,7 @@ from service.app import create_app
 from service.db import database_url as normalize_url
 from service.db import db
 from service.state import gateway_state
-from service.users import create_user
+from service.users import LOGIN_READS, create_user
 from tests.browsers import browser, new_context, page, shot  # noqa: F401 (fixtures for all)
 from tests.standin import InngestStandIn
 
@@ -100,6 +100,8 @@ def make_app(tmp_path: Path, base_env: dict[str, str]) -> Iterator[Callable[...,
             db.session.remove()
             db.engine.dispose()
         gateway_state(app).outbox_db.dispose()
+        if LOGIN_READS in app.extensions:
+            app.extensions[LOGIN_READS].dispose()
 
 
 @pytest.fixture

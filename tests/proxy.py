@@ -13,6 +13,7 @@ import selectors
 import socket
 import threading
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 
 class FreezableProxy:
@@ -130,6 +131,13 @@ class FreezableProxy:
                 with contextlib.suppress(KeyError, ValueError):
                     self._selector.unregister(one)
                 one.close()
+
+
+def through(proxy: FreezableProxy, url: str) -> str:
+    """The database URL `url`, reached through `proxy` (its user and password kept)."""
+    parts = urlsplit(url)
+    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit(parts._replace(netloc=user + proxy.url_netloc))
 
 
 @contextlib.contextmanager

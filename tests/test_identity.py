@@ -18,7 +18,7 @@ from datetime import time as time_of_day
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import pytest
@@ -51,7 +51,7 @@ from tests.hostapp import (
     start_app,
 )
 from tests.processes import BIN, ROOT, clean_env, free_port, start_gunicorn, start_nginx
-from tests.proxy import FreezableProxy, freezable_proxy, silent_server
+from tests.proxy import freezable_proxy, silent_server, through
 from tests.standin import InngestStandIn
 
 SQL = "SELECT id, email, name, created_at FROM host_users WHERE id = :id AND active"
@@ -745,13 +745,6 @@ def test_a_locked_sqlite_database_is_503_within_the_timeout(
     assert whoami(reader)["id"] == 1
 
 
-def _through(proxy: FreezableProxy, url: str) -> str:
-    """The database URL `url`, reached through `proxy`."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-    return urlunsplit(parts._replace(netloc=netloc + proxy.url_netloc))
-
-
 @pytest.mark.timeout(60)
 def test_a_users_database_gone_silent_is_503_in_time_and_starves_no_other_request(
     make_host: HostFactory, postgres_host_db: str, make_reader: ReaderFactory
@@ -763,7 +756,7 @@ def test_a_users_database_gone_silent_is_503_in_time_and_starves_no_other_reques
     port = urlsplit(postgres_host_db).port or 5432
     with freezable_proxy(port) as proxy:
         reader = make_reader(
-            USERS_DATABASE_URL=_through(proxy, postgres_host_db),
+            USERS_DATABASE_URL=through(proxy, postgres_host_db),
             USERS_SQL=SQL,
             USERS_SQL_TIMEOUT="1",
             API_REQUIRE_LOGIN="false",

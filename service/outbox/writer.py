@@ -15,12 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Dialect
+from sqlalchemy import Dialect, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..db import OwnDatabase, StatementDeadline, WriteTimeout, write_lock
 from ..errors import APIError, OutboxFull, OutboxUnavailable
 from ..events import Event
+from ..reads import watchdog
 from ..settings import Settings
 from .model import PENDING, OutboxEvent, now_ms
 from .queries import pending_count_sql
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 COUNT_REFRESH_SECONDS = 0.25
 
 RETRY_LATER = {"Retry-After": "5"}
+# How long after OUTBOX_WRITE_TIMEOUT a commit's socket is shut down, if it is still waiting.
+CUT_GRACE_SECONDS = 0.5
 _STORED_COLUMNS = (
     "event_id",
     "name",
@@ -162,13 +165,23 @@ class Writer:
         self._count = pending_count_sql(dialect)
 
     def _commit(self, batch: list[_Store]) -> None:
-        accepted: list[_Store] = []
         engine = self.db.engine
-        driver_error = engine.dialect.loaded_dbapi.Error
         if not self._insert:
             self._prepare(engine.dialect)
         deadline = time.monotonic() + self.settings.outbox_write_timeout
-        connection = None
+        # A pooled connection the server closed since (the pool does no pre-ping on
+        # PostgreSQL: see db.engine_options) fails before anything is written: once more.
+        if self._attempt(engine, batch, deadline, retry_stale=True):
+            self._attempt(engine, batch, deadline, retry_stale=False)
+
+    def _attempt(
+        self, engine: Engine, batch: list[_Store], deadline: float, *, retry_stale: bool
+    ) -> bool:
+        """One try at the commit; True if it should be tried again on a fresh connection."""
+        accepted: list[_Store] = []
+        driver_error = engine.dialect.loaded_dbapi.Error
+        connection = cut = None
+        written = False
         try:
             # The driver's own connection: SQLAlchemy's statement layer would cost more
             # than the insert on this path. Taken before the lock, within the same
@@ -176,6 +189,12 @@ class Writer:
             # bounded by OUTBOX_WRITE_TIMEOUT (see db.engine_options), and what it used is
             # no longer left for the lock and the statements.
             connection = engine.raw_connection()
+            if engine.dialect.name == "postgresql":
+                # statement_timeout is the server's: on a link that forwards nothing only
+                # shutting the socket down ends the wait (a little after, so that the
+                # server's own timeout, with its clean error, comes first when it can).
+                driver: Any = connection.driver_connection
+                cut = watchdog.arm(driver.fileno(), deadline + CUT_GRACE_SECONDS)
             with (
                 write_lock(engine, deadline),
                 StatementDeadline(engine, connection, deadline) as bound,
@@ -183,6 +202,7 @@ class Writer:
                 cursor = connection.cursor()
                 try:
                     bound.before(cursor)
+                    written = True  # past the first statement: the connection was alive
                     pending = self._pending(cursor, sum(len(item.rows) for item in batch))
                     for item in batch:
                         if pending + len(item.rows) > self.settings.outbox_max_pending:
@@ -199,20 +219,35 @@ class Writer:
                 finally:
                     cursor.close()
                 self._known_pending = pending
+            if cut is not None and cut.release():
+                connection.invalidate()  # committed as its socket was being shut down
         except (driver_error, SQLAlchemyError, WriteTimeout) as exc:
+            was_cut = cut is not None and cut.release()
             if connection is not None:
                 with contextlib.suppress(Exception):
                     connection.invalidate()  # may be broken: the pool opens a fresh one
+            stale = (
+                retry_stale
+                and not written
+                and not was_cut
+                and isinstance(exc, driver_error)
+                and connection is not None
+                and engine.dialect.is_disconnect(exc, connection.driver_connection, None)
+                and time.monotonic() < deadline
+            )
+            if stale:
+                return True
             # Everything not already refused, including items never looked at because the
             # lock or the count failed first.
             failed = [item for item in batch if item.error is None]
             log.error(
                 "could not store %d event(s): %s",
                 sum(len(item.rows) for item in failed),
-                type(exc).__name__,
+                "no answer from the database in time" if was_cut else type(exc).__name__,
             )
             for item in failed:
                 item.error = OutboxUnavailable(headers=RETRY_LATER)
         finally:
             if connection is not None:
                 connection.close()  # back to the pool (rolled back if not committed)
+        return False
