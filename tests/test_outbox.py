@@ -459,21 +459,50 @@ def test_batches_hold_up_to_outbox_batch_size_events_whatever_api_max_batch(
     assert rows(app) == []
 
 
+@pytest.mark.parametrize(
+    ("over", "batches"),
+    [(-1, [2, 1]), (0, [2, 1]), (1, [1, 1, 1])],
+    ids=["a-byte-under", "exactly-the-budget", "a-byte-over"],
+)
 def test_a_batch_stops_at_outbox_max_batch_bytes(
-    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn, over: int, batches: list[int]
 ) -> None:
-    app = make_outbox_app(OUTBOX_MAX_BATCH_BYTES="1024", OUTBOX_BATCH_SIZE="100")
-    client = app.test_client()
-    posted = [{"data": {"pad": "x" * 150}} for _ in range(5)] + [{"data": {"pad": "y" * 2000}}]
-    ids = client.post("/api", json=posted).get_json()["ids"]
-    sizes = [r.size for r in rows(app)]
-    assert all(341 <= size <= 511 for size in sizes[:5]) and sizes[5] > 1024  # two fit, not three
+    """The budget is the request body's size: the events, a comma between each, `[` and `]`."""
+    posted = [{"data": {"pad": "x" * 430}} for _ in range(3)]
+    first = make_outbox_app()  # stores them; the budget is set from their sizes below
+    ids = first.test_client().post("/api", json=posted).get_json()["ids"]
+    sizes = [r.size for r in rows(first)]
+    two = sizes[0] + sizes[1] + 3  # the body of the first two events as one batch
+    budget = two - over  # the body is `over` bytes past the budget (negative: under it)
+    assert budget >= 1024  # the smallest budget the setting takes
+    app = make_outbox_app(OUTBOX_MAX_BATCH_BYTES=str(budget), OUTBOX_BATCH_SIZE="100")
 
     deliver_until(app, lambda: rows(app) == [])
 
-    # An event larger than the budget still goes, alone.
-    assert [len(r.events) for r in inngest.received] == [2, 2, 1, 1]
-    assert all(len(r.body) <= 1024 for r in inngest.received[:3])
+    assert [len(r.events) for r in inngest.received] == batches
+    bodies = [len(r.body) for r in inngest.received]
+    assert max(bodies) <= budget, (bodies, budget)
+    if batches[0] == 2:
+        assert bodies[0] == two
+    assert inngest.accepted_ids() == ids
+
+
+def test_an_event_larger_than_outbox_max_batch_bytes_goes_alone(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_outbox_app(OUTBOX_MAX_BATCH_BYTES="1024", OUTBOX_BATCH_SIZE="100")
+    small = {"data": {"pad": "x" * 150}}
+    posted = [small, small, {"data": {"pad": "y" * 2000}}, small]
+    ids = app.test_client().post("/api", json=posted).get_json()["ids"]
+    sizes = [r.size for r in rows(app)]
+    assert sizes[0] + sizes[1] + 3 <= 1024 < sizes[2] + 2
+
+    deliver_until(app, lambda: rows(app) == [])
+
+    # Oldest first: the big one ends the first batch, then goes in a request of its own.
+    assert [len(r.events) for r in inngest.received] == [2, 1, 1]
+    bodies = [len(r.body) for r in inngest.received]
+    assert bodies == [sizes[0] + sizes[1] + 3, sizes[2] + 2, sizes[3] + 2]
     assert inngest.accepted_ids() == ids
 
 

@@ -183,9 +183,11 @@ class Deliverer:
             self.db.session.execute(text("SET LOCAL enable_sort = off"))
 
     def _fit(self, rows: Sequence[Any]) -> tuple[list[int], bool]:
-        """The ids of the longest prefix under the batch byte budget (at least one event),
-        and whether a limit (the budget, or OUTBOX_BATCH_SIZE rows read) stopped it."""
-        budget, total, keep = self.settings.outbox_max_batch_bytes, 0, 0
+        """The ids of the longest prefix whose request body fits the byte budget (at least
+        one event), and whether a limit (the budget, or OUTBOX_BATCH_SIZE rows read) stopped it.
+        """
+        # The body is a JSON array: `[`, then each event followed by `,` or, the last, `]`.
+        budget, total, keep = self.settings.outbox_max_batch_bytes, 1, 0
         for row in rows:
             if keep and total + row.size + 1 > budget:
                 break
