@@ -285,6 +285,43 @@ def test_an_expired_lease_lets_another_deliverer_send_the_same_batch(
     assert inngest.received[0].seed == claimed.seed
 
 
+@pytest.mark.parametrize("taken_by", ["another deliverer", "another sender of the same deliverer"])
+def test_a_claim_taken_over_is_not_sent_nor_released_by_its_first_holder(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn, taken_by: str
+) -> None:
+    """A sender whose lease ran out while it was held up (a pause, a slow database) and
+    whose batch was claimed again meanwhile must leave that claim alone: sending, settling
+    or releasing it would let a third sender send the batch again."""
+    app = make_outbox_app(OUTBOX_LEASE_SECONDS="1", INNGEST_SEND_TIMEOUT="0.5")
+    ids = app.test_client().post("/api", json=[{"id": "x"}, {"id": "y"}]).get_json()["ids"]
+    first = another_deliverer(app)
+    # Senders of one deliverer are threads that share its name.
+    second = first if taken_by == "another sender of the same deliverer" else another_deliverer(app)
+    third = another_deliverer(app)
+    with app.app_context():
+        stale = first.claim()
+        assert stale is not None
+        time.sleep(1.1)  # the first holder's lease runs out before it sends
+        fresh = second.claim()
+        assert fresh is not None and (fresh.ids, fresh.seed) == (stale.ids, stale.seed)
+
+        assert first.claim(ignore_schedule=True) is None  # no second claim on it
+        first.deliver(stale)  # the first holder goes on with the claim it had
+        held = rows(app)
+        assert inngest.received == []  # it did not send
+        assert [(r.claimed_by, r.claim_expires_at) for r in held] == [
+            (second.name, fresh.lease_expires_at)
+        ] * 2  # nor handed back, nor rescheduled, the claim that holds them now
+        assert [(r.attempts, r.last_error) for r in held] == [(0, None)] * 2
+        assert third.claim(ignore_schedule=True) is None
+
+        second.deliver(fresh)
+
+    assert inngest.accepted_ids() == ids
+    assert len(inngest.received) == 1
+    assert rows(app) == []
+
+
 def test_concurrent_deliverers_send_each_event_once(app: Flask, inngest: InngestStandIn) -> None:
     client = app.test_client()
     ids = []
