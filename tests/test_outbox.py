@@ -387,15 +387,31 @@ def test_background_thread_delivers_and_stop_drains(
 def test_stop_hands_back_what_it_could_not_deliver(
     make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    app = make_outbox_app(OUTBOX_EMBEDDED_DELIVERER="true", OUTBOX_DRAIN_SECONDS="1")
-    inngest.stop()
-    client = app.test_client()
-    (kept,) = client.post("/api", json={"id": "kept-for-later"}).get_json()["ids"]
+    """A batch the deliverer claimed and never sent (a sender that failed between its claim
+    and its send) is free for another process as soon as the deliverer stops, not when its
+    lease runs out."""
+    app = make_outbox_app(OUTBOX_LEASE_SECONDS="60", OUTBOX_POLL_SECONDS="0.05")
+    (kept,) = app.test_client().post("/api", json={"id": "kept-for-later"}).get_json()["ids"]
+    deliverer = gateway_state(app).deliverer
+    with app.app_context():
+        unsent = deliverer.claim()
+    assert unsent is not None
+    deliverer.ensure_running()
+    time.sleep(0.2)  # its senders poll: the claimed batch is not theirs to send
+    assert inngest.received == []
 
-    gateway_state(app).deliverer.stop()
+    assert deliverer.stop(drain_seconds=0.5) == 0  # leased, so not the drain's to send
 
     (stored,) = rows(app)
     assert (stored.event_id, stored.state, stored.claimed_by) == (kept, PENDING, None)
+    assert stored.claim_expires_at is None
+    with app.app_context():
+        successor = another_deliverer(app)
+        again = successor.claim()
+        assert again is not None and (again.ids, again.seed) == (unsent.ids, unsent.seed)
+        successor.deliver(again)
+    assert inngest.accepted_ids() == [kept]
+    assert rows(app) == []
 
 
 def test_readyz_reports_depth_and_age(app: Flask, inngest: InngestStandIn) -> None:
