@@ -285,6 +285,43 @@ def test_an_expired_lease_lets_another_deliverer_send_the_same_batch(
     assert inngest.received[0].seed == claimed.seed
 
 
+@pytest.mark.parametrize("taken_by", ["another deliverer", "another sender of the same deliverer"])
+def test_a_claim_taken_over_is_not_sent_nor_released_by_its_first_holder(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn, taken_by: str
+) -> None:
+    """A sender whose lease ran out while it was held up (a pause, a slow database) and
+    whose batch was claimed again meanwhile must leave that claim alone: sending, settling
+    or releasing it would let a third sender send the batch again."""
+    app = make_outbox_app(OUTBOX_LEASE_SECONDS="1", INNGEST_SEND_TIMEOUT="0.5")
+    ids = app.test_client().post("/api", json=[{"id": "x"}, {"id": "y"}]).get_json()["ids"]
+    first = another_deliverer(app)
+    # Senders of one deliverer are threads that share its name.
+    second = first if taken_by == "another sender of the same deliverer" else another_deliverer(app)
+    third = another_deliverer(app)
+    with app.app_context():
+        stale = first.claim()
+        assert stale is not None
+        time.sleep(1.1)  # the first holder's lease runs out before it sends
+        fresh = second.claim()
+        assert fresh is not None and (fresh.ids, fresh.seed) == (stale.ids, stale.seed)
+
+        assert first.claim(ignore_schedule=True) is None  # no second claim on it
+        first.deliver(stale)  # the first holder goes on with the claim it had
+        held = rows(app)
+        assert inngest.received == []  # it did not send
+        assert [(r.claimed_by, r.claim_expires_at) for r in held] == [
+            (second.name, fresh.lease_expires_at)
+        ] * 2  # nor handed back, nor rescheduled, the claim that holds them now
+        assert [(r.attempts, r.last_error) for r in held] == [(0, None)] * 2
+        assert third.claim(ignore_schedule=True) is None
+
+        second.deliver(fresh)
+
+    assert inngest.accepted_ids() == ids
+    assert len(inngest.received) == 1
+    assert rows(app) == []
+
+
 def test_concurrent_deliverers_send_each_event_once(app: Flask, inngest: InngestStandIn) -> None:
     client = app.test_client()
     ids = []
@@ -350,15 +387,31 @@ def test_background_thread_delivers_and_stop_drains(
 def test_stop_hands_back_what_it_could_not_deliver(
     make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    app = make_outbox_app(OUTBOX_EMBEDDED_DELIVERER="true", OUTBOX_DRAIN_SECONDS="1")
-    inngest.stop()
-    client = app.test_client()
-    (kept,) = client.post("/api", json={"id": "kept-for-later"}).get_json()["ids"]
+    """A batch the deliverer claimed and never sent (a sender that failed between its claim
+    and its send) is free for another process as soon as the deliverer stops, not when its
+    lease runs out."""
+    app = make_outbox_app(OUTBOX_LEASE_SECONDS="60", OUTBOX_POLL_SECONDS="0.05")
+    (kept,) = app.test_client().post("/api", json={"id": "kept-for-later"}).get_json()["ids"]
+    deliverer = gateway_state(app).deliverer
+    with app.app_context():
+        unsent = deliverer.claim()
+    assert unsent is not None
+    deliverer.ensure_running()
+    time.sleep(0.2)  # its senders poll: the claimed batch is not theirs to send
+    assert inngest.received == []
 
-    gateway_state(app).deliverer.stop()
+    assert deliverer.stop(drain_seconds=0.5) == 0  # leased, so not the drain's to send
 
     (stored,) = rows(app)
     assert (stored.event_id, stored.state, stored.claimed_by) == (kept, PENDING, None)
+    assert stored.claim_expires_at is None
+    with app.app_context():
+        successor = another_deliverer(app)
+        again = successor.claim()
+        assert again is not None and (again.ids, again.seed) == (unsent.ids, unsent.seed)
+        successor.deliver(again)
+    assert inngest.accepted_ids() == [kept]
+    assert rows(app) == []
 
 
 def test_readyz_reports_depth_and_age(app: Flask, inngest: InngestStandIn) -> None:
@@ -459,21 +512,50 @@ def test_batches_hold_up_to_outbox_batch_size_events_whatever_api_max_batch(
     assert rows(app) == []
 
 
+@pytest.mark.parametrize(
+    ("over", "batches"),
+    [(-1, [2, 1]), (0, [2, 1]), (1, [1, 1, 1])],
+    ids=["a-byte-under", "exactly-the-budget", "a-byte-over"],
+)
 def test_a_batch_stops_at_outbox_max_batch_bytes(
-    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn, over: int, batches: list[int]
 ) -> None:
-    app = make_outbox_app(OUTBOX_MAX_BATCH_BYTES="1024", OUTBOX_BATCH_SIZE="100")
-    client = app.test_client()
-    posted = [{"data": {"pad": "x" * 150}} for _ in range(5)] + [{"data": {"pad": "y" * 2000}}]
-    ids = client.post("/api", json=posted).get_json()["ids"]
-    sizes = [r.size for r in rows(app)]
-    assert all(341 <= size <= 511 for size in sizes[:5]) and sizes[5] > 1024  # two fit, not three
+    """The budget is the request body's size: the events, a comma between each, `[` and `]`."""
+    posted = [{"data": {"pad": "x" * 430}} for _ in range(3)]
+    first = make_outbox_app()  # stores them; the budget is set from their sizes below
+    ids = first.test_client().post("/api", json=posted).get_json()["ids"]
+    sizes = [r.size for r in rows(first)]
+    two = sizes[0] + sizes[1] + 3  # the body of the first two events as one batch
+    budget = two - over  # the body is `over` bytes past the budget (negative: under it)
+    assert budget >= 1024  # the smallest budget the setting takes
+    app = make_outbox_app(OUTBOX_MAX_BATCH_BYTES=str(budget), OUTBOX_BATCH_SIZE="100")
 
     deliver_until(app, lambda: rows(app) == [])
 
-    # An event larger than the budget still goes, alone.
-    assert [len(r.events) for r in inngest.received] == [2, 2, 1, 1]
-    assert all(len(r.body) <= 1024 for r in inngest.received[:3])
+    assert [len(r.events) for r in inngest.received] == batches
+    bodies = [len(r.body) for r in inngest.received]
+    assert max(bodies) <= budget, (bodies, budget)
+    if batches[0] == 2:
+        assert bodies[0] == two
+    assert inngest.accepted_ids() == ids
+
+
+def test_an_event_larger_than_outbox_max_batch_bytes_goes_alone(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_outbox_app(OUTBOX_MAX_BATCH_BYTES="1024", OUTBOX_BATCH_SIZE="100")
+    small = {"data": {"pad": "x" * 150}}
+    posted = [small, small, {"data": {"pad": "y" * 2000}}, small]
+    ids = app.test_client().post("/api", json=posted).get_json()["ids"]
+    sizes = [r.size for r in rows(app)]
+    assert sizes[0] + sizes[1] + 3 <= 1024 < sizes[2] + 2
+
+    deliver_until(app, lambda: rows(app) == [])
+
+    # Oldest first: the big one ends the first batch, then goes in a request of its own.
+    assert [len(r.events) for r in inngest.received] == [2, 1, 1]
+    bodies = [len(r.body) for r in inngest.received]
+    assert bodies == [sizes[0] + sizes[1] + 3, sizes[2] + 2, sizes[3] + 2]
     assert inngest.accepted_ids() == ids
 
 

@@ -14,8 +14,9 @@ from collections.abc import Callable
 
 import pytest
 from flask import Flask
+from sqlalchemy import update
 
-from service.outbox import PENDING, now_ms
+from service.outbox import PENDING, OutboxEvent, now_ms
 from service.state import gateway_state
 from tests.outboxes import FAST, deliver_until, outbox_app_factory, rows
 from tests.standin import InngestStandIn
@@ -112,8 +113,15 @@ def test_the_deliverer_stops_sending_before_its_lease_runs_out(
         claimed = deliverer.claim()
         assert claimed is not None
         assert claimed.lease_expires_at == rows(app)[0].claim_expires_at
-        # As if the claim had taken 8.5 of the lease's 10 s: 1.5 s are left.
+        # As if the claim had taken 8.5 of the lease's 10 s: 1.5 s are left, of the lease
+        # the sender holds and the one stored alike.
         lease_left = dataclasses.replace(claimed, lease_expires_at=now_ms() + 1500)
+        deliverer.db.session.execute(
+            update(OutboxEvent)
+            .where(OutboxEvent.id.in_(claimed.ids))
+            .values(claim_expires_at=lease_left.lease_expires_at)
+        )
+        deliverer.db.session.commit()
         started = time.monotonic()
         deliverer.deliver(lease_left)
         elapsed = time.monotonic() - started

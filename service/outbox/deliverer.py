@@ -183,9 +183,11 @@ class Deliverer:
             self.db.session.execute(text("SET LOCAL enable_sort = off"))
 
     def _fit(self, rows: Sequence[Any]) -> tuple[list[int], bool]:
-        """The ids of the longest prefix under the batch byte budget (at least one event),
-        and whether a limit (the budget, or OUTBOX_BATCH_SIZE rows read) stopped it."""
-        budget, total, keep = self.settings.outbox_max_batch_bytes, 0, 0
+        """The ids of the longest prefix whose request body fits the byte budget (at least
+        one event), and whether a limit (the budget, or OUTBOX_BATCH_SIZE rows read) stopped it.
+        """
+        # The body is a JSON array: `[`, then each event followed by `,` or, the last, `]`.
+        budget, total, keep = self.settings.outbox_max_batch_bytes, 1, 0
         for row in rows:
             if keep and total + row.size + 1 > budget:
                 break
@@ -208,7 +210,7 @@ class Deliverer:
             )
         except InngestUnavailable as exc:
             self._retry_later(
-                claimed.ids,
+                claimed,
                 str(exc),
                 exc.upstream_retry_after,
                 throttled=exc.upstream_status == 429,
@@ -259,8 +261,24 @@ class Deliverer:
         metrics.events_dead(len(ids))
         log.error("dead-lettered %d event(s): %s", len(ids), error)
 
+    def _held(self, claimed: Claimed) -> Any:
+        """The rows still under this claim: neither handed back nor claimed again since.
+
+        A deliverer's name alone is not enough: its senders share it, and one of them may
+        have claimed the batch again after this claim's lease ran out.
+        """
+        return and_(
+            columns.claimed_by == self.name,
+            columns.claim_expires_at == claimed.lease_expires_at,
+        )
+
     def _retry_later(
-        self, ids: list[int], error: str, retry_after: float | None, *, throttled: bool = False
+        self,
+        claimed: Claimed,
+        error: str,
+        retry_after: float | None,
+        *,
+        throttled: bool = False,
     ) -> None:
         """Back off; every OUTBOX_SPLIT_AFTER failed attempts, split the batch in halves.
 
@@ -269,13 +287,14 @@ class Deliverer:
         event alone, and the others are delivered. Each half is a new batch with a new seed;
         the events keep their ids.
         """
+        ids = claimed.ids
         most = select(func.max(columns.attempts)).where(self._these(ids))
         attempts = self.db.session.scalar(most) or 0
         attempt = attempts + 1
         delay = self.backoff(attempt)
         if retry_after is not None:
             delay = max(delay, retry_after)
-        mine = columns.claimed_by == self.name
+        mine = self._held(claimed)
         # Not when Inngest throttled us (429): that is about the rate, and smaller batches
         # would only mean more requests. A 5xx is split even with Retry-After (proxies and
         # load balancers answer 503 with one), still waiting as long as it asks.
@@ -287,7 +306,7 @@ class Deliverer:
                     self.db.session.execute(
                         update(table).where(self._these(part), mine).values(batch_seed=id_seed())
                     )
-            self.db.session.execute(
+            released = self.db.session.execute(
                 update(table)
                 .where(self._these(ids), mine)
                 .values(
@@ -296,7 +315,15 @@ class Deliverer:
                     last_error=error[:2000],
                     **RELEASED,
                 )
+            ).rowcount  # type: ignore[attr-defined]
+        if not released:
+            # Its lease ran out and the batch was claimed again: that claim settles it.
+            log.warning(
+                "could not deliver %d event(s), and they were claimed again meanwhile: %s",
+                len(ids),
+                error,
             )
+            return
         metrics.events_retried(len(ids))
         log.warning(
             "could not deliver %d event(s), retrying in %.1fs (attempt %d%s): %s",
@@ -320,7 +347,7 @@ class Deliverer:
                 if rest:  # a new batch, with a new seed, when next claimed
                     self.db.session.execute(
                         update(table)
-                        .where(self._these(rest), columns.claimed_by == self.name)
+                        .where(self._these(rest), self._held(claimed))
                         .values(**RELEASED, batch_seed=None)
                     )
             if done:
