@@ -29,6 +29,7 @@ from flask_login import LoginManager, UserMixin
 from service import InngestGateway, outbox
 from service.state import gateway_state
 from tests.standin import InngestStandIn
+from tests.test_csrf import CORS_REQUESTS, TRUSTED, assert_cors_answer, cors_request
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "host-secret-0123456789abcdef0123456789"
@@ -616,6 +617,22 @@ def test_cors_for_trusted_origins_on_our_path_only(hosts: Callable[..., Flask]) 
     assert ours.headers["Access-Control-Allow-Credentials"] == "true"
     assert "Access-Control-Allow-Origin" not in theirs.headers
     assert "Access-Control-Allow-Origin" not in stranger.headers
+
+
+@pytest.mark.parametrize("prefix", ["", "/hooks"])
+@pytest.mark.parametrize("origin", [None, TRUSTED, "https://evil.example"])
+@pytest.mark.parametrize("kind", CORS_REQUESTS)
+def test_mounted_the_answers_vary_by_origin_and_allow_only_a_trusted_one(
+    hosts: Callable[..., Flask], kind: str, origin: str | None, prefix: str
+) -> None:
+    client = hosts(config={"TRUSTED_ORIGINS": TRUSTED}, url_prefix=prefix or None).test_client()
+
+    response = cors_request(client, kind, origin, prefix)
+
+    assert_cors_answer(response, origin, allowed=origin == TRUSTED)
+    # The host's own pages are left alone.
+    home = client.get("/", headers={} if origin is None else {"Origin": origin})
+    assert "Origin" not in home.vary and "Access-Control-Allow-Origin" not in home.headers
 
 
 def test_the_gateways_state_does_not_show_its_secrets(
