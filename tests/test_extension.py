@@ -619,6 +619,36 @@ def test_cors_for_trusted_origins_on_our_path_only(hosts: Callable[..., Flask]) 
     assert "Access-Control-Allow-Origin" not in stranger.headers
 
 
+def test_mounted_the_ts_window_comes_from_app_config_or_the_defaults(
+    hosts: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    """A timedelta of days, as a host writes it, counts whole: 2 days, not the hour past them."""
+    hour, minute = 3600 * 1000, 60 * 1000
+    configured = hosts(
+        config={"API_TS_MAX_AGE": timedelta(days=2, hours=1), "API_TS_MAX_SKEW": "1h"}
+    ).test_client()
+    defaults = hosts().test_client()
+    now = int(time.time() * 1000)
+
+    accepted = configured.post("/api", json=[{"ts": now - 48 * hour}, {"ts": now + 59 * minute}])
+    old = configured.post("/api", json={"ts": now - 50 * hour})
+    ahead = configured.post("/api", json=[{"ts": now}, {"ts": now + 61 * minute}])
+    default_old = defaults.post("/api", json={"ts": now - 8 * 24 * hour})
+    default_ahead = defaults.post("/api", json={"ts": now + 10 * minute})
+    default_ok = defaults.post("/api", json={"ts": now - 6 * 24 * hour})
+
+    assert accepted.status_code == 200, accepted.get_data(as_text=True)
+    assert default_ok.status_code == 200, default_ok.get_data(as_text=True)
+    for refused in (old, default_old, default_ahead):
+        assert set(assert_gateway_envelope(refused, 422, "validation_failed")["errors"]) == {"ts"}
+    assert list(assert_gateway_envelope(ahead, 422, "validation_failed")["errors"]) == ["1"]
+    assert [e["ts"] for e in inngest.accepted] == [
+        now - 48 * hour,
+        now + 59 * minute,
+        now - 6 * 24 * hour,
+    ]
+
+
 @pytest.mark.parametrize("prefix", ["", "/hooks"])
 @pytest.mark.parametrize("origin", [None, TRUSTED, "https://evil.example"])
 @pytest.mark.parametrize("kind", CORS_REQUESTS)
