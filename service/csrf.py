@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flask import Blueprint, request
+from flask import Blueprint, Response, request
 from flask_cors import CORS
 
 from .errors import CrossSiteRequest
@@ -55,12 +55,26 @@ def protect(view: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _vary_by_origin(response: Response) -> Response:
+    response.vary.add("Origin")
+    return response
+
+
 def allow_trusted_origins(bp: Blueprint, trusted_origins: tuple[str, ...]) -> None:
-    """CORS headers on the blueprint's answers, for the trusted origins only."""
+    """CORS headers on the blueprint's answers, for a trusted `Origin` only; `Vary: Origin` on all.
+
+    Every answer depends on the request's Origin (its CORS headers, or a post's refusal), so
+    none may be kept by a shared cache for another origin, the client's files included. A
+    request without Origin gets no CORS headers: flask-cors would otherwise list the trusted
+    origins (with one, the very header a trusted page needs), and no `Vary` with them.
+    """
+    bp.after_request(_vary_by_origin)
     if trusted_origins:
         CORS(
             bp,
             origins=list(trusted_origins),
+            always_send=False,
+            vary_header=False,  # ours above, on every answer; flask-cors adds it only for some
             supports_credentials=True,
             allow_headers=[
                 "Content-Type",

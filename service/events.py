@@ -13,7 +13,7 @@ from marshmallow import ValidationError
 
 from .errors import EventNotAllowed, EventTooLarge, ValidationFailed
 from .schemas import MAX_ID_LENGTH, EventSchema
-from .settings import Settings
+from .settings import Settings, format_duration
 
 RESERVED_PREFIX = "inngest/"
 # The namespace of the uuid5 event ids derived from a poster's scope and a client's key.
@@ -72,6 +72,7 @@ def build_events(
     except ValidationError as exc:
         messages = exc.messages if isinstance(exc.messages, dict) else {0: exc.messages}
         raise ValidationFailed(errors=_errors(messages, batch)) from None
+    _check_ts(loaded, batch, settings, request_meta["received_at"])
 
     refused = {
         index: {"name": [f"Event name {item['name']!r} is not allowed."]}
@@ -106,6 +107,28 @@ def build_events(
     if too_large:
         raise EventTooLarge(errors=_errors(too_large, batch))
     return events
+
+
+def _check_ts(loaded: list[dict[str, Any]], batch: bool, settings: Settings, now_ms: int) -> None:
+    """Refuse a client's `ts` older than API_TS_MAX_AGE or further ahead than API_TS_MAX_SKEW.
+
+    Inngest starts the functions an event triggers at its `ts`: a browser must not schedule
+    them ahead, nor backdate an event that time-based logic trusts. `now_ms` is when the
+    request was received, by the server's clock.
+    """
+    oldest = now_ms - round(settings.api_ts_max_age * 1000)
+    latest = now_ms + round(settings.api_ts_max_skew * 1000)
+    message = (
+        f"Must be at most {format_duration(settings.api_ts_max_age)} before and "
+        f"{format_duration(settings.api_ts_max_skew)} after the server's clock."
+    )
+    outside = {
+        index: {"ts": [message]}
+        for index, item in enumerate(loaded)
+        if "ts" in item and not oldest <= item["ts"] <= latest
+    }
+    if outside:
+        raise ValidationFailed(errors=_errors(outside, batch))
 
 
 def _check_data(loaded: list[dict[str, Any]], batch: bool, settings: Settings) -> None:

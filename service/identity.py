@@ -29,6 +29,7 @@ from flask import Flask, Request, Response, redirect, request
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface, SessionMixin
 from flask_login import LoginManager, UserMixin
 from flask_login.utils import decode_cookie
+from itsdangerous import BadSignature, SignatureExpired
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 from sqlalchemy import Engine, TextClause, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -218,7 +219,14 @@ class HostSessionInterface(SecureCookieSessionInterface):
     may still change the session in memory during a request; nothing of it is ever sent back,
     and any `Set-Cookie` for the host's session or remember cookie is taken off the response,
     so the service cannot log anyone out of the host or overwrite what the host stored.
+
+    A cookie that fails its signature, or that is signed but not a session, is counted (metric
+    `host_cookies_rejected_total`) and, at most once a minute (by `clock`), a WARNING says how
+    many and what to check: when every cookie fails, SECRET_KEY or SESSION_SALT is not the
+    host's, and every post goes out anonymous. An expired one is an old login, counted only.
     """
+
+    WARN_EVERY = 60.0  # seconds between two warnings about rejected cookies
 
     def __init__(
         self,
@@ -227,11 +235,16 @@ class HostSessionInterface(SecureCookieSessionInterface):
         salt: str = FLASK_SESSION_SALT,
         max_age: float = DEFAULT_SESSION_MAX_AGE,
         guarded_cookies: tuple[str, ...] = ("remember_token",),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cookie_name = cookie_name
         self.salt = salt
         self.max_age = max_age
         self.guarded_cookies = frozenset((cookie_name, *guarded_cookies))
+        self.clock = clock
+        self._unwarned: dict[str, int] = {}  # rejections by reason since the last warning
+        self._warned_at: float | None = None
+        self._warn_lock = threading.Lock()
 
     def get_cookie_name(self, app: Flask) -> str:
         """The host's cookie name, whatever this app's SESSION_COOKIE_NAME says."""
@@ -239,6 +252,7 @@ class HostSessionInterface(SecureCookieSessionInterface):
 
     def open_session(self, app: Flask, request: Request) -> SecureCookieSession:
         """The host's session, or an empty one; never None, never an error."""
+        self._check_remember_cookie(app, request)
         value = request.cookies.get(self.cookie_name)
         serializer = self.get_signing_serializer(app)
         if not value or serializer is None:
@@ -247,8 +261,45 @@ class HostSessionInterface(SecureCookieSessionInterface):
             data = serializer.loads(value, max_age=int(self.max_age))
             return self.session_class(data)
         except Exception as exc:  # noqa: BLE001 - any cookie we cannot read is anonymous
-            log.info("host session cookie not accepted: %s", type(exc).__name__)
+            self._rejected("session", _rejection_reason(exc))
             return self.session_class()
+
+    def _check_remember_cookie(self, app: Flask, request: Request) -> None:
+        """Count a remember cookie Flask-Login will not accept (it says nothing itself)."""
+        # The name Flask-Login reads, which `init_app` sets to REMEMBER_COOKIE_NAME.
+        cookie = request.cookies.get(app.config.get("REMEMBER_COOKIE_NAME", "remember_token"))
+        if cookie and app.secret_key and decode_cookie(cookie, key=app.secret_key) is None:
+            self._rejected("remember", "bad_signature" if "|" in cookie else "malformed")
+
+    def _rejected(self, cookie: str, reason: str) -> None:
+        # Here, not at the top: gunicorn's master imports this module to check the settings
+        # before it sets PROMETHEUS_MULTIPROC_DIR, and must make no metrics of its own.
+        from . import metrics
+
+        metrics.host_cookie_rejected(cookie, reason)
+        log.info("host %s cookie not accepted: %s", cookie, reason)
+        if reason == "expired":
+            return  # the host would refuse it too: not a misconfiguration
+        now = self.clock()
+        with self._warn_lock:
+            self._unwarned[reason] = self._unwarned.get(reason, 0) + 1
+            last = self._warned_at
+            if last is not None and now - last < self.WARN_EVERY:
+                return
+            counts, self._unwarned, self._warned_at = self._unwarned, {}, now
+        total = sum(counts.values())
+        log.warning(
+            "%d host cookie%s rejected%s (%s); posts carrying them are anonymous. If logged-in "
+            'users\' posts all arrive with "user": null, check that SECRET_KEY and SESSION_SALT '
+            "(and SESSION_COOKIE_NAME, REMEMBER_COOKIE_NAME) match the host app's",
+            total,
+            "" if total == 1 else "s",
+            "" if last is None else f" in the last {now - last:.0f} s",
+            ", ".join(f"{name}: {count}" for name, count in sorted(counts.items())),
+            extra={
+                "fields": {"rejected": total, **{f"rejected_{k}": v for k, v in counts.items()}}
+            },
+        )
 
     def should_set_cookie(self, app: Flask, session: SessionMixin) -> bool:
         """Never: the cookie is the host's."""
@@ -267,6 +318,15 @@ class HostSessionInterface(SecureCookieSessionInterface):
             del response.headers["Set-Cookie"]
             for value in kept:
                 response.headers.add("Set-Cookie", value)
+
+
+def _rejection_reason(exc: Exception) -> str:
+    """Why a session cookie was not accepted, as the metric's `reason` label says it."""
+    if isinstance(exc, SignatureExpired):
+        return "expired"
+    if isinstance(exc, BadSignature):
+        return "bad_signature"  # another key or salt, tampered with, or not signed at all
+    return "malformed"  # signed with the host's key, but not a session Flask wrote
 
 
 def session_user_id(session: Mapping[str, Any]) -> str | None:

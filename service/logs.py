@@ -67,17 +67,57 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(line, default=str, separators=(",", ":"))
 
 
+# C0 controls, DEL, C1 controls, the Unicode line and paragraph separators, and the backslash
+# that starts an escape (so that a literal `\n` in a path is told from an escaped newline).
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\\]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+# Written before each line of a traceback, so that none of them can pass for a record.
+TRACE_PREFIX = "  | "
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED_ESCAPES.get(char)
+    if named is not None:
+        return named
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def escape_controls(text: str) -> str:
+    """`text` with control characters as visible escapes (`\\n`, `\\x1b`), on one line."""
+    return _UNSAFE.sub(_escape_one, text)
+
+
 class TextFormatter(logging.Formatter):
-    """The same lines for people: the message, then the fields as key=value."""
+    """The same lines for people: the message, then the fields as key=value.
+
+    Whatever a request brings (a path with `%0a`, a header), a record is one line: control
+    characters in every part are escaped, and a traceback's lines each start with `  | `.
+    """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        # A copy with every part escaped: other handlers get the record as it was.
+        line = logging.makeLogRecord(record.__dict__)
+        line.msg, line.args = escape_controls(record.getMessage()), None
+        line.name = escape_controls(record.name)
+        line.levelname = escape_controls(record.levelname)
+        line.request_id = escape_controls(str(getattr(record, "request_id", "-")))
+        line.exc_info, line.exc_text, line.stack_info = None, None, None
+        text = super().format(line)
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict) and fields:
-            text += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+            text += " " + " ".join(
+                f"{escape_controls(str(k))}={escape_controls(str(v))}" for k, v in fields.items()
+            )
+        trace = record.exc_text or (
+            self.formatException(record.exc_info) if record.exc_info else ""
+        )
+        for block in (trace, self.formatStack(record.stack_info) if record.stack_info else ""):
+            for part in block.split("\n") if block else ():
+                text += "\n" + TRACE_PREFIX + escape_controls(part)
         return text
 
 

@@ -106,6 +106,13 @@ UPSTREAM_RESPONSES = Counter(
     ["status"],
     registry=REGISTRY,
 )
+HOST_COOKIES_REJECTED = Counter(
+    f"{PREFIX}_host_cookies_rejected_total",
+    "The host app's cookies not accepted (IDENTITY=flask-session), by cookie (session, "
+    "remember) and reason (bad_signature, expired, malformed).",
+    ["cookie", "reason"],
+    registry=REGISTRY,
+)
 
 
 # -- instrumentation, called from the other modules ------------------------------------------
@@ -128,6 +135,11 @@ def events_retried(count: int) -> None:
 def events_dead(count: int) -> None:
     if count:
         EVENTS_DEAD.inc(count)
+
+
+def host_cookie_rejected(cookie: str, reason: str) -> None:
+    """A host cookie (`session`, `remember`) refused: `bad_signature`, `expired`, `malformed`."""
+    HOST_COOKIES_REJECTED.labels(cookie=cookie, reason=reason).inc()
 
 
 def method_label(method: str) -> str:

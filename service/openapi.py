@@ -18,7 +18,7 @@ from . import __version__, apidoc
 from .auth import current
 from .event_schemas import glob_regex
 from .schemas import SERVER_KEYS, TS_MAX, EventSchema, LoginSchema
-from .settings import Settings
+from .settings import Settings, format_duration
 from .state import gateway_state
 
 bp = Blueprint("openapi", __name__)
@@ -136,12 +136,12 @@ def build_spec(app: Flask, settings: Settings | None = None) -> dict[str, Any]:
     for path, operations in _documented_paths(app, settings).items():
         spec.path(path=path, operations=operations)
     document = spec.to_dict()
-    _refine_event(document["components"]["schemas"]["Event"])
+    _refine_event(document["components"]["schemas"]["Event"], settings)
     return document
 
 
-def _refine_event(event: dict[str, Any]) -> None:
-    """What the marshmallow schema says in code rather than in fields."""
+def _refine_event(event: dict[str, Any], settings: Settings) -> None:
+    """What the marshmallow schema says in code rather than in fields, and the ts window."""
     properties = event["properties"]
     properties["data"] = {
         "description": 'Any JSON value; a non-object arrives as `{"value": ...}`, null or '
@@ -153,7 +153,13 @@ def _refine_event(event: dict[str, Any]) -> None:
     ts = properties["ts"]
     ts.pop("maximum", None)
     ts["exclusiveMaximum"] = TS_MAX
-    ts["description"] = "Milliseconds since the epoch; default: when the post was received."
+    ts["description"] = (
+        "Milliseconds since the epoch; default: when the post was received. At most "
+        f"{format_duration(settings.api_ts_max_age)} before (API_TS_MAX_AGE) and "
+        f"{format_duration(settings.api_ts_max_skew)} after (API_TS_MAX_SKEW) the server's "
+        "clock, else a 422: Inngest starts the functions an event triggers at its `ts`. "
+        "`minimum` and `exclusiveMaximum` are Inngest's own bounds."
+    )
     properties["id"]["description"] = (
         "The client's deduplication key (default: from Idempotency-Key). The event id is a "
         "UUID derived from it and the poster (the user, else the browser's session), so "

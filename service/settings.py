@@ -171,6 +171,14 @@ def parse_duration(value: str) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+def format_duration(seconds: float) -> str:
+    """A duration as settings spell it (`7d`, `5m`, `90s`, `500ms`), as parse_duration reads it."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds * 1000:g}ms" if seconds else "0s"
+
+
 class Duration(fields.Field[float]):
     """A duration setting, in seconds."""
 
@@ -292,6 +300,27 @@ class Settings:
         group=API,
         default="100",
         help="Most events in one JSON array (Inngest takes at most 5000).",
+    )
+    api_ts_max_age: float = setting(
+        Duration(validate=validate.Range(min=1)),
+        group=API,
+        default="7d",
+        help=(
+            "Oldest `ts` a post may give, counted back from the server's clock; older is a `422` "
+            "(a backdated event fools logic that trusts its time). The browser client keeps each "
+            "event's `ts` from `send` while it is queued, with no time limit of its own: an event "
+            "queued longer than this is refused when it goes. Durations as for `OUTBOX_MAX_AGE`."
+        ),
+    )
+    api_ts_max_skew: float = setting(
+        Duration(validate=validate.Range(min=0)),
+        group=API,
+        default="5m",
+        help=(
+            "How far ahead of the server's clock a posted `ts` may be, for browsers whose clock "
+            "runs fast; further is a `422`. Inngest starts the functions an event triggers at its "
+            "`ts`, so a browser must not pick a time ahead."
+        ),
     )
     # Read as text; `_build` checks each origin.
     trusted_origins: tuple[str, ...] = setting(

@@ -6,14 +6,19 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 from service.auth import ANONYMOUS_SCOPE_KEY
-from service.events import scoped_id
-from tests.conftest import AuthActions
+from service.errors import ValidationFailed
+from service.events import build_events, scoped_id
+from service.settings import load_settings
+from service.state import gateway_state
+from tests.conftest import AuthActions, assert_envelope
 from tests.standin import SEED, InngestStandIn
 
 UA = "Mozilla/5.0 (test)"
@@ -90,11 +95,12 @@ def test_logged_in_post_carries_the_session_user(
 def test_client_id_is_scoped_and_ts_and_v_pass_through(
     client: FlaskClient, inngest: InngestStandIn
 ) -> None:
+    an_hour_ago = int(time.time() * 1000) - 3600 * 1000
     sent = {
         "name": "app/x",
         "data": {"a": [1, 2.5, None, True]},
         "id": "order-42",
-        "ts": 1700000000000,
+        "ts": an_hour_ago,
         "v": "2024-01",
     }
 
@@ -105,7 +111,7 @@ def test_client_id_is_scoped_and_ts_and_v_pass_through(
     assert {k: event[k] for k in ("name", "id", "ts", "v")} == {
         "name": "app/x",
         "id": anonymous_id(client, "order-42"),
-        "ts": 1700000000000,
+        "ts": an_hour_ago,
         "v": "2024-01",
     }
     assert event["data"]["a"] == [1, 2.5, None, True]
@@ -297,3 +303,109 @@ def test_keys_the_server_and_inngest_own_are_refused(
     reason = "reserved for Inngest" if key == "_inngest" else "set by the server"
     assert errors == {"data": {key: [f"This key is {reason}."]}}
     assert inngest.received == []
+
+
+# -- ts: only within a window around the server's clock --------------------------------------
+
+MINUTE_MS = 60 * 1000
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
+RECEIVED = 1_780_000_000_000  # a fixed receive time, for the edges
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [6 * MINUTE_MS, 365 * DAY_MS, -(7 * DAY_MS + HOUR_MS), -30 * 365 * DAY_MS],
+    ids=["6m-ahead", "a-year-ahead", "7d-and-1h-old", "30-years-old"],
+)
+def test_a_ts_outside_the_window_around_the_servers_clock_is_422(
+    client: FlaskClient, inngest: InngestStandIn, offset: int
+) -> None:
+    """Inngest starts the runs at a future ts: a browser must not schedule them (or backdate)."""
+    single = client.post("/api", json={"name": "app/x", "ts": now_ms() + offset})
+    batch = client.post(
+        "/api", json=[{"name": "app/ok"}, {"name": "app/x", "ts": now_ms() + offset}]
+    )
+
+    envelope = assert_envelope(single, 422, "validation_failed")
+    (message,) = envelope["errors"]["ts"]
+    assert "7d" in message and "5m" in message
+    assert set(envelope["errors"]) == {"ts"}
+    assert assert_envelope(batch, 422, "validation_failed")["errors"] == {"1": {"ts": [message]}}
+    assert inngest.received == []
+
+
+def test_a_ts_within_the_window_is_accepted_and_kept(
+    make_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = make_app(DELIVERY_MODE="outbox")  # no embedded deliverer: delivered below
+    now = now_ms()
+    # As old as an event the browser client kept queued for almost a week, now, and a
+    # browser whose clock runs 4 minutes fast.
+    sent = [now - 7 * DAY_MS + 10 * MINUTE_MS, now - MINUTE_MS, now, now + 4 * MINUTE_MS]
+
+    response = app.test_client().post("/api", json=[{"name": "app/x", "ts": ts} for ts in sent])
+
+    assert response.status_code == 202, response.get_data(as_text=True)
+    with app.app_context():
+        assert gateway_state(app).deliverer.run_once() == len(sent)
+    assert [e["ts"] for r in inngest.received for e in r.events] == sent
+
+
+def test_the_ts_window_is_a_setting(
+    make_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    client = make_app(API_TS_MAX_AGE="2d", API_TS_MAX_SKEW="1h").test_client()
+    now = now_ms()
+
+    accepted = client.post("/api", json=[{"ts": now - 47 * HOUR_MS}, {"ts": now + 59 * MINUTE_MS}])
+    old = client.post("/api", json={"ts": now - 49 * HOUR_MS})
+    ahead = client.post("/api", json={"ts": now + 61 * MINUTE_MS})
+    no_skew = make_app(API_TS_MAX_SKEW="0").test_client().post("/api", json={"ts": now_ms() + 2000})
+
+    assert accepted.status_code == 200, accepted.get_data(as_text=True)
+    assert [e["ts"] for e in inngest.received[0].events] == [
+        now - 47 * HOUR_MS,
+        now + 59 * MINUTE_MS,
+    ]
+    for refused in (old, ahead, no_skew):
+        assert set(assert_envelope(refused, 422, "validation_failed")["errors"]) == {"ts"}
+    assert len(inngest.received) == 1
+
+
+@pytest.mark.parametrize(
+    ("ts", "accepted"),
+    [
+        (RECEIVED - 7 * DAY_MS, True),
+        (RECEIVED - 7 * DAY_MS - 1, False),
+        (RECEIVED + 5 * MINUTE_MS, True),
+        (RECEIVED + 5 * MINUTE_MS + 1, False),
+    ],
+    ids=["oldest", "1ms-older", "furthest-ahead", "1ms-further"],
+)
+def test_the_window_edges_on_a_fixed_clock(ts: int, accepted: bool) -> None:
+    """The window is measured from the request's receive time, edges included."""
+    settings = load_settings({"INNGEST_DEV": "1"})
+    meta = {"id": "r", "client_request_id": None, "received_at": RECEIVED, "ip": None}
+
+    def build() -> list[Any]:
+        return build_events(
+            [{"name": "app/x", "ts": ts}],
+            batch=False,
+            settings=settings,
+            user=None,
+            request_meta=meta,
+            scope=lambda: "anonymous:x",
+        )
+
+    if accepted:
+        (event,) = build()
+        assert json.loads(event.body)["ts"] == ts
+    else:
+        with pytest.raises(ValidationFailed) as refused:
+            build()
+        assert set(refused.value.errors) == {"ts"}

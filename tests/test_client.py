@@ -277,6 +277,41 @@ def test_offline_sends_survive_a_reload_and_arrive_once_in_order_when_online(
     assert [e for e in errors if "ERR_INTERNET_DISCONNECTED" not in e] == []
 
 
+def test_a_send_kept_for_days_goes_with_its_ts_and_one_past_api_ts_max_age_is_rejected(
+    page: Page, service: Service, inngest: InngestStandIn
+) -> None:
+    """The client keeps an event's `ts` from `send` however long it is queued. Within
+    API_TS_MAX_AGE (7d by default) it is sent as it was; past it the service answers 422,
+    and the client rejects that send for good instead of retrying it."""
+    log_in(page, service)
+    day = 86400 * 1000
+    outcome = page.evaluate(
+        """async (day) => {
+             const at = Date.now();
+             const event = (message, age) =>
+               ({name: 'app/api.posted', data: {message}, ts: at - age});
+             const ids = await InngestGateway.send([event('six days', 6 * day)]);
+             const refused = await InngestGateway.send([event('eight days', 8 * day)]).then(
+               () => null, (e) => ({status: e.status, code: e.code, errors: e.errors}));
+             return {at, ids, refused, pending: InngestGateway.createClient().pending()};
+           }""",
+        day,
+    )
+
+    refused = outcome["refused"]
+    assert refused is not None, outcome
+    assert (refused["status"], refused["code"], list(refused["errors"])) == (
+        422,
+        "validation_failed",
+        ["ts"],
+    )
+    assert outcome["pending"] == 0
+    (event,) = wait_for_events(inngest, 1)
+    assert [event["id"]] == outcome["ids"]
+    assert event["ts"] == outcome["at"] - 6 * day
+    assert event["data"]["message"] == "six days"
+
+
 # -- leaving the page --------------------------------------------------------------------
 
 

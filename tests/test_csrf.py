@@ -371,6 +371,90 @@ def test_without_trusted_origins_no_cors_headers_are_sent(
     assert len(inngest.received) == 1
 
 
+# -- every answer says it varies by Origin ---------------------------------------------
+
+# The blueprint's kinds of answer: a post, its preflight, and the client's cacheable files.
+CORS_REQUESTS = {
+    "post": ("POST", "/api"),
+    "preflight": ("OPTIONS", "/api"),
+    "script": ("GET", "/inngest-gateway.js"),
+    "module": ("GET", "/inngest-gateway.mjs"),
+    "types": ("GET", "/inngest-gateway.d.ts"),
+}
+
+
+def cors_request(
+    client: FlaskClient, kind: str, origin: str | None, prefix: str = "", **headers: str
+) -> TestResponse:
+    """One of CORS_REQUESTS, from a page on `origin` (None: no Origin header, as curl sends)."""
+    method, path = CORS_REQUESTS[kind]
+    if origin is not None:
+        headers["Origin"] = origin
+    if kind == "preflight":
+        headers["Access-Control-Request-Method"] = "POST"
+        headers["Access-Control-Request-Headers"] = "content-type"
+    body = {"json": {"name": "app/cors"}} if method == "POST" else {}
+    response = client.open(prefix + path, method=method, headers=headers, **body)
+    response.get_data()  # read, then closed: the files are streamed
+    response.close()
+    return response
+
+
+def assert_cors_answer(response: TestResponse, origin: str | None, allowed: bool) -> None:
+    """`Vary: Origin` always (once); CORS headers only for an Origin that is allowed."""
+    assert response.status_code < 500, response.get_data(as_text=True)
+    varies = [v.strip().lower() for h in response.headers.getlist("Vary") for v in h.split(",")]
+    assert varies.count("origin") == 1, response.headers
+    cors = {k for k in response.headers.keys() if k.lower().startswith("access-control-")}
+    if allowed:
+        assert response.headers["Access-Control-Allow-Origin"] == origin
+        assert response.headers["Access-Control-Allow-Credentials"] == "true"
+    else:
+        assert cors == set(), response.headers
+
+
+@pytest.mark.parametrize("trusted", [TRUSTED, f"{TRUSTED},https://other.example"])
+@pytest.mark.parametrize("origin", [None, TRUSTED, EVIL])
+@pytest.mark.parametrize("kind", CORS_REQUESTS)
+def test_the_gateways_answers_vary_by_origin_and_allow_only_a_trusted_one(
+    make_app: Callable[..., Flask],
+    inngest: InngestStandIn,
+    kind: str,
+    origin: str | None,
+    trusted: str,
+) -> None:
+    """A shared cache must never hand one origin's answer (or a no-Origin one) to another."""
+    client = make_app(TRUSTED_ORIGINS=trusted).test_client()
+
+    response = cors_request(client, kind, origin)
+
+    assert_cors_answer(response, origin, allowed=origin == TRUSTED)
+    if kind == "post":
+        assert response.status_code == (403 if origin == EVIL else 200)
+
+
+@pytest.mark.parametrize("origin", [None, TRUSTED])
+@pytest.mark.parametrize("kind", CORS_REQUESTS)
+def test_without_trusted_origins_the_answers_still_vary_by_origin(
+    client: FlaskClient, inngest: InngestStandIn, kind: str, origin: str | None
+) -> None:
+    """The post's answer depends on Origin anyway: another site's is refused."""
+    assert_cors_answer(cors_request(client, kind, origin), origin, allowed=False)
+
+
+@pytest.mark.parametrize("origin", [None, TRUSTED, EVIL])
+def test_a_revalidated_client_file_varies_by_origin_too(
+    make_app: Callable[..., Flask], origin: str | None
+) -> None:
+    client = make_app(TRUSTED_ORIGINS=TRUSTED).test_client()
+    etag = cors_request(client, "module", origin).headers["ETag"]
+
+    response = cors_request(client, "module", origin, **{"If-None-Match": etag})
+
+    assert response.status_code == 304
+    assert_cors_answer(response, origin, allowed=origin == TRUSTED)
+
+
 # -- session cookies -------------------------------------------------------------------
 
 

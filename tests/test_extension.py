@@ -29,6 +29,7 @@ from flask_login import LoginManager, UserMixin
 from service import InngestGateway, outbox
 from service.state import gateway_state
 from tests.standin import InngestStandIn
+from tests.test_csrf import CORS_REQUESTS, TRUSTED, assert_cors_answer, cors_request
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "host-secret-0123456789abcdef0123456789"
@@ -616,6 +617,52 @@ def test_cors_for_trusted_origins_on_our_path_only(hosts: Callable[..., Flask]) 
     assert ours.headers["Access-Control-Allow-Credentials"] == "true"
     assert "Access-Control-Allow-Origin" not in theirs.headers
     assert "Access-Control-Allow-Origin" not in stranger.headers
+
+
+def test_mounted_the_ts_window_comes_from_app_config_or_the_defaults(
+    hosts: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    """A timedelta of days, as a host writes it, counts whole: 2 days, not the hour past them."""
+    hour, minute = 3600 * 1000, 60 * 1000
+    configured = hosts(
+        config={"API_TS_MAX_AGE": timedelta(days=2, hours=1), "API_TS_MAX_SKEW": "1h"}
+    ).test_client()
+    defaults = hosts().test_client()
+    now = int(time.time() * 1000)
+
+    accepted = configured.post("/api", json=[{"ts": now - 48 * hour}, {"ts": now + 59 * minute}])
+    old = configured.post("/api", json={"ts": now - 50 * hour})
+    ahead = configured.post("/api", json=[{"ts": now}, {"ts": now + 61 * minute}])
+    default_old = defaults.post("/api", json={"ts": now - 8 * 24 * hour})
+    default_ahead = defaults.post("/api", json={"ts": now + 10 * minute})
+    default_ok = defaults.post("/api", json={"ts": now - 6 * 24 * hour})
+
+    assert accepted.status_code == 200, accepted.get_data(as_text=True)
+    assert default_ok.status_code == 200, default_ok.get_data(as_text=True)
+    for refused in (old, default_old, default_ahead):
+        assert set(assert_gateway_envelope(refused, 422, "validation_failed")["errors"]) == {"ts"}
+    assert list(assert_gateway_envelope(ahead, 422, "validation_failed")["errors"]) == ["1"]
+    assert [e["ts"] for e in inngest.accepted] == [
+        now - 48 * hour,
+        now + 59 * minute,
+        now - 6 * 24 * hour,
+    ]
+
+
+@pytest.mark.parametrize("prefix", ["", "/hooks"])
+@pytest.mark.parametrize("origin", [None, TRUSTED, "https://evil.example"])
+@pytest.mark.parametrize("kind", CORS_REQUESTS)
+def test_mounted_the_answers_vary_by_origin_and_allow_only_a_trusted_one(
+    hosts: Callable[..., Flask], kind: str, origin: str | None, prefix: str
+) -> None:
+    client = hosts(config={"TRUSTED_ORIGINS": TRUSTED}, url_prefix=prefix or None).test_client()
+
+    response = cors_request(client, kind, origin, prefix)
+
+    assert_cors_answer(response, origin, allowed=origin == TRUSTED)
+    # The host's own pages are left alone.
+    home = client.get("/", headers={} if origin is None else {"Origin": origin})
+    assert "Origin" not in home.vary and "Access-Control-Allow-Origin" not in home.headers
 
 
 def test_the_gateways_state_does_not_show_its_secrets(

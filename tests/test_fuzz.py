@@ -29,7 +29,6 @@ from werkzeug.datastructures import MultiDict
 from service import outbox
 from service.app import create_app
 from service.db import db
-from service.schemas import TS_MAX, TS_MIN
 from service.state import gateway_state
 from service.users import create_user
 from tests.conftest import PASSWORD, SECRET_KEY
@@ -216,6 +215,13 @@ VALUES = st.recursive(
 )
 CLIENT_DATA = st.dictionaries(TEXT.filter(lambda key: key not in RESERVED_KEYS), VALUES, max_size=6)
 TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+# Within API_TS_MAX_AGE (7d) before and API_TS_MAX_SKEW (5m) after the server's clock, as
+# offsets from the time the module is loaded: an hour's margin for the run's own length on
+# the old side, a minute on the side ahead.
+LOADED_MS = int(time.time() * 1000)
+VALID_TS = st.integers(min_value=-7 * 86400_000 + 3600_000, max_value=4 * 60_000).map(
+    lambda offset: LOADED_MS + offset
+)
 VALID_EVENTS = st.fixed_dictionaries(
     {},
     optional={
@@ -223,7 +229,7 @@ VALID_EVENTS = st.fixed_dictionaries(
         # An object as it is; null (or no data) as {}; anything else as {"value": ...}.
         "data": CLIENT_DATA | VALUES,
         "id": TOKEN.filter(bool),
-        "ts": st.integers(min_value=TS_MIN, max_value=TS_MAX - 1),
+        "ts": VALID_TS,
         "v": TEXT.filter(bool),
     },
 )

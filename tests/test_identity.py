@@ -26,6 +26,7 @@ import requests
 from flask import Flask, Response, jsonify, make_response, session
 from flask.sessions import SecureCookieSessionInterface
 from flask.testing import FlaskClient
+from itsdangerous import TimestampSigner
 from psycopg import OperationalError
 from werkzeug.test import TestResponse
 
@@ -53,6 +54,7 @@ from tests.hostapp import (
 from tests.processes import BIN, ROOT, clean_env, free_port, start_gunicorn, start_nginx
 from tests.proxy import freezable_proxy, silent_server, through
 from tests.standin import InngestStandIn
+from tests.test_metrics import Delta
 
 SQL = "SELECT id, email, name, created_at FROM host_users WHERE id = :id AND active"
 OTHER_KEY = "another-apps-secret-fedcba9876543210"
@@ -478,6 +480,121 @@ def test_the_remember_cookie_name_is_a_setting(
     assert whoami(reader) is None
     reader.set_cookie("host_remember", real)
     assert whoami(reader) == {"id": "1"}
+
+
+# --- host cookies the service cannot read: counted, and a warning for the operator ----------
+
+REJECTED = "inngest_gateway_host_cookies_rejected_total"
+
+
+def signed_session(host: Flask, content: Any, *, age: float = 0) -> str:
+    """A session cookie signed with the host's own key and salt, `age` seconds ago."""
+
+    class Then(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(time.time() - age)
+
+    serializer = SecureCookieSessionInterface().get_signing_serializer(host)
+    assert serializer is not None
+    serializer.signer = Then
+    return serializer.dumps(content)
+
+
+def test_rejected_host_cookies_are_counted_by_cookie_and_reason(
+    make_host: HostFactory,
+    sqlite_host_db: str,
+    make_reader: ReaderFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    host = make_host(sqlite_host_db)
+    foreign = host_cookies(make_host(sqlite_host_db, OTHER_KEY, users=False), remember=True)
+    reader = make_reader()
+    app = reader.application
+    scraper = app.test_client()  # no cookies: its own requests reject nothing
+    expired = signed_session(host, {"_user_id": "1"}, age=40 * 86400)
+    cases = [
+        ({"session": foreign["session"]}, "session", "bad_signature"),
+        ({"session": "no-separator-at-all"}, "session", "bad_signature"),
+        ({"session": expired}, "session", "expired"),
+        ({"session": signed_session(host, ["not", "a", "session"])}, "session", "malformed"),
+        ({"remember_token": foreign["remember_token"]}, "remember", "bad_signature"),
+        ({"remember_token": "1"}, "remember", "malformed"),
+    ]
+    for cookies, cookie, reason in cases:
+        delta = Delta(scraper)
+        assert whoami(with_cookies(make_reader(app), cookies)) is None
+        counted = {
+            (c, r): delta(REJECTED, cookie=c, reason=r)
+            for c in ("session", "remember")
+            for r in ("bad_signature", "expired", "malformed")
+        }
+        assert counted == {key: float(key == (cookie, reason)) for key in counted}, cookies
+    # The service itself warned (once: the rest fell within the same minute).
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.name == "service.identity" and "SECRET_KEY" in warning.getMessage()
+
+    # The host's own cookies, session and remember, are not rejected.
+    delta = Delta(scraper)
+    assert whoami(with_cookies(make_reader(app), host_cookies(host, remember=True))) == {"id": "1"}
+    for cookie in ("session", "remember"):
+        for reason in ("bad_signature", "expired", "malformed"):
+            assert delta(REJECTED, cookie=cookie, reason=reason) == 0
+
+
+def test_a_wrong_secret_key_is_a_warning_at_most_once_a_minute(
+    make_host: HostFactory, sqlite_host_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every cookie failing its signature is a misconfiguration an operator must see."""
+    caplog.set_level(logging.INFO, logger="service.identity")
+    host = make_host(sqlite_host_db)
+    foreign = host_cookies(make_host(sqlite_host_db, OTHER_KEY, users=False))["session"]
+    expired = signed_session(host, {"_user_id": "1"}, age=40 * 86400)
+    now = [1000.0]
+    app = Flask("bare")
+    app.config["SECRET_KEY"] = SECRET_KEY
+    app.session_interface = HostSessionInterface("session", clock=lambda: now[0])
+    app.get("/")(lambda: "ok")
+
+    def visit(cookie: str, at: float) -> None:
+        now[0] = at
+        client = app.test_client()
+        client.set_cookie("session", cookie)
+        assert client.get("/").status_code == 200
+
+    def warnings() -> list[logging.LogRecord]:
+        return [
+            r
+            for r in caplog.records
+            if r.name == "service.identity" and r.levelno == logging.WARNING
+        ]
+
+    visit(foreign, 1000.0)
+    (first,) = warnings()  # at once, on the first one
+    message = first.getMessage()
+    assert "1 host cookie" in message and "bad_signature: 1" in message
+    assert "SECRET_KEY" in message and "SESSION_SALT" in message
+    assert foreign not in caplog.text and SECRET_KEY not in caplog.text
+
+    for at in (1010.0, 1030.0, 1059.0):
+        visit(foreign, at)
+    visit("garbage", 1059.5)
+    visit(expired, 1059.6)  # an old login is no misconfiguration: not in the warnings
+    assert len(warnings()) == 1
+    # Each one still has its INFO line.
+    infos = [
+        r for r in caplog.records if r.name == "service.identity" and r.levelno == logging.INFO
+    ]
+    assert len(infos) == 6
+
+    visit(foreign, 1061.0)
+    assert len(warnings()) == 2
+    second = warnings()[1].getMessage()
+    assert "5 host cookies" in second and "bad_signature: 5" in second and "61 s" in second
+    assert "expired" not in second
+    assert warnings()[1].fields["rejected"] == 5  # type: ignore[attr-defined]
+
+    visit(host_cookies(host)["session"], 2000.0)  # the host's own cookie: nothing to say
+    assert len(warnings()) == 2
 
 
 # --- never a cookie -------------------------------------------------------------------------

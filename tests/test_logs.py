@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+from urllib.parse import quote, unquote
 
 import pytest
 from flask import Flask
@@ -119,3 +123,101 @@ def test_log_format_follows_the_mode(
     app = make_app(**({"INNGEST_DEV": inngest.url} if dev else {}))
 
     assert gateway_state(app).settings.log_format == expected
+
+
+# -- no forged lines: control characters are escaped ------------------------------------------
+
+# A path that, written as it is, would end the access line and write a well-formed second one.
+FORGED = "2026-11-28 19:44:40,512 INFO [0123abcd] service.access: POST /api 202 1.0ms"
+FORGING_PATH = (
+    "/x%0a"
+    + quote(FORGED)
+    + "%0d%0a"
+    + quote(FORGED)
+    + "%0d"  # \n, \r\n, and \r
+    + "%1b[31m%00%7f%c2%85%e2%80%a8%09%5c"  # ESC, NUL, DEL, NEL (C1), U+2028, tab, backslash
+)
+RAW_PATH = unquote(FORGING_PATH)
+HANDLER = "inngest-gateway"  # the name configure_logging gives the service's handler
+
+
+@contextmanager
+def service_log(make_app: Callable[..., Flask], **env: str) -> Iterator[tuple[Flask, io.StringIO]]:
+    """An app and what its own log handler writes (the stream swapped for a buffer, then back)."""
+    app = make_app(**env)
+    (handler,) = [h for h in logging.getLogger("service").handlers if h.get_name() == HANDLER]
+    assert isinstance(handler, logging.StreamHandler)
+    written = io.StringIO()
+    previous = handler.setStream(written)
+    try:
+        yield app, written
+    finally:
+        handler.setStream(previous)
+
+
+def access_lines(written: io.StringIO) -> list[str]:
+    return [line for line in written.getvalue().split("\n") if "service.access" in line]
+
+
+def test_a_path_cannot_forge_a_text_log_line(
+    make_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    with service_log(make_app, LOG_FORMAT="text") as (app, written):
+        response = app.test_client().get(FORGING_PATH)
+    assert response.status_code == 404
+    # One record, one line, whichever characters a viewer or a log shipper splits lines on.
+    text = written.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n")
+    assert len(text.splitlines()) == 1
+    (line,) = access_lines(written)
+    assert line.count(FORGED) == 4  # in the message and in the `path` field, twice each
+    escaped = "\\n" + FORGED + "\\r\\n" + FORGED + "\\r\\x1b[31m\\x00\\x7f\\x85\\u2028\\t\\\\"
+    assert f"GET /x{escaped} 404 " in line
+    assert f"path=/x{escaped} " in line
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in line)
+
+
+def test_a_path_cannot_forge_a_json_log_line(
+    make_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    with service_log(make_app, LOG_FORMAT="json") as (app, written):
+        response = app.test_client().get(FORGING_PATH)
+    assert response.status_code == 404
+    text = written.getvalue()
+    assert text.count("\n") == 1 and len(text.splitlines()) == 1
+    assert text.isascii()  # every control character and line separator as a JSON escape
+    (line,) = access_lines(written)
+    access = json.loads(line)
+    assert access["path"] == RAW_PATH
+    assert access["message"].startswith(f"GET {RAW_PATH} 404 ")
+
+
+def test_text_lines_escape_every_part_they_write() -> None:
+    """Message and its args, fields (keys and values), logger name, request id, traceback."""
+    try:
+        raise ValueError("bad\n2026-11-28 19:44:40,512 INFO [-] service.x: forged")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "service.x\n", logging.ERROR, __file__, 1, "got %s", ("a\nb\rc\x85d",), exc_info
+    )
+    record.fields = {"agent": "Mozilla\n\x1b[2J", "key\nx": 1, "n": None}
+    RequestContextFilter(("k-123",)).filter(record)
+    record.request_id = "id\nforged"
+
+    text = TextFormatter().format(record)
+
+    first, *trace = text.split("\n")
+    assert first.endswith(
+        "ERROR [id\\nforged] service.x\\n: got a\\nb\\rc\\x85d "
+        "agent=Mozilla\\n\\x1b[2J key\\nx=1 n=None"
+    )
+    # The traceback stays readable, a line each, but no line of it can pass for a record.
+    assert trace[0] == "  | Traceback (most recent call last):"
+    assert all(line.startswith("  | ") for line in trace)
+    assert trace[-2:] == [
+        "  | ValueError: bad",
+        "  | 2026-11-28 19:44:40,512 INFO [-] service.x: forged",
+    ]
+    # The record itself is left as it was, for other handlers.
+    assert record.name == "service.x\n" and record.getMessage() == "got a\nb\rc\x85d"

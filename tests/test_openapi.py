@@ -118,6 +118,20 @@ def test_it_comes_from_the_marshmallow_schemas(client: FlaskClient) -> None:
     }
 
 
+def test_the_ts_window_is_in_the_document(make_app: Callable[..., Flask]) -> None:
+    default = document(make_app().test_client())["components"]["schemas"]["Event"]
+    configured = make_app(API_TS_MAX_AGE="36h", API_TS_MAX_SKEW="30s").test_client()
+    ts = document(configured)["components"]["schemas"]["Event"]["properties"]["ts"]
+
+    assert (
+        "At most 7d before (API_TS_MAX_AGE) and 5m after (API_TS_MAX_SKEW)"
+        in (default["properties"]["ts"]["description"])
+    )
+    assert (
+        "At most 36h before (API_TS_MAX_AGE) and 30s after (API_TS_MAX_SKEW)" in (ts["description"])
+    )
+
+
 @pytest.mark.parametrize("key", ["user", "request", "_inngest"])
 def test_the_document_refuses_the_reserved_data_keys(client: FlaskClient, key: str) -> None:
     doc = document(client)

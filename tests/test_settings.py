@@ -33,7 +33,9 @@ from service.settings import (
     Settings,
     _SettingsSchema,
     environment,
+    format_duration,
     load_settings,
+    parse_duration,
 )
 from service.users import create_user
 from tests.conftest import PASSWORD
@@ -164,6 +166,9 @@ def test_cloud_mode_requires_the_key_and_the_secret(env: dict[str, str], variabl
         ("API_MAX_BATCH", "ten"),
         ("API_MAX_BATCH", "0"),
         ("API_MAX_BATCH", "5001"),
+        ("API_TS_MAX_AGE", "0"),
+        ("API_TS_MAX_AGE", "a week"),
+        ("API_TS_MAX_SKEW", "-5m"),
         ("OUTBOX_BATCH_SIZE", "0"),
         ("OUTBOX_BATCH_SIZE", "5001"),
         ("OUTBOX_CONCURRENCY", "0"),
@@ -212,6 +217,8 @@ def test_defaults_match_the_spec() -> None:
         api_max_event_bytes=262144,
         api_max_body_bytes=1048576,
         api_max_batch=100,
+        api_ts_max_age=7 * 86400.0,
+        api_ts_max_skew=300.0,
         trusted_origins=(),
         log_level="INFO",
         log_format="text",
@@ -294,6 +301,9 @@ def test_empty_values_count_as_unset(variable: str, blank: str) -> None:
         ({"API_REQUIRE_LOGIN": "off"}, "api_require_login", False),
         ({"CREATE_DEMO_USER": "false"}, "create_demo_user", False),
         ({"API_MAX_BATCH": "5000"}, "api_max_batch", 5000),
+        ({"API_TS_MAX_AGE": "30d"}, "api_ts_max_age", 30 * 86400.0),
+        ({"API_TS_MAX_SKEW": "0"}, "api_ts_max_skew", 0.0),
+        ({"API_TS_MAX_SKEW": "90s"}, "api_ts_max_skew", 90.0),
         ({"OUTBOX_BATCH_SIZE": "5000"}, "outbox_batch_size", 5000),
         ({"OUTBOX_CONCURRENCY": "4"}, "outbox_concurrency", 4),
         ({"API_MAX_EVENT_BYTES": "3145728"}, "api_max_event_bytes", 3145728),
@@ -309,6 +319,15 @@ def test_values_are_parsed(env: dict[str, str], field: str, value: Any) -> None:
     settings = load_settings({**CLOUD, **env})
 
     assert getattr(settings, field) == value
+
+
+@pytest.mark.parametrize(
+    ("spelled", "shown"),
+    [("7d", "7d"), ("36h", "36h"), ("5m", "5m"), ("90", "90s"), ("500ms", "500ms"), ("0", "0s")],
+)
+def test_format_duration_spells_a_duration_as_the_settings_do(spelled: str, shown: str) -> None:
+    assert format_duration(parse_duration(spelled)) == shown
+    assert parse_duration(shown) == parse_duration(spelled)
 
 
 def test_unknown_variables_are_ignored() -> None:

@@ -12,7 +12,9 @@ export interface GatewayEvent {
   /** The client's key for this event, made with crypto.randomUUID() when left out. The
    * service turns it into the event id, the same for the same poster on every retry. */
   id?: string;
-  /** Milliseconds since the epoch; set to the time of `send()` when left out. */
+  /** Milliseconds since the epoch; set to the time of `send()` when left out. The service
+   * refuses (422) one older than its API_TS_MAX_AGE (7 days by default) or further ahead of
+   * its clock than API_TS_MAX_SKEW (5 minutes). */
   ts?: number;
   v?: string;
 }
