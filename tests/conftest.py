@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from flask import Flask
@@ -21,6 +22,9 @@ from service.state import gateway_state
 from service.users import create_user
 from tests.browsers import browser, new_context, page, shot  # noqa: F401 (fixtures for all)
 from tests.standin import InngestStandIn
+
+if TYPE_CHECKING:
+    import time_machine
 
 PASSWORD = "correct horse battery staple"
 SECRET_KEY = "test-session-secret-0123456789abcdef"
@@ -65,6 +69,21 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         pytest.skip("TEST_DATABASE_URL is not set: the PostgreSQL variant is skipped")
     reset_postgres(url)
     return url
+
+
+@pytest.fixture
+def stopped_clock() -> Iterator[time_machine.Coordinates]:
+    """The wall clock (time.time, datetime.now) stopped 17.5 s into the current minute.
+
+    Moved only by the test (`shift`); the monotonic clock, and so every timeout, runs on.
+    Rate-limit windows of a minute start on the minute, so their ends are known exactly.
+    """
+    # Imported here: until the dev requirements are installed again, only these tests fail.
+    import time_machine
+
+    start = time.time() // 60 * 60 + 17.5
+    with time_machine.travel(start, tick=False) as clock:
+        yield clock
 
 
 @pytest.fixture
