@@ -434,6 +434,8 @@ def test_app_config_takes_python_values_as_a_host_writes_them(
             "API_ALLOWED_EVENTS": ["app/*", "billing/*"],
             "TRUSTED_ORIGINS": ("https://app.example",),
             "INNGEST_SEND_TIMEOUT": timedelta(seconds=3),
+            # Days, hours and a fraction: all of it, not the part past whole days, nor rounded.
+            "OUTBOX_MAX_AGE": timedelta(days=2, hours=3, milliseconds=250),
         }
     )
     client = app.test_client()
@@ -444,6 +446,7 @@ def test_app_config_takes_python_values_as_a_host_writes_them(
     assert refused.status_code == 403, refused.get_data(as_text=True)
     settings = gateway_state(app).settings
     assert settings.inngest_send_timeout == 3.0
+    assert settings.outbox_max_age == 2 * 86400 + 3 * 3600 + 0.25
     assert settings.trusted_origins == ("https://app.example",)
     assert [event["name"] for event in inngest.accepted] == ["billing/paid", "app/x"]
 
