@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,38 @@ if TYPE_CHECKING:
 
 PASSWORD = "correct horse battery staple"
 SECRET_KEY = "test-session-secret-0123456789abcdef"
+
+
+# CI sets it (.ci/run): PostgreSQL and Redis are there (nginx and Chromium, when missing,
+# fail their tests anyway), so a skip means a server the suite needs went missing.
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES", "").lower() in ("1", "true", "yes", "on")
+
+
+def _skip_as_failure(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Under REQUIRE_SERVICES, a skip (an unset TEST_DATABASE_URL, say) reports as a failure."""
+    if not (REQUIRE_SERVICES and report.skipped) or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+    report.outcome = "failed"
+    report.longrepr = f"skipped, and REQUIRE_SERVICES is set: {reason}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    _skip_as_failure(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield
+    _skip_as_failure(report)
+    return report
 
 
 @pytest.fixture(scope="session")
