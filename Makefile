@@ -50,8 +50,12 @@ $(NODE_TOOLS): tests/js/package.json tests/js/package-lock.json
 
 test: $(VENV)/.dev system-deps $(NODE_TOOLS)
 	@if [ -z "$$TEST_DATABASE_URL" ]; then \
-	  echo "NOTE: TEST_DATABASE_URL is not set: the PostgreSQL variants of the outbox tests will be skipped."; \
+	  echo "NOTE: TEST_DATABASE_URL is not set: the PostgreSQL variants of the outbox and users tests will be skipped."; \
 	  echo "      Set it (e.g. postgresql://postgres@127.0.0.1:5432/test) to run them."; \
+	fi
+	@if [ -z "$$TEST_REDIS_URL" ]; then \
+	  echo "NOTE: TEST_REDIS_URL is not set: the Redis variants of the rate-limit tests will be skipped."; \
+	  echo "      Set it (e.g. redis://127.0.0.1:6379/1) to run them."; \
 	fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

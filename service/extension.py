@@ -46,7 +46,8 @@ def _text(value: Any) -> str:
     if isinstance(value, (list, tuple, set, frozenset)):
         return ",".join(_text(item) for item in value)
     if isinstance(value, timedelta):
-        return f"{value.total_seconds():g}"
+        # Fixed point to the microsecond, timedelta's resolution: `:g` keeps six digits only.
+        return f"{value.total_seconds():f}"
     if isinstance(value, bytes):
         return value.decode()
     return str(value)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from flask import Flask
@@ -22,8 +23,43 @@ from service.users import LOGIN_READS, create_user
 from tests.browsers import browser, new_context, page, shot  # noqa: F401 (fixtures for all)
 from tests.standin import InngestStandIn
 
+if TYPE_CHECKING:
+    import time_machine
+
 PASSWORD = "correct horse battery staple"
 SECRET_KEY = "test-session-secret-0123456789abcdef"
+
+
+# CI sets it (.ci/run): PostgreSQL and Redis are there (nginx and Chromium, when missing,
+# fail their tests anyway), so a skip means a server the suite needs went missing.
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES", "").lower() in ("1", "true", "yes", "on")
+
+
+def _skip_as_failure(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Under REQUIRE_SERVICES, a skip (an unset TEST_DATABASE_URL, say) reports as a failure."""
+    if not (REQUIRE_SERVICES and report.skipped) or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+    report.outcome = "failed"
+    report.longrepr = f"skipped, and REQUIRE_SERVICES is set: {reason}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    _skip_as_failure(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield
+    _skip_as_failure(report)
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +101,21 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         pytest.skip("TEST_DATABASE_URL is not set: the PostgreSQL variant is skipped")
     reset_postgres(url)
     return url
+
+
+@pytest.fixture
+def stopped_clock() -> Iterator[time_machine.Coordinates]:
+    """The wall clock (time.time, datetime.now) stopped 17.5 s into the current minute.
+
+    Moved only by the test (`shift`); the monotonic clock, and so every timeout, runs on.
+    Rate-limit windows of a minute start on the minute, so their ends are known exactly.
+    """
+    # Imported here: until the dev requirements are installed again, only these tests fail.
+    import time_machine
+
+    start = time.time() // 60 * 60 + 17.5
+    with time_machine.travel(start, tick=False) as clock:
+        yield clock
 
 
 @pytest.fixture

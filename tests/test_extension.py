@@ -260,6 +260,7 @@ def test_cross_site_posts_are_refused(hosts: Callable[..., Flask], inngest: Inng
     assert inngest.received == []
 
 
+@pytest.mark.usefixtures("stopped_clock")
 def test_rate_limit_from_the_hosts_config(
     hosts: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
@@ -268,7 +269,8 @@ def test_rate_limit_from_the_hosts_config(
     assert [client.post("/api", json={"data": {}}).status_code for _ in range(2)] == [200, 200]
     refused = client.post("/api", json={"data": {}})
     assert_gateway_envelope(refused, 429, "rate_limited")
-    assert 1 <= int(refused.headers["Retry-After"]) <= 61
+    # The clock stands 17.5 s into the window's minute: 42.5 s left, rounded up.
+    assert refused.headers["Retry-After"] == "43"
     assert len(inngest.accepted) == 2
 
 
@@ -433,6 +435,8 @@ def test_app_config_takes_python_values_as_a_host_writes_them(
             "API_ALLOWED_EVENTS": ["app/*", "billing/*"],
             "TRUSTED_ORIGINS": ("https://app.example",),
             "INNGEST_SEND_TIMEOUT": timedelta(seconds=3),
+            # Days, hours and a fraction: all of it, not the part past whole days, nor rounded.
+            "OUTBOX_MAX_AGE": timedelta(days=2, hours=3, milliseconds=250),
         }
     )
     client = app.test_client()
@@ -443,6 +447,7 @@ def test_app_config_takes_python_values_as_a_host_writes_them(
     assert refused.status_code == 403, refused.get_data(as_text=True)
     settings = gateway_state(app).settings
     assert settings.inngest_send_timeout == 3.0
+    assert settings.outbox_max_age == 2 * 86400 + 3 * 3600 + 0.25
     assert settings.trusted_origins == ("https://app.example",)
     assert [event["name"] for event in inngest.accepted] == ["billing/paid", "app/x"]
 

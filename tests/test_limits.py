@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from flask import Flask
@@ -21,6 +22,9 @@ from service.errors import RateLimited
 from service.limits import LocalWindows
 from tests.conftest import PASSWORD, assert_envelope
 from tests.standin import InngestStandIn
+
+if TYPE_CHECKING:
+    import time_machine
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -54,10 +58,13 @@ def login(client: FlaskClient, email: str, password: str, ip: str = "198.51.100.
     )
 
 
-def assert_limited(response: Any) -> None:
+def assert_limited(response: Any) -> int:
+    """A 429 envelope whose message says the Retry-After it sends; returns that."""
     body = assert_envelope(response, 429, "rate_limited")
-    assert "try again in" in body["message"]
-    assert 1 <= int(response.headers["Retry-After"]) <= 61  # the window, rounded up
+    retry = int(response.headers["Retry-After"])
+    assert f"try again in {retry} s" in body["message"]
+    assert 1 <= retry <= 61  # the window, rounded up (tested exactly on a stopped clock)
+    return retry
 
 
 def test_api_posts_are_limited_per_client_ip(
@@ -69,6 +76,35 @@ def test_api_posts_are_limited_per_client_ip(
     assert_limited(post(client))
     assert len(inngest.accepted) == 3  # the refused post sent nothing
     assert post(client, ip="198.51.100.2").status_code == 200  # another client is not affected
+
+
+def test_retry_after_is_the_rest_of_the_window(
+    limited: Callable[..., Flask],
+    storage: dict[str, str],
+    stopped_clock: time_machine.Coordinates,
+    inngest: InngestStandIn,
+) -> None:
+    """Retry-After is when a retry gets in, rounded up to a whole second.
+
+    In memory, windows of a minute start on the wall clock's minute, and the clock stands
+    17.5 s into one: 42.5 s are left. On Redis a window starts at its first hit, on Redis's
+    own clock (which no test stops): a minute less the time the posts took is left.
+    """
+    client = limited(RATELIMIT_API="3 per minute").test_client()
+    started = time.monotonic()
+    assert [post(client).status_code for _ in range(3)] == [200, 200, 200]
+    retry = assert_limited(post(client))
+
+    if storage["RATELIMIT_STORAGE_URI"] != "memory://":
+        assert math.ceil(60 - (time.monotonic() - started)) <= retry <= 60
+        return
+    assert retry == 43
+    stopped_clock.shift(42)  # 59.5 s into the minute: the window is still full
+    assert assert_limited(post(client)) == 1
+    # 0.5 s into the next minute the full one before weighs 59.5/60 of its 3: there is room.
+    stopped_clock.shift(1)
+    assert post(client).status_code == 200
+    assert len(inngest.accepted) == 4
 
 
 def test_api_posts_are_limited_per_user_not_per_ip(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
@@ -19,6 +18,9 @@ from service.users import create_user
 from tests.conftest import PASSWORD, SECRET_KEY, assert_envelope
 from tests.processes import run_flask, start_gunicorn, wait_until_healthy
 from tests.standin import InngestStandIn
+
+if TYPE_CHECKING:
+    import time_machine
 
 ADA = {"email": "ada@example.com", "password": PASSWORD}
 
@@ -172,28 +174,34 @@ def test_logins_end_on_each_database(
     assert not is_ada(phone_remembered)
 
 
-@pytest.mark.timeout(30)
 def test_a_login_ends_after_session_lifetime_even_if_the_cookie_is_replayed(
-    make_app: Callable[..., Flask], inngest: InngestStandIn
+    make_app: Callable[..., Flask],
+    inngest: InngestStandIn,
+    stopped_clock: time_machine.Coordinates,
 ) -> None:
-    app = make_app(SESSION_LIFETIME="1s")
+    """On a stopped wall clock, moved by the test: a second before the end, and one after."""
+    app = make_app(SESSION_LIFETIME="2h")
     with app.app_context():
         create_user("ada@example.com", "Ada Lovelace", PASSWORD)
     client = app.test_client()
     login(client)
     assert is_ada(client)
 
-    time.sleep(1.5)
+    stopped_clock.shift(timedelta(hours=2, seconds=-1))
+    assert is_ada(client)
+    stopped_clock.shift(2)
 
     assert not is_ada(client)
     assert not is_ada(copy_of(app, client, "session"))
 
 
-@pytest.mark.timeout(30)
 def test_a_remember_cookie_ends_after_its_duration_even_if_replayed(
-    make_app: Callable[..., Flask], inngest: InngestStandIn
+    make_app: Callable[..., Flask],
+    inngest: InngestStandIn,
+    stopped_clock: time_machine.Coordinates,
 ) -> None:
-    app = make_app(REMEMBER_COOKIE_DURATION="1s", SESSION_LIFETIME="1h")
+    """On a stopped wall clock, moved by the test: a second before the end, and one after."""
+    app = make_app(REMEMBER_COOKIE_DURATION="3d", SESSION_LIFETIME="1h")
     with app.app_context():
         create_user("ada@example.com", "Ada Lovelace", PASSWORD)
     client = app.test_client()
@@ -201,7 +209,9 @@ def test_a_remember_cookie_ends_after_its_duration_even_if_replayed(
     replayed = copy_of(app, client, "remember_token")  # without the cookie's own expiry
     assert is_ada(replayed)
 
-    time.sleep(1.5)
+    stopped_clock.shift(timedelta(days=3, seconds=-1))
+    assert is_ada(copy_of(app, client, "remember_token"))
+    stopped_clock.shift(2)
 
     assert not is_ada(copy_of(app, client, "remember_token"))
     assert not is_ada(replayed)

@@ -604,12 +604,27 @@ test("the classic script and the module are one client", async () => {
 
 // -- the runner ------------------------------------------------------------------------------
 
+// A rejection nobody handles, or an error thrown outside a test's own promise (in a timer,
+// say), is charged to the test running when it is reported, and fails that test alone.
+// Outside any test it stays a console error, which fails the page as a whole.
+let running = false;
+let stray = [];
+const strayReason = (reason) => (reason && reason.stack ? reason.stack : String(reason));
+const charge = (what, reason, event) => {
+  if (!running) return;
+  event.preventDefault(); // reported on the test, not as a page-wide console error
+  stray.push(`${what}: ${strayReason(reason)}`);
+};
+window.addEventListener("unhandledrejection", (event) => charge("unhandled rejection", event.reason, event));
+window.addEventListener("error", (event) => charge("uncaught error", event.error ?? event.message, event));
+
 window.testNames = () => [...tests.keys()];
 window.runTests = async () => {
   const results = {};
   const realFetch = window.fetch;
   for (const [name, body] of tests) {
     localStorage.clear();
+    [running, stray] = [true, []];
     try {
       let timeout;
       const limit = new Promise((_, reject) => (timeout = setTimeout(() => reject(new Failure("did not finish in 10 s")), 10000)));
@@ -621,6 +636,10 @@ window.runTests = async () => {
       window.fetch = realFetch;
       document.querySelectorAll("form").forEach((element) => element.remove());
     }
+    // Unhandled rejections are reported in a task after the microtasks that made them.
+    await sleep(0);
+    running = false;
+    if (stray.length) results[name] = [...(results[name] === "ok" ? [] : [results[name]]), ...stray].join("\n");
   }
   localStorage.clear();
   return results;
