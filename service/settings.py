@@ -480,7 +480,10 @@ class Settings:
             "(whole seconds, at least 2) and TCP keepalives notice a vanished server within "
             "seconds. Past it the commit is rolled back and its posts get `503 "
             "outbox_unavailable`. A post waits at most twice this (the commit under way, then its "
-            "own); at most `10s`, to stay well under nginx's 25 s read timeout."
+            "own); at most `10s`, to stay well under nginx's 25 s read timeout. On PostgreSQL a "
+            "commit still waiting half a second later has its socket shut down (a link that "
+            "forwards nothing). It also bounds the service's own login lookup (`503 "
+            "database_unavailable` past it)."
         ),
     )
     outbox_embedded_deliverer: bool = setting(
