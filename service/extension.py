@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask
+from flask import Blueprint, Flask
 from flask.cli import AppGroup
 
 from . import api, browser, outbox
@@ -129,10 +129,9 @@ class InngestGateway:
             login_url=self.login_url,
         )
         outbox_db.ensure_schema()  # a database still down is retried by the first post
-        app.register_blueprint(
-            api.blueprint(settings, self.path),
-            url_prefix=self.url_prefix,
-        )
+        blueprint = api.blueprint(settings, self.path)
+        app.register_blueprint(blueprint, url_prefix=self.url_prefix)
+        _exempt_from_form_csrf(app, blueprint)
         rule = self.path if self.url_prefix is None else _join(self.url_prefix, self.path)
         # After the POST rule, so that POST (and its OPTIONS) match that one first.
         app.url_map.add(api.FallbackRule(rule, endpoint=api.FALLBACK_ENDPOINT))
@@ -152,6 +151,35 @@ class InngestGateway:
         Returns how many events were delivered while draining.
         """
         return gateway_state(app).delivery.stop()
+
+
+def _exempt_from_form_csrf(app: Flask, blueprint: Blueprint) -> None:
+    """Exempt the gateway's blueprint from Flask-WTF's CSRFProtect, bound before or after us.
+
+    CSRFProtect wants a form token in every post, which browsers posting events (the client,
+    `fetch`, a plain form) do not carry; the gateway refuses posts from other origins itself
+    (`csrf.protect`: Origin, Sec-Fetch-Site and the cookies' SameSite), so its own check is
+    the one that applies on its routes. A CSRFProtect bound later is exempted at the first
+    request, by a hook that runs before its own.
+    """
+
+    def exempt() -> bool:
+        protect = app.extensions.get("csrf")
+        if protect is None or not callable(getattr(protect, "exempt", None)):
+            return False
+        protect.exempt(blueprint)
+        return True
+
+    if exempt():
+        return
+    done = False
+
+    def exempt_once() -> None:
+        nonlocal done
+        if not done:
+            done = exempt() or done
+
+    app.before_request(exempt_once)
 
 
 def _join(prefix: str, path: str) -> str:
