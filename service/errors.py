@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, g, jsonify
 from sqlalchemy.exc import DBAPIError, OperationalError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, default_exceptions
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +232,16 @@ def _unexpected(exc: Exception) -> Response:
 
 
 def register(target: Flask | Blueprint) -> None:
-    """Render every error, expected or not, as the JSON envelope: app-wide, or for a blueprint."""
+    """Render every error, expected or not, as the JSON envelope: app-wide, or for a blueprint.
+
+    Flask looks for a handler by status code in the blueprint and then the app before it
+    looks by exception class, so a host's `errorhandler(405)` would win over a blueprint's
+    `HTTPException` handler: each HTTP status gets its own handler here too.
+    """
     target.register_error_handler(APIError, _api_error)
     target.register_error_handler(HTTPException, _http_error)
+    for code in default_exceptions:
+        target.register_error_handler(code, _http_error)
     target.register_error_handler(DBAPIError, _database_down)
     target.register_error_handler(Exception, _unexpected)
 

@@ -105,6 +105,13 @@ class InngestGateway:
         master under `preload_app` only in each worker it forks (see
         `Delivery.start_when_serving`).
         """
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                "InngestGateway is already set up on this app: call init_app once per app "
+                "(a second gateway would run a second deliverer and register the same routes)"
+            )
+        rule = self.path if self.url_prefix is None else _join(self.url_prefix, self.path)
+        _refuse_served_path(app, rule)
         settings = self.settings or load_settings(_settings_source(app, os.environ))
         url = settings.outbox_database_url or _instance_sqlite(app.instance_path)
         outbox_db = OwnDatabase(
@@ -130,9 +137,8 @@ class InngestGateway:
         )
         outbox_db.ensure_schema()  # a database still down is retried by the first post
         blueprint = api.blueprint(settings, self.path)
-        app.register_blueprint(blueprint, url_prefix=self.url_prefix)
         _exempt_from_form_csrf(app, blueprint)
-        rule = self.path if self.url_prefix is None else _join(self.url_prefix, self.path)
+        app.register_blueprint(blueprint, url_prefix=self.url_prefix)
         # After the POST rule, so that POST (and its OPTIONS) match that one first.
         app.url_map.add(api.FallbackRule(rule, endpoint=api.FALLBACK_ENDPOINT))
         app.view_functions[api.FALLBACK_ENDPOINT] = api.method_not_allowed
@@ -159,8 +165,10 @@ def _exempt_from_form_csrf(app: Flask, blueprint: Blueprint) -> None:
     CSRFProtect wants a form token in every post, which browsers posting events (the client,
     `fetch`, a plain form) do not carry; the gateway refuses posts from other origins itself
     (`csrf.protect`: Origin, Sec-Fetch-Site and the cookies' SameSite), so its own check is
-    the one that applies on its routes. A CSRFProtect bound later is exempted at the first
-    request, by a hook that runs before its own.
+    the one that applies on its routes. A CSRFProtect bound later is exempted at the
+    blueprint's first request: Flask runs a blueprint's URL value preprocessors before any
+    `before_request` hook, CSRFProtect's included, and only for the blueprint's own requests.
+    Call before the blueprint is registered.
     """
 
     def exempt() -> bool:
@@ -174,12 +182,22 @@ def _exempt_from_form_csrf(app: Flask, blueprint: Blueprint) -> None:
         return
     done = False
 
-    def exempt_once() -> None:
+    @blueprint.url_value_preprocessor
+    def exempt_once(_endpoint: str | None, _values: dict[str, Any] | None) -> None:
         nonlocal done
         if not done:
-            done = exempt() or done
+            done = exempt()
 
-    app.before_request(exempt_once)
+
+def _refuse_served_path(app: Flask, path: str) -> None:
+    """Refuse to mount where a host rule already answers: one of the two would be hidden."""
+    for rule in app.url_map.iter_rules():
+        if rule.rule == path:
+            methods = ", ".join(sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}))
+            raise RuntimeError(
+                f"InngestGateway cannot serve {path}: the app already has a rule for it "
+                f"({methods} -> {rule.endpoint}); mount it elsewhere with url_prefix= (or path=)"
+            )
 
 
 def _join(prefix: str, path: str) -> str:

@@ -127,3 +127,95 @@ def test_flask_wtf_csrf_protect_leaves_the_gateways_posts_to_the_gateway(
     assert_envelope(
         client.put("/events/api", json={}, headers=same_origin), 405, "method_not_allowed"
     )
+
+
+def plain_host(instance: Path, config: dict[str, Any]) -> Flask:
+    app = Flask("host", instance_path=str(instance))
+    app.config.update(SECRET_KEY=SECRET, **config)
+    return app
+
+
+@pytest.fixture
+def host_config(inngest: InngestStandIn) -> dict[str, Any]:
+    return {
+        "INNGEST_EVENT_KEY": inngest.event_key,
+        "INNGEST_BASE_URL": inngest.url,
+        "DELIVERY_MODE": "sync",
+        "OUTBOX_EMBEDDED_DELIVERER": False,
+    }
+
+
+def test_a_second_init_app_on_one_app_is_a_clear_error(
+    tmp_path: Path, host_config: dict[str, Any]
+) -> None:
+    app = plain_host(tmp_path, host_config)
+    gateway = InngestGateway(app)
+    try:
+        with pytest.raises(RuntimeError, match="already set up on this app"):
+            gateway.init_app(app)
+        with pytest.raises(RuntimeError, match="already set up on this app"):
+            InngestGateway(app, url_prefix="/other")
+    finally:
+        gateway_state(app).outbox_db.dispose()
+
+
+@pytest.mark.parametrize(
+    ("host_rule", "kwargs", "clash"),
+    [
+        ("/api", {}, "/api"),
+        ("/hooks/api", {"url_prefix": "/hooks"}, "/hooks/api"),
+        ("/events", {"path": "/events"}, "/events"),
+    ],
+)
+def test_mounting_on_a_path_the_host_serves_is_refused(
+    tmp_path: Path, host_config: dict[str, Any], host_rule: str, kwargs: Any, clash: str
+) -> None:
+    app = plain_host(tmp_path, host_config)
+    app.add_url_rule(host_rule, "host_view", lambda: "the host's", methods=["GET"])
+    with pytest.raises(RuntimeError) as raised:
+        InngestGateway(app, **kwargs)
+    message = str(raised.value)
+    assert f"cannot serve {clash}" in message and "GET -> host_view" in message
+    assert "url_prefix=" in message
+    assert "inngest_gateway" not in app.extensions and not app.blueprints
+    # Beside it, under its own prefix, it mounts.
+    InngestGateway(app, url_prefix="/gateway")
+    try:
+        assert app.test_client().get(host_rule).get_data(as_text=True) == "the host's"
+    finally:
+        gateway_state(app).outbox_db.dispose()
+
+
+def test_the_gateways_errors_stay_its_envelope_whatever_the_host_handles(
+    tmp_path: Path, host_config: dict[str, Any]
+) -> None:
+    """Handlers a host registers by status code are found before any handler registered by
+    class; on the gateway's path its own still answer."""
+    app = plain_host(tmp_path, {**host_config, "API_MAX_BODY_BYTES": 1024})
+    for code in (400, 405, 413, 415, 422, 500):
+        app.register_error_handler(code, lambda exc, code=code: (f"host {code}", code))
+    app.add_url_rule("/home", "home", lambda: "home")
+    InngestGateway(app)
+    client = app.test_client()
+    try:
+        headers = {"Origin": HOST, "Sec-Fetch-Site": "same-origin"}
+        assert_envelope(client.get("/api"), 405, "method_not_allowed")
+        assert_envelope(
+            client.post("/api", data=b"{", headers=headers, content_type="application/json"),
+            400,
+            "invalid_json",
+        )
+        assert_envelope(
+            client.post("/api", data=b"x" * 2048, headers=headers, content_type="application/json"),
+            413,
+            "payload_too_large",
+        )
+        assert_envelope(
+            client.post("/api", data=b"x", headers=headers, content_type="text/plain"),
+            415,
+            "unsupported_media_type",
+        )
+        # The host's own paths keep the host's handlers.
+        assert client.put("/home").get_data(as_text=True) == "host 405"
+    finally:
+        gateway_state(app).outbox_db.dispose()
