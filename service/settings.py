@@ -2,7 +2,8 @@
 
 Each setting is declared once, as a field of `Settings`: its marshmallow field, default (as the
 environment spells it), group and help text. The schema that reads the environment is made
-from those declarations, and a test checks the README's table and `.env.example` against them.
+from those declarations, and a test checks the table of docs/settings.md and `.env.example`
+against them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ DEFAULT_SESSION_LIFETIME = 14 * 86400.0
 DEFAULT_REMEMBER_COOKIE_DURATION = 30 * 86400.0
 _FALSY = {"", "0", "false"}
 
-# The groups, in the order the README and `.env.example` show them.
+# The groups, in the order docs/settings.md and `.env.example` show them.
 INNGEST = "Inngest"
 API = "API"
 OUTBOX = "Outbox"
@@ -57,7 +58,7 @@ class Declaration:
     help: str
     # The default as the environment would spell it (`7d`, `true`); None: unset.
     default: str | None = None
-    # The README's words for a default that is not one value (`dev mode: ...`).
+    # docs/settings.md's words for a default that is not one value (`dev mode: ...`).
     doc_default: str | None = None
     # The value `.env.example` gives, when it is not the default (a working dev setup).
     example: str | None = None
@@ -69,7 +70,7 @@ class Declaration:
 
     @property
     def shown_default(self) -> str:
-        """The default as the README's table shows it."""
+        """The default as the table of docs/settings.md shows it."""
         if self.doc_default is not None:
             return self.doc_default
         return UNSET if self.default is None else f"`{self.default}`"
@@ -338,9 +339,9 @@ class Settings:
         group=API,
         help=(
             "A JSON or YAML file mapping event names or glob patterns to a JSON Schema (2020-12 "
-            "unless `$schema` says otherwise) for `data`; see [API contract](#api-contract). Read "
-            "at start: a missing file or an invalid schema stops the service. Unset: data is not "
-            "checked."
+            "unless `$schema` says otherwise) for `data`; see "
+            "[API contract](api.md#api-contract). Read at start: a missing file or an invalid "
+            "schema stops the service. Unset: data is not checked."
         ),
     )
 
@@ -576,8 +577,8 @@ class Settings:
         service_only=True,
         help=(
             'How long a login without "remember me" lasts at most, enforced by the server (see '
-            "[Logins and sessions](#logins-and-sessions)). Durations as for `OUTBOX_MAX_AGE`; "
-            "at most `400d`."
+            "[Logins and sessions](production.md#logins-and-sessions)). Durations as for "
+            "`OUTBOX_MAX_AGE`; at most `400d`."
         ),
     )
     remember_cookie_duration: float = setting(

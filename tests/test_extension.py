@@ -516,7 +516,10 @@ def readme_example() -> str:
     section = text.split("## Mount it in your Flask app", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert blocks, "the README's mount section has no Python example"
-    return str(blocks[0])
+    # An app factory, with the gateway made unbound at module level and bound in it.
+    assert "\ngateway = InngestGateway()" in blocks[0]
+    assert "\ndef create_app(" in blocks[0] and "gateway.init_app(app)" in blocks[0]
+    return str(blocks[0]) + "\napp = create_app()\n"
 
 
 AFTER_EXAMPLE = """

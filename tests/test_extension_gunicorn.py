@@ -72,16 +72,17 @@ def ada(env: dict[str, str]) -> str:
     return str(user_id)
 
 
-def readme_hooks() -> str:
-    """The gunicorn hooks of the README's mount section, for this host (`myapp` is its module)."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Mount it in your Flask app", 1)[1].split("\n## ", 1)[0]
+def documented_hooks() -> str:
+    """The gunicorn hooks of docs/delivery.md's "In your Flask app", for this host (`myapp` is
+    its module)."""
+    text = (ROOT / "docs" / "delivery.md").read_text()
+    section = text.split("\n## In your Flask app\n", 1)[1].split("\n## ", 1)[0]
     blocks = [
         textwrap.dedent(block)
         for block in re.findall(r"```python\n(.*?)```", section, re.S)
         if "def worker_exit(" in block
     ]
-    assert len(blocks) == 1, "the README's mount section has no gunicorn hooks example"
+    assert len(blocks) == 1, "docs/delivery.md's host section has no gunicorn hooks example"
     assert "from myapp import gateway" in blocks[0]
     return blocks[0].replace("from myapp import gateway", "from tests.hostapp import gateway")
 
@@ -104,7 +105,7 @@ def serve(
     else:
         args = ["--preload"] if how == "gunicorn-preload" else []
         server = start_app(
-            HOST_SPEC, directory, env, config_text=readme_hooks(), extra_args=args, **kwargs
+            HOST_SPEC, directory, env, config_text=documented_hooks(), extra_args=args, **kwargs
         )
     servers.append(server)
     return server

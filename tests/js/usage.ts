@@ -1,5 +1,6 @@
-// Compiled by tests/test_client_build.py with `tsc -p tests/js`: the README's uses of the
-// client type-check against inngest-gateway.d.ts, and misuses do not.
+// Compiled by tests/test_client_build.py with `tsc -p tests/js`: the client's uses shown in
+// README.md and docs/browser-client.md type-check against inngest-gateway.d.ts, and misuses
+// do not.
 import InngestGateway, { configure, createClient, GatewayError, send, type GatewayEvent } from "inngest-gateway";
 
 export async function module(): Promise<string> {
