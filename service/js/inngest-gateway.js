@@ -19,38 +19,46 @@
     if (name in defaults) defaults[name] = typeof defaults[name] === "string" ? value : Number(value);
   }
 
-  // -- the queue's storage: localStorage, else (missing, refused or full) this page's memory
-  const spill = new Map();
-  let store = null;
+  // -- storage -------------------------------------------------------------------------------
+  // The queue lives in localStorage, so that it outlives a reload or a crash of the tab and
+  // every tab of the site sees it. Where localStorage is missing, refused (disabled, a
+  // sandboxed frame) or full, a write goes to this page's memory instead: the event is still
+  // sent, only not kept past the page. Values are JSON; a record that cannot be read is null.
+  const memory = new Map();
+  let local = null;
   try {
-    store = root.localStorage;
-  } catch {} // storage disabled: the queue lives as long as the page
-  const put = (key, value) => {
-    try {
-      store.setItem(key, value);
-    } catch {
-      spill.set(key, value);
-    }
-  };
-  const drop = (key) => {
-    spill.delete(key);
-    try {
-      store.removeItem(key);
-    } catch {}
-  };
-  const read = (key) => {
-    try {
-      return JSON.parse(spill.has(key) ? spill.get(key) : store.getItem(key));
-    } catch {
-      return null;
-    }
-  };
-  const stored = (prefix) => {
-    const keys = [...spill.keys()];
-    try {
-      for (let i = 0; i < store.length; i++) keys.push(store.key(i));
-    } catch {}
-    return keys.filter((key) => key && key.startsWith(prefix)).sort();
+    local = root.localStorage;
+  } catch {} // storage disabled: every record lives in `memory`
+  const storage = {
+    load: (key) => {
+      try {
+        return JSON.parse(memory.has(key) ? memory.get(key) : local.getItem(key));
+      } catch {
+        return null;
+      }
+    },
+    save: (key, value) => {
+      const text = JSON.stringify(value);
+      try {
+        local.setItem(key, text);
+      } catch {
+        memory.set(key, text);
+      }
+    },
+    remove: (key) => {
+      memory.delete(key);
+      try {
+        local.removeItem(key);
+      } catch {}
+    },
+    // The keys starting with `prefix`, in both places, sorted (a queue's keys sort by age).
+    keys: (prefix) => {
+      const keys = [...memory.keys()];
+      try {
+        for (let i = 0; i < local.length; i++) keys.push(local.key(i));
+      } catch {}
+      return keys.filter((key) => key && key.startsWith(prefix)).sort();
+    },
   };
 
   // A client id: a random UUID, or (outside secure contexts, which lack randomUUID) 128 random
@@ -117,8 +125,8 @@
     // Settle a group in this page, and in the page that sent it: another tab may be the one
     // flushing the queue; it learns the answer from the "storage" event of this write.
     const settle = (key, ids, failure) => {
-      put(key, JSON.stringify({ ids, failure }));
-      drop(key);
+      storage.save(key, { ids, failure });
+      storage.remove(key);
       finish(key, ids, failure);
     };
     const finish = (key, ids, failure) => {
@@ -139,8 +147,8 @@
     const next = (room) => {
       const batch = [];
       let count = 0;
-      for (const key of stored(prefix)) {
-        const group = !(room ? inflight.get(key) : inflight.has(key)) && read(key);
+      for (const key of storage.keys(prefix)) {
+        const group = !(room ? inflight.get(key) : inflight.has(key)) && storage.load(key);
         if (!group?.events) continue;
         count += group.events.length;
         if (room) room -= bytes(JSON.stringify(group.events)); // measured only at pagehide
@@ -275,7 +283,7 @@
         }));
         last = Math.max(Date.now(), last + 1);
         const key = prefix + (1e15 + last) + uuid().slice(0, 8); // sorts by time: 16 digits
-        put(key, JSON.stringify({ events, p: config.poster }));
+        storage.save(key, { events, p: config.poster });
         waiting.set(key, [resolve, reject]);
         const budget = options.budget || config.budget;
         setTimeout(() => {
@@ -290,7 +298,7 @@
     };
 
     // How many sends (groups of events) are queued for this endpoint, by any tab of the site.
-    const pending = () => stored(prefix).length;
+    const pending = () => storage.keys(prefix).length;
     // flush() of the API tries now, whatever the backoff says (a "retry now" button, say).
     const client = { endpoint, send, flush: () => ((notBefore = 0), flush()), pending };
     clients.set(endpoint, client);
@@ -350,7 +358,7 @@
     document.addEventListener("submit", submit);
     // Queues left by earlier pages of this site resume now (after a module's configure()).
     setTimeout(() => {
-      for (const key of stored(PREFIX)) createClient({ endpoint: key.slice(PREFIX.length).split(" ")[0] });
+      for (const key of storage.keys(PREFIX)) createClient({ endpoint: key.slice(PREFIX.length).split(" ")[0] });
     });
   }
 
