@@ -411,59 +411,78 @@
     return client;
   }
 
-  // -- forms: <form data-inngest-event="app/signup" action="/api" method="post"> posts through
-  // the client and shows the answer in place; without JavaScript it posts and gets the 303.
+  // -- forms ---------------------------------------------------------------------------------
+  // <form data-inngest-event="app/signup" action="/api" method="post"> posts through the
+  // client and shows the answer in place; without JavaScript it posts and gets the 303.
   // The form's own DOM methods are called from Element.prototype: a field named "action",
   // "dataset" or "querySelector" hides the form's property of that name.
-  const dom = (name, node, ...args) => Element.prototype[name].call(node, ...args);
+  const dom = (method, node, ...args) => Element.prototype[method].call(node, ...args);
   const attr = (form, name) => dom("getAttribute", form, `data-inngest-${name}`);
+
+  // Show a state (sending, sent, queued, error) on the form and its text in the form's
+  // [data-inngest-result] element (an <output>, a live region, is added when there is none),
+  // and tell the page with an "inngest:<state>" event.
   const show = (form, state, text, detail) => {
     dom("setAttribute", form, "data-inngest-state", state);
-    let out = dom("querySelector", form, "[data-inngest-result]");
-    if (!out) {
-      out = dom("appendChild", form, document.createElement("output")); // role "status"
-      out.setAttribute("data-inngest-result", "");
+    let output = dom("querySelector", form, "[data-inngest-result]");
+    if (!output) {
+      output = dom("appendChild", form, document.createElement("output"));
+      output.setAttribute("data-inngest-result", "");
     }
-    out.textContent = text;
+    output.textContent = text;
     dom("dispatchEvent", form, new CustomEvent(`inngest:${state}`, { bubbles: true, detail }));
   };
+
+  // A refusal: its message and the field errors of the form's one event ({name: [...]} and
+  // {data: {field: [...]}}), each field they name marked aria-invalid.
+  const showRefusal = (form, error) => {
+    const text = [error.message];
+    for (const [field, messages] of Object.entries({ ...error.errors, ...error.errors.data })) {
+      if (!Array.isArray(messages)) continue;
+      text.push(`${field}: ${messages.join(" ")}`);
+      const input = dom("querySelector", form, `[name="${CSS.escape(field)}"]`);
+      input?.setAttribute("aria-invalid", "true");
+    }
+    show(form, "error", text.join(" "), { error });
+  };
+
   const submit = (event) => {
     const form = event.target;
-    if (event.defaultPrevented || !(form instanceof HTMLFormElement) || attr(form, "event") == null) return;
+    if (event.defaultPrevented || !(form instanceof HTMLFormElement)) return;
+    if (attr(form, "event") == null) return; // not one of ours: the browser posts it
     event.preventDefault();
     if (attr(form, "state") === "sending") return; // a double click sends once
+    // The fields as the event's data: text only (not files), a repeated name as a list; "name"
+    // (the event's name) and "next" (where a post without JavaScript goes on to) are not data.
     const fields = new FormData(form, event.submitter);
     const data = {};
     for (const [field, value] of fields) {
       if (typeof value !== "string" || field === "name" || field === "next") continue;
       data[field] = Object.hasOwn(data, field) ? [].concat(data[field], value) : value;
     }
-    for (const field of dom("querySelectorAll", form, "[aria-invalid]")) field.removeAttribute("aria-invalid");
+    for (const input of dom("querySelectorAll", form, "[aria-invalid]")) {
+      input.removeAttribute("aria-invalid"); // the last try's marks
+    }
     show(form, "sending", "Sending…");
     createClient({ endpoint: dom("getAttribute", form, "action") || location.href })
       .send(attr(form, "event") || fields.get("name") || undefined, data)
       .then(
         (ids) => show(form, "sent", attr(form, "sent") || "Sent.", { ids }),
-        (error) => {
-          if (error.queued) return show(form, "queued", attr(form, "queued") || "Saved; it will be sent later.", { error });
-          // The field errors of a form's one event: {name: [...]} and {data: {field: [...]}}.
-          const text = [error.message];
-          for (const [field, list] of Object.entries({ ...error.errors, ...error.errors.data })) {
-            if (!Array.isArray(list)) continue;
-            text.push(`${field}: ${list.join(" ")}`);
-            const input = dom("querySelector", form, `[name="${CSS.escape(field)}"]`);
-            input?.setAttribute("aria-invalid", "true");
-          }
-          show(form, "error", text.join(" "), { error });
-        },
+        (error) =>
+          error.queued
+            ? show(form, "queued", attr(form, "queued") || "Saved; it will be sent later.", { error })
+            : showRefusal(form, error),
       );
   };
 
+  // -- start ---------------------------------------------------------------------------------
   if (root.document) {
     document.addEventListener("submit", submit);
     // Queues left by earlier pages of this site resume now (after a module's configure()).
     setTimeout(() => {
-      for (const key of storage.keys(PREFIX)) createClient({ endpoint: key.slice(PREFIX.length).split(" ")[0] });
+      for (const key of storage.keys(PREFIX)) {
+        createClient({ endpoint: key.slice(PREFIX.length).split(" ")[0] });
+      }
     });
   }
 
