@@ -59,7 +59,8 @@ test: $(VENV)/.dev system-deps $(NODE_TOOLS)
 	fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The browser client's size as README states it: minified by terser, then gzip -9.
+# The browser client's size as README states it: minified by terser with the options of
+# tests/test_client_build.py, then gzip -9.
 client-size: $(VENV)/.dev $(NODE_TOOLS)
 	@$(BIN)/python -c "from tests.test_client_build import client_size; print(client_size(), 'bytes minified and gzipped')"
 
