@@ -20,7 +20,6 @@ from flask_login import LoginManager, current_user, login_user, logout_user
 from marshmallow import EXCLUDE, ValidationError
 
 from . import apidoc, csrf, limits
-from .api import ANONYMOUS_SCOPE_KEY
 from .errors import InvalidCredentials, LoginRequired, ValidationFailed
 from .payload import (
     FORM_TYPES,
@@ -30,6 +29,7 @@ from .payload import (
     strict_json,
     wants_json,
 )
+from .poster import ANONYMOUS_SCOPE_KEY
 from .schemas import LoginSchema
 from .settings import Settings
 from .state import gateway_state
@@ -43,7 +43,7 @@ from .users import (
     start_session,
 )
 
-__all__ = ["ANONYMOUS_SCOPE_KEY", "bp", "current", "init_app", "login_manager"]
+__all__ = ["bp", "current", "init_app", "login_manager"]
 
 login_manager = LoginManager()
 login_manager.session_protection = "basic"

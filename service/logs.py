@@ -17,8 +17,8 @@ from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
 
-REQUEST_ID_HEADER = "X-Request-ID"
-_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+from .requestids import REQUEST_ID_HEADER, client_request_id
+
 _HANDLER_NAME = "inngest-gateway"
 
 log = logging.getLogger("service.access")
@@ -136,15 +136,6 @@ def configure_logging(level: str, secrets: tuple[str, ...], json_lines: bool = T
     handler.addFilter(RequestContextFilter(secrets))
     # urllib3 logs request lines, which hold the event key, at DEBUG.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
-
-
-def client_request_id() -> str | None:
-    """The `X-Request-ID` the client sent, when it is a plain token of at most 128 characters.
-
-    Only for correlating with the client's own logs: it is never the request's id.
-    """
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    return incoming if _VALID_REQUEST_ID.fullmatch(incoming) else None
 
 
 def _start() -> None:

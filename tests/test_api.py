@@ -13,9 +13,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from service.auth import ANONYMOUS_SCOPE_KEY
 from service.errors import ValidationFailed
 from service.events import build_events, scoped_id
+from service.poster import ANONYMOUS_SCOPE_KEY
 from service.settings import load_settings
 from service.state import gateway_state
 from tests.conftest import AuthActions, assert_envelope

@@ -38,9 +38,9 @@ from service.identity import (
     check_users_sql,
     json_safe,
     load_identity_settings,
-    login_redirect_url,
     remembered_user_id,
 )
+from service.login import login_redirect_url
 from service.settings import ConfigError
 from tests.conftest import PASSWORD, SECRET_KEY, assert_envelope
 from tests.hostapp import (
