@@ -19,9 +19,9 @@ from flask import (
 from flask_login import LoginManager, current_user, login_user, logout_user
 from marshmallow import EXCLUDE, ValidationError
 
-from . import apidoc, csrf, limits
-from .errors import InvalidCredentials, LoginRequired, ValidationFailed
-from .payload import (
+from inngest_gateway import apidoc, csrf, limits
+from inngest_gateway.errors import InvalidCredentials, LoginRequired, ValidationFailed
+from inngest_gateway.payload import (
     FORM_TYPES,
     JSON_TYPE,
     form_fields,
@@ -29,10 +29,11 @@ from .payload import (
     strict_json,
     wants_json,
 )
-from .poster import ANONYMOUS_SCOPE_KEY
-from .schemas import LoginSchema
-from .settings import Settings
-from .state import gateway_state
+from inngest_gateway.poster import ANONYMOUS_SCOPE_KEY
+from inngest_gateway.schemas import LoginSchema
+from inngest_gateway.settings import Settings
+from inngest_gateway.state import gateway_state
+
 from .users import (
     LoggedIn,
     authenticate,

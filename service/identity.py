@@ -35,10 +35,12 @@ from sqlalchemy import Engine, TextClause, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from .errors import UsersUnavailable
-from .login import check_login_url, login_required
-from .reads import BoundedReads, ReadTimeout
-from .settings import ConfigError, Duration
+from inngest_gateway.errors import UsersUnavailable
+from inngest_gateway.login import check_login_url, login_required
+from inngest_gateway.reads import BoundedReads, ReadTimeout
+from inngest_gateway.settings import ConfigError, Duration
+
+from . import metrics
 
 log = logging.getLogger(__name__)
 
@@ -258,10 +260,6 @@ class HostSessionInterface(SecureCookieSessionInterface):
             self._rejected("remember", "bad_signature" if "|" in cookie else "malformed")
 
     def _rejected(self, cookie: str, reason: str) -> None:
-        # Here, not at the top: gunicorn's master imports this module to check the settings
-        # before it sets PROMETHEUS_MULTIPROC_DIR, and must make no metrics of its own.
-        from . import metrics
-
         metrics.host_cookie_rejected(cookie, reason)
         log.info("host %s cookie not accepted: %s", cookie, reason)
         if reason == "expired":
