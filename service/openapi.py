@@ -16,11 +16,11 @@ from werkzeug.routing import Rule
 
 from inngest_gateway import __version__, apidoc
 from inngest_gateway.event_schemas import glob_regex
-from inngest_gateway.schemas import SERVER_KEYS, TS_MAX, EventSchema, LoginSchema
+from inngest_gateway.schemas import SERVER_KEYS, TS_MAX, EventSchema
 from inngest_gateway.settings import Settings, format_duration
 from inngest_gateway.state import gateway_state
 
-from .auth import current
+from .auth import LoginSchema, current
 
 bp = Blueprint("openapi", __name__)
 
