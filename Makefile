@@ -68,13 +68,13 @@ bench: $(VENV)/.dev
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check service tests bench wsgi.py gunicorn.conf.py
-	$(BIN)/ruff format --check service tests bench wsgi.py gunicorn.conf.py
+	$(BIN)/ruff check inngest_gateway service tests bench wsgi.py gunicorn.conf.py
+	$(BIN)/ruff format --check inngest_gateway service tests bench wsgi.py gunicorn.conf.py
 	$(BIN)/mypy
 
 format: $(VENV)/.dev
-	$(BIN)/ruff check --fix service tests bench wsgi.py gunicorn.conf.py
-	$(BIN)/ruff format service tests bench wsgi.py gunicorn.conf.py
+	$(BIN)/ruff check --fix inngest_gateway service tests bench wsgi.py gunicorn.conf.py
+	$(BIN)/ruff format inngest_gateway service tests bench wsgi.py gunicorn.conf.py
 
 clean:
 	rm -rf $(VENV) tests/js/node_modules .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

@@ -35,9 +35,15 @@ limit_request_fields = 100
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]
-    """Check the settings once in the master: a bad one stops gunicorn, not each worker in turn."""
+    """Check the settings once in the master: a bad one stops gunicorn, not each worker in turn.
+
+    The metrics directory comes first: the modules that check the settings import
+    prometheus-client, which picks in-process or file-backed values once, at its import.
+    """
+    _metrics_directory()
+    from inngest_gateway import ConfigError, load_settings
+    from inngest_gateway.settings import environment
     from service.identity import check_users_query, load_identity_settings, user_lookup
-    from service.settings import ConfigError, environment, load_settings
 
     try:
         load_settings(environment())
@@ -47,8 +53,8 @@ def on_starting(server):  # type: ignore[no-untyped-def]
         finally:
             lookup.dispose()
     except ConfigError as exc:
+        on_exit(server)  # no worker will use the directory just made
         sys.exit(f"inngest-gateway: configuration error: {exc}")
-    _metrics_directory()
 
 
 _CREATED_METRICS_DIR = "INNGEST_GATEWAY_CREATED_METRICS_DIR"
@@ -89,8 +95,8 @@ def on_exit(server):  # type: ignore[no-untyped-def]
 
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
     """After the fork: leave the parent's database connections alone, start the deliverer."""
+    from inngest_gateway.state import gateway_state
     from service.db import db
-    from service.state import gateway_state
 
     with worker.wsgi.app_context():
         db.engine.dispose(close=False)  # with preload_app, the pool holds the parent's sockets
@@ -99,7 +105,7 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
 
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     """On a worker's way out: deliver what it can within OUTBOX_DRAIN_SECONDS, hand back claims."""
-    from service.state import EXTENSION_KEY
+    from inngest_gateway.state import EXTENSION_KEY
 
     app = getattr(worker, "wsgi", None)
     if app is not None and EXTENSION_KEY in app.extensions:

@@ -2,8 +2,8 @@
 
 import sys
 
+from inngest_gateway import ConfigError
 from service.app import create_app
-from service.settings import ConfigError
 
 try:
     app = create_app()

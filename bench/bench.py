@@ -628,7 +628,7 @@ def preload(database_url: str, count: int) -> tuple[int, int]:
     sys.path.insert(0, str(ROOT))
     from sqlalchemy import create_engine, delete, func, insert, select
 
-    from service.outbox.model import PENDING, OutboxBase, now_ms, table
+    from inngest_gateway.outbox.model import PENDING, OutboxBase, now_ms, table
 
     engine = create_engine(sqlalchemy_url(database_url))
     try:
@@ -671,7 +671,7 @@ def preloaded_left(database_url: str, first: int, last: int) -> int:
     """How many of the preloaded events are still pending (read from the database itself)."""
     from sqlalchemy import and_, create_engine, func, select
 
-    from service.outbox.model import PENDING, table
+    from inngest_gateway.outbox.model import PENDING, table
 
     engine = create_engine(sqlalchemy_url(database_url))
     try:

@@ -121,8 +121,8 @@ def senders(sends: int, repeats: int) -> None:
     import inngest  # noqa: PLC0415
 
     sys.path.insert(0, str(ROOT))
-    from service.inngest import InngestClient  # noqa: PLC0415
-    from service.settings import load_settings  # noqa: PLC0415
+    from inngest_gateway.inngest import InngestClient  # noqa: PLC0415
+    from inngest_gateway.settings import load_settings  # noqa: PLC0415
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -18,24 +18,12 @@ import click
 from flask import Flask, url_for
 from sqlalchemy.exc import IntegrityError
 
-from . import (
-    auth,
-    db,
-    errors,
-    health,
-    identity,
-    logs,
-    metrics,
-    openapi,
-    outbox,
-    pages,
-    payload,
-    security,
-    users,
-)
-from .extension import InngestGateway
+from inngest_gateway import InngestGateway, errors, outbox, payload
+from inngest_gateway.db import database_url
+from inngest_gateway.settings import Settings, environment, instance_secret, load_settings
+
+from . import auth, db, health, identity, logs, metrics, openapi, pages, security, users
 from .identity import IdentitySettings
-from .settings import Settings, environment, instance_secret, load_settings
 
 
 def create_app(env: Mapping[str, str] | None = None, *, instance_path: str | None = None) -> Flask:
@@ -90,7 +78,7 @@ def register_extensions(app: Flask, settings: Settings, id_settings: IdentitySet
     host app's session cookie and users, read-only.
     """
     logs.init_app(app)
-    url = db.database_url(settings.database_url, app.instance_path)
+    url = database_url(settings.database_url, app.instance_path)
     db.init_app(
         app,
         url,

@@ -17,12 +17,11 @@ from flask import (
     session,
 )
 from flask_login import LoginManager, current_user, login_user, logout_user
-from marshmallow import EXCLUDE, ValidationError
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 
-from . import apidoc, csrf, limits
-from .api import ANONYMOUS_SCOPE_KEY
-from .errors import InvalidCredentials, LoginRequired, ValidationFailed
-from .payload import (
+from inngest_gateway import apidoc, csrf, limits
+from inngest_gateway.errors import InvalidCredentials, LoginRequired, ValidationFailed
+from inngest_gateway.payload import (
     FORM_TYPES,
     JSON_TYPE,
     form_fields,
@@ -30,9 +29,10 @@ from .payload import (
     strict_json,
     wants_json,
 )
-from .schemas import LoginSchema
-from .settings import Settings
-from .state import gateway_state
+from inngest_gateway.poster import ANONYMOUS_SCOPE_KEY
+from inngest_gateway.settings import Settings
+from inngest_gateway.state import gateway_state
+
 from .users import (
     LoggedIn,
     authenticate,
@@ -43,11 +43,23 @@ from .users import (
     start_session,
 )
 
-__all__ = ["ANONYMOUS_SCOPE_KEY", "bp", "current", "init_app", "login_manager"]
+__all__ = ["LoginSchema", "bp", "current", "init_app", "login_manager"]
 
 login_manager = LoginManager()
 login_manager.session_protection = "basic"
 bp = Blueprint("auth", __name__, url_prefix="/auth")
+
+
+class LoginSchema(Schema):
+    """Credentials posted to `/auth/login`."""
+
+    class Meta:
+        unknown = RAISE
+
+    email = fields.String(required=True, validate=validate.Length(min=1, max=254))
+    password = fields.String(required=True, validate=validate.Length(min=1, max=1024))
+    remember = fields.Boolean(load_default=False)
+    next = fields.String(load_default=None)
 
 
 @login_manager.user_loader

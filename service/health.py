@@ -7,13 +7,14 @@ import logging
 from flask import Blueprint, Flask, Response, current_app, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import apidoc
+from inngest_gateway import apidoc
+from inngest_gateway.errors import NotReady
+from inngest_gateway.outbox import queries
+from inngest_gateway.reads import ReadTimeout
+from inngest_gateway.state import gateway_state
+
 from .db import db, ensure_schema, ping
-from .errors import NotReady
 from .identity import UserLookup, UsersQueryError
-from .outbox import queries
-from .reads import ReadTimeout
-from .state import gateway_state
 
 log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)

@@ -22,10 +22,10 @@ from datetime import date, datetime
 from datetime import time as time_of_day
 from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote
 from uuid import UUID
 
-from flask import Flask, Request, Response, redirect, request
+from flask import Flask, Request, Response
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface, SessionMixin
 from flask_login import LoginManager, UserMixin
 from flask_login.utils import decode_cookie
@@ -34,12 +34,13 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, val
 from sqlalchemy import Engine, TextClause, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
-from werkzeug.wrappers import Response as BaseResponse
 
-from .errors import LoginRequired, UsersUnavailable
-from .payload import FORM_TYPES, referrer_path, wants_json
-from .reads import BoundedReads, ReadTimeout
-from .settings import ConfigError, Duration
+from inngest_gateway.errors import UsersUnavailable
+from inngest_gateway.login import check_login_url, login_required
+from inngest_gateway.reads import BoundedReads, ReadTimeout
+from inngest_gateway.settings import ConfigError, Duration
+
+from . import metrics
 
 log = logging.getLogger(__name__)
 
@@ -106,19 +107,6 @@ def users_engine_url(url: str) -> str:
     if url.startswith(("postgresql+psycopg://", "sqlite:///")):
         return url
     raise ValueError("must be a sqlite:/// or postgresql:// URL")
-
-
-def check_login_url(url: str) -> str:
-    """A path on this site (`/login`) or an http(s) URL; never `//host` or control characters."""
-    url = url.strip()
-    if any(ord(c) < 0x20 or c in "\\ " for c in url):
-        raise ValueError("must not contain spaces, backslashes or control characters")
-    parts = urlsplit(url)
-    if parts.scheme in ("http", "https") and parts.netloc:
-        return url
-    if url.startswith("/") and not url.startswith("//") and not parts.netloc:
-        return url
-    raise ValueError(f"must be a path like /login or an http(s) URL, got {url!r}")
 
 
 class _IdentitySchema(Schema):
@@ -272,10 +260,6 @@ class HostSessionInterface(SecureCookieSessionInterface):
             self._rejected("remember", "bad_signature" if "|" in cookie else "malformed")
 
     def _rejected(self, cookie: str, reason: str) -> None:
-        # Here, not at the top: gunicorn's master imports this module to check the settings
-        # before it sets PROMETHEUS_MULTIPROC_DIR, and must make no metrics of its own.
-        from . import metrics
-
         metrics.host_cookie_rejected(cookie, reason)
         log.info("host %s cookie not accepted: %s", cookie, reason)
         if reason == "expired":
@@ -611,31 +595,6 @@ def check_users_query(lookup: UserLookup) -> None:
 def user_lookup(settings: IdentitySettings) -> UserLookup:
     """The lookup these settings describe."""
     return UserLookup(settings.users_database_url, settings.users_sql, settings.users_sql_timeout)
-
-
-# --- Logging in elsewhere -------------------------------------------------------------------
-
-
-def login_redirect_url(login_url: str, next_path: str | None) -> str:
-    """LOGIN_URL with `next` set to the page to come back to, keeping LOGIN_URL's own query."""
-    if not next_path:
-        return login_url
-    parts = urlsplit(login_url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "next"]
-    query.append(("next", next_path))
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def login_required(login_url: str | None) -> BaseResponse:
-    """Answer a post that needs a login: a form goes to the host's login page, the rest get 401.
-
-    A form post (from a page, not asking for JSON) is redirected with `303` to LOGIN_URL with
-    `next` set to the referring page, when that page is on this site. JSON, fetch and XHR posts,
-    and every post when LOGIN_URL is unset, get the `401 login_required` envelope.
-    """
-    if login_url is None or request.mimetype not in FORM_TYPES or wants_json(request):
-        raise LoginRequired()
-    return redirect(login_redirect_url(login_url, referrer_path(request)), 303)
 
 
 # --- Putting it together --------------------------------------------------------------------

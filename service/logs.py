@@ -17,9 +17,11 @@ from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
 
-REQUEST_ID_HEADER = "X-Request-ID"
-_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+from inngest_gateway.requestids import REQUEST_ID_HEADER, client_request_id
+
 _HANDLER_NAME = "inngest-gateway"
+# The service's own modules, and the extension it mounts: one handler, one format for both.
+LOGGERS = ("service", "inngest_gateway")
 
 log = logging.getLogger("service.access")
 
@@ -122,29 +124,22 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, secrets: tuple[str, ...], json_lines: bool = True) -> None:
-    """Send the service's logs to stderr, one line each, with the request id."""
-    logger = logging.getLogger("service")
-    logger.setLevel(level)
-    handler = next((h for h in logger.handlers if h.get_name() == _HANDLER_NAME), None)
+    """Send the service's logs and the gateway's to stderr, one line each, with the request id."""
+    loggers = [logging.getLogger(name) for name in LOGGERS]
+    handler = next((h for h in loggers[0].handlers if h.get_name() == _HANDLER_NAME), None)
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.set_name(_HANDLER_NAME)
-        logger.addHandler(handler)
+    for logger in loggers:
+        logger.setLevel(level)
+        if handler not in logger.handlers:
+            logger.addHandler(handler)
     handler.setFormatter(JSONFormatter() if json_lines else TextFormatter())
     for old in list(handler.filters):
         handler.removeFilter(old)
     handler.addFilter(RequestContextFilter(secrets))
     # urllib3 logs request lines, which hold the event key, at DEBUG.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
-
-
-def client_request_id() -> str | None:
-    """The `X-Request-ID` the client sent, when it is a plain token of at most 128 characters.
-
-    Only for correlating with the client's own logs: it is never the request's id.
-    """
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    return incoming if _VALID_REQUEST_ID.fullmatch(incoming) else None
 
 
 def _start() -> None:

@@ -1,22 +1,16 @@
-"""Prometheus metrics at `GET /metrics`, correct under gunicorn with several workers.
+"""The service's Prometheus metrics (HTTP requests, the host's cookies) and `GET /metrics`.
 
-With `PROMETHEUS_MULTIPROC_DIR` set (gunicorn.conf.py sets it before the workers fork),
-prometheus-client keeps each process's values in files there and a scrape adds them up
-across workers; without it (`flask run`, tests) the values live in this process. The
-outbox's depth and age are read from the database at scrape time, so every worker
-answers the same.
+A scrape exposes the gateway's metrics, the service's, and the outbox's depth and age, read
+from the database at scrape time so that every worker answers the same. Under gunicorn
+(`PROMETHEUS_MULTIPROC_DIR`) the counters of every worker are added up.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
-import logging
-import os
-import re
 import time
-from collections.abc import Iterable, Iterator
-from http import HTTPStatus
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Flask, Response, g, request
@@ -28,31 +22,22 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
-from sqlalchemy.exc import SQLAlchemyError
 
-from . import apidoc
-from .errors import envelope
-from .settings import Settings
-from .state import gateway_state
+from inngest_gateway import apidoc
+from inngest_gateway.errors import envelope
+from inngest_gateway.metrics import MULTIPROCESS, OTHER, PREFIX, status_label
+from inngest_gateway.metrics import REGISTRY as GATEWAY_REGISTRY
+from inngest_gateway.outbox.metrics import OutboxCollector
+from inngest_gateway.settings import Settings
+from inngest_gateway.state import gateway_state
 
-log = logging.getLogger(__name__)
-
-PREFIX = "inngest_gateway"
-# prometheus-client chooses in-process or file-backed values once, when it is imported.
-MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 UNMATCHED = "<unmatched>"
-# Every label takes its value from a fixed set, so no request (nor a misbehaving upstream)
-# can add series: a made-up method is "other", a path no rule matches is UNMATCHED, a status
-# code outside the registered ones is its class ("4xx").
+# A made-up method is "other", a path no rule matches UNMATCHED: no request can add series.
 METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
 )
-OTHER = "other"
-STATUSES = frozenset(str(status.value) for status in HTTPStatus)
-# The service's own names for a refusal (error codes) or a failed send (connection_error).
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 # The service's own metrics; with MULTIPROCESS their values go to files, not to this registry.
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -69,43 +54,6 @@ HTTP_DURATION = Histogram(
     ["route", "method"],
     registry=REGISTRY,
 )
-EVENTS_ACCEPTED = Counter(
-    f"{PREFIX}_events_accepted_total",
-    "Events accepted by POST /api (stored in the outbox, or sent in sync mode).",
-    registry=REGISTRY,
-)
-EVENTS_REFUSED = Counter(
-    f"{PREFIX}_events_refused_total",
-    "Posts to POST /api refused, by reason (the error envelope's code).",
-    ["reason"],
-    registry=REGISTRY,
-)
-EVENTS_DELIVERED = Counter(
-    f"{PREFIX}_events_delivered_total",
-    "Events Inngest accepted, from the outbox deliverer or a sync send.",
-    registry=REGISTRY,
-)
-EVENTS_RETRIED = Counter(
-    f"{PREFIX}_events_retried_total",
-    "Events whose delivery attempt failed and that will be tried again.",
-    registry=REGISTRY,
-)
-EVENTS_DEAD = Counter(
-    f"{PREFIX}_events_dead_lettered_total",
-    "Events given up on (refused by Inngest, or older than OUTBOX_MAX_AGE).",
-    registry=REGISTRY,
-)
-UPSTREAM_DURATION = Histogram(
-    f"{PREFIX}_upstream_request_duration_seconds",
-    "Time of each request to Inngest's event API, failures included.",
-    registry=REGISTRY,
-)
-UPSTREAM_RESPONSES = Counter(
-    f"{PREFIX}_upstream_responses_total",
-    "Answers from Inngest's event API by status code, or connection_error / timeout.",
-    ["status"],
-    registry=REGISTRY,
-)
 HOST_COOKIES_REJECTED = Counter(
     f"{PREFIX}_host_cookies_rejected_total",
     "The host app's cookies not accepted (IDENTITY=flask-session), by cookie (session, "
@@ -113,28 +61,6 @@ HOST_COOKIES_REJECTED = Counter(
     ["cookie", "reason"],
     registry=REGISTRY,
 )
-
-
-# -- instrumentation, called from the other modules ------------------------------------------
-
-
-def events_accepted(count: int) -> None:
-    EVENTS_ACCEPTED.inc(count)
-
-
-def events_delivered(count: int) -> None:
-    if count:
-        EVENTS_DELIVERED.inc(count)
-
-
-def events_retried(count: int) -> None:
-    if count:
-        EVENTS_RETRIED.inc(count)
-
-
-def events_dead(count: int) -> None:
-    if count:
-        EVENTS_DEAD.inc(count)
 
 
 def host_cookie_rejected(cookie: str, reason: str) -> None:
@@ -147,36 +73,11 @@ def method_label(method: str) -> str:
     return method if method in METHODS else OTHER
 
 
-def status_label(status: int | str) -> str:
-    """A registered HTTP status code as it is, any other its class ("4xx"), or a failure's name.
-
-    Names are the service's own (`connection_error`, `timeout`); anything else is "other".
-    """
-    if isinstance(status, int):
-        if str(status) in STATUSES:
-            return str(status)
-        return f"{status // 100}xx" if 100 <= status <= 599 else OTHER
-    return status if _NAME.match(status) else OTHER
-
-
-def upstream_response(status: int | str, seconds: float) -> None:
-    """One request to Inngest: its HTTP status (or `connection_error`) and how long it took."""
-    UPSTREAM_RESPONSES.labels(status=status_label(status)).inc()
-    UPSTREAM_DURATION.observe(seconds)
-
-
 # -- per request ---------------------------------------------------------------------------
 
 
 def _start_timer() -> None:
     g.metrics_started = time.perf_counter()
-
-
-def post_refused(status: int) -> None:
-    """A post to the API refused, by the error envelope's code (as `envelope` recorded it)."""
-    code = g.get("error_code")
-    reason = code if isinstance(code, str) and _NAME.match(code) else f"http_{status_label(status)}"
-    EVENTS_REFUSED.labels(reason=reason).inc()
 
 
 def _route() -> str:
@@ -202,39 +103,6 @@ def _record(response: Response) -> Response:
 # -- the scrape ----------------------------------------------------------------------------
 
 
-class OutboxCollector(Collector):
-    """The outbox's depth and oldest pending event's age, read from the database per scrape."""
-
-    def collect(self) -> Iterable[Metric]:
-        # Here, not at the top: the outbox's deliverer imports this module.
-        from .outbox import queries
-
-        database = gateway_state().outbox_db
-        try:
-            if not database.ensure_schema():
-                return
-            status = queries.status(database)
-        except SQLAlchemyError as exc:
-            database.session.remove()
-            log.warning("outbox metrics unavailable: %s", type(exc).__name__)
-            return
-        yield GaugeMetricFamily(
-            f"{PREFIX}_outbox_pending_events",
-            "Events stored and not yet delivered or given up on (the outbox depth).",
-            value=status["pending"],
-        )
-        yield GaugeMetricFamily(
-            f"{PREFIX}_outbox_dead_events",
-            "Dead-lettered events kept in the outbox.",
-            value=status["dead"],
-        )
-        yield GaugeMetricFamily(
-            f"{PREFIX}_outbox_oldest_pending_age_seconds",
-            "Age of the oldest pending event (0 when none is pending).",
-            value=status["oldest_pending_age_seconds"],
-        )
-
-
 class _Scrape(Collector):
     """What one scrape exposes: every worker's counters (or this process's), and the outbox."""
 
@@ -244,6 +112,7 @@ class _Scrape(Collector):
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             yield from registry.collect()
         else:
+            yield from GATEWAY_REGISTRY.collect()
             yield from REGISTRY.collect()
         yield from OutboxCollector().collect()
 

@@ -14,12 +14,13 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template
 from werkzeug.routing import Rule
 
-from . import __version__, apidoc
-from .auth import current
-from .event_schemas import glob_regex
-from .schemas import SERVER_KEYS, TS_MAX, EventSchema, LoginSchema
-from .settings import Settings, format_duration
-from .state import gateway_state
+from inngest_gateway import __version__, apidoc
+from inngest_gateway.event_schemas import glob_regex
+from inngest_gateway.schemas import SERVER_KEYS, TS_MAX, EventSchema
+from inngest_gateway.settings import Settings, format_duration
+from inngest_gateway.state import gateway_state
+
+from .auth import LoginSchema, current
 
 bp = Blueprint("openapi", __name__)
 

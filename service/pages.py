@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, render_template
 
-from . import apidoc
+from inngest_gateway import apidoc
+from inngest_gateway.state import gateway_state
+
 from .auth import current
-from .state import gateway_state
 
 bp = Blueprint("pages", __name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask, Response, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .state import gateway_state
+from inngest_gateway.state import gateway_state
 
 # The pages load only their own script and stylesheet, post only to this service, and are
 # never framed; nothing inline is needed, so nothing inline is allowed.

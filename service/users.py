@@ -20,9 +20,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Mapped, mapped_column
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from inngest_gateway.errors import DatabaseUnavailable
+from inngest_gateway.reads import BoundedReads, ReadTimeout
+
 from .db import db
-from .errors import DatabaseUnavailable
-from .reads import BoundedReads, ReadTimeout
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
 from werkzeug.test import TestResponse
 
+from inngest_gateway.db import database_url as normalize_url
+from inngest_gateway.state import gateway_state
 from service.app import create_app
-from service.db import database_url as normalize_url
 from service.db import db
-from service.state import gateway_state
 from service.users import LOGIN_READS, create_user
 from tests.browsers import browser, new_context, page, shot  # noqa: F401 (fixtures for all)
 from tests.standin import InngestStandIn

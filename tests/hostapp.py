@@ -57,8 +57,8 @@ from sqlalchemy import (
 )
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from service import InngestGateway
-from service.settings import GATEWAY_SETTINGS
+from inngest_gateway import InngestGateway
+from inngest_gateway.settings import GATEWAY_SETTINGS
 from tests.processes import BIN, Server, clean_env, free_port, launch
 
 TABLE = "host_users"

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from flask import Flask
 from sqlalchemy import select
 
+from inngest_gateway.outbox import OutboxEvent
+from inngest_gateway.state import gateway_state
 from service.db import db
-from service.outbox import OutboxEvent
-from service.state import gateway_state
 
 # Short retries and leases, so a test sees several attempts within seconds.
 FAST = {

@@ -13,11 +13,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from service.auth import ANONYMOUS_SCOPE_KEY
-from service.errors import ValidationFailed
-from service.events import build_events, scoped_id
-from service.settings import load_settings
-from service.state import gateway_state
+from inngest_gateway.errors import ValidationFailed
+from inngest_gateway.events import build_events, scoped_id
+from inngest_gateway.poster import ANONYMOUS_SCOPE_KEY
+from inngest_gateway.settings import load_settings
+from inngest_gateway.state import gateway_state
 from tests.conftest import AuthActions, assert_envelope
 from tests.standin import SEED, InngestStandIn
 

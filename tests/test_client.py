@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import BrowserContext, Page, Request, Route, expect
 
-from service.events import EVENT_ID_NAMESPACE
+from inngest_gateway.events import EVENT_ID_NAMESPACE
 from tests.browsers import Screenshots, console_errors
 from tests.conftest import SECRET_KEY
 from tests.processes import Server, run_flask, start_gunicorn

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from service.browser import FOLDER
+from inngest_gateway.browser import FOLDER
 from tests.processes import ROOT
 
 TOOLS = ROOT / "tests" / "js" / "node_modules" / ".bin"

@@ -1,4 +1,4 @@
-"""Unit tests of the browser client (service/js/inngest-gateway.js), run in Debian's Chromium.
+"""Unit tests of the browser client (inngest_gateway/js/inngest-gateway.js), in Chromium.
 
 tests/js/client.test.js holds the tests: the queue, batching, backoff, retries, budgets,
 keepalive and forms, against the page's `fetch` replaced by scripted answers. A server on
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 from playwright.sync_api import Browser, BrowserContext
 
-from service.browser import FILES, FOLDER
+from inngest_gateway.browser import FILES, FOLDER
 from tests.browsers import console_errors
 from tests.processes import ROOT
 from tests.sites import Page, Site

@@ -10,7 +10,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from service.events import EVENT_ID_NAMESPACE
+from inngest_gateway.events import EVENT_ID_NAMESPACE
 from service.users import create_user
 from tests.conftest import PASSWORD
 from tests.standin import InngestStandIn

@@ -11,8 +11,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from service.event_schemas import glob_regex, load_event_schemas
-from service.settings import ConfigError, load_settings
+from inngest_gateway.event_schemas import glob_regex, load_event_schemas
+from inngest_gateway.settings import ConfigError, load_settings
 from tests.conftest import assert_envelope
 from tests.standin import InngestStandIn
 

@@ -26,8 +26,8 @@ from flask import Blueprint, Flask, Request, Response, render_template_string, r
 from flask.testing import FlaskClient
 from flask_login import LoginManager, UserMixin
 
-from service import InngestGateway, outbox
-from service.state import gateway_state
+from inngest_gateway import InngestGateway, outbox
+from inngest_gateway.state import gateway_state
 from tests.standin import InngestStandIn
 from tests.test_csrf import CORS_REQUESTS, TRUSTED, assert_cors_answer, cors_request
 
@@ -453,7 +453,7 @@ def test_app_config_takes_python_values_as_a_host_writes_them(
 
 
 def test_a_bad_setting_stops_the_mount(hosts: Callable[..., Flask]) -> None:
-    from service.settings import ConfigError
+    from inngest_gateway.settings import ConfigError
 
     with pytest.raises(ConfigError, match="DELIVERY_MODE"):
         hosts(config={"DELIVERY_MODE": "carrier-pigeon"})
@@ -523,6 +523,7 @@ def readme_example() -> str:
 
 
 AFTER_EXAMPLE = """
+import importlib.util
 import json
 client = app.test_client()
 with client.session_transaction() as session:
@@ -535,6 +536,7 @@ print(json.dumps({
     "ids": answer.get_json()["ids"],
     "drained": drained,
     "module": inngest_gateway.__file__,
+    "service": importlib.util.find_spec("service") is not None,
 }))
 """
 
@@ -548,9 +550,10 @@ def test_pip_installs_inngest_gateway_and_the_readme_example_runs(
     source.mkdir()
     for name in ("setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(
-        ROOT / "service", source / "service", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    for package in ("inngest_gateway", "service"):  # the service too: it must stay out
+        shutil.copytree(
+            ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     target = tmp_path / "site"
     build = subprocess.run(
         [
@@ -574,7 +577,10 @@ def test_pip_installs_inngest_gateway_and_the_readme_example_runs(
     assert build.returncode == 0, build.stdout + build.stderr
     installed = target / "inngest_gateway"
     assert (installed / "extension.py").is_file()
-    assert (installed / "templates" / "index.html").is_file()
+    assert (installed / "outbox" / "deliverer.py").is_file()
+    assert sorted(path.name for path in target.iterdir() if not path.name.endswith("-info")) == [
+        "inngest_gateway"
+    ]  # not the standalone service, nor its templates
     for name in ("inngest-gateway.js", "inngest-gateway.mjs", "inngest-gateway.d.ts"):
         assert (installed / "js" / name).is_file(), name
 
@@ -600,7 +606,8 @@ def test_pip_installs_inngest_gateway_and_the_readme_example_runs(
 
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
-    assert result["module"].startswith(str(installed))  # not the checkout's service/
+    assert result["module"].startswith(str(installed))  # not the checkout's
+    assert result["service"] is False  # the standalone service is not in the distribution
     assert result["status"] == 202
     event = only_event(inngest)  # delivered by the time stop() returned
     assert event["id"] == result["ids"][0]

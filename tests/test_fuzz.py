@@ -26,10 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.datastructures import MultiDict
 
-from service import outbox
+from inngest_gateway import outbox
+from inngest_gateway.state import gateway_state
 from service.app import create_app
 from service.db import db
-from service.state import gateway_state
 from service.users import create_user
 from tests.conftest import PASSWORD, SECRET_KEY
 from tests.processes import BIN, ROOT, Server, start_gunicorn

@@ -30,6 +30,8 @@ from itsdangerous import TimestampSigner
 from psycopg import OperationalError
 from werkzeug.test import TestResponse
 
+from inngest_gateway.login import login_redirect_url
+from inngest_gateway.settings import ConfigError
 from service import identity
 from service.identity import (
     HostSessionInterface,
@@ -38,10 +40,8 @@ from service.identity import (
     check_users_sql,
     json_safe,
     load_identity_settings,
-    login_redirect_url,
     remembered_user_id,
 )
-from service.settings import ConfigError
 from tests.conftest import PASSWORD, SECRET_KEY, assert_envelope
 from tests.hostapp import (
     add_user,

@@ -18,8 +18,8 @@ from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
-from service.errors import RateLimited
-from service.limits import LocalWindows
+from inngest_gateway.errors import RateLimited
+from inngest_gateway.limits import LocalWindows
 from tests.conftest import PASSWORD, assert_envelope
 from tests.standin import InngestStandIn
 
@@ -297,8 +297,8 @@ def test_local_windows_forget_ended_windows(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_concurrent_hits_are_admitted_exactly_up_to_the_limit(storage: dict[str, str]) -> None:
     """16 threads racing for 100 hits of one key: exactly 100 admitted, in memory and on Redis."""
-    from service.limits import RateLimiter
-    from service.settings import load_settings
+    from inngest_gateway.limits import RateLimiter
+    from inngest_gateway.settings import load_settings
 
     settings = load_settings({"INNGEST_DEV": "1", "SECRET_KEY": "x" * 32, **storage})
     limiter = RateLimiter(settings)

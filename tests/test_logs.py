@@ -14,8 +14,8 @@ from urllib.parse import quote, unquote
 import pytest
 from flask import Flask
 
+from inngest_gateway.state import gateway_state
 from service.logs import JSONFormatter, RequestContextFilter, TextFormatter
-from service.state import gateway_state
 from tests.conftest import AuthActions
 from tests.standin import InngestStandIn
 
@@ -73,12 +73,12 @@ def test_one_json_line_per_request(
 def test_one_json_line_per_delivery_attempt(
     app: Flask, inngest: InngestStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="service")
+    caplog.set_level(logging.INFO, logger="inngest_gateway")
     inngest.fail_next(1, 500)
 
     assert app.test_client().post("/api", json=[{}, {}, {}]).status_code == 200
 
-    attempts = lines(caplog, "service.inngest")
+    attempts = lines(caplog, "inngest_gateway.inngest")
     attempts = [a for a in attempts if "attempt" in a]
     assert [(a["attempt"], a["upstream_status"], a["batch_size"]) for a in attempts] == [
         (1, 500, 3),
@@ -90,13 +90,13 @@ def test_one_json_line_per_delivery_attempt(
 def test_connection_errors_are_logged_without_the_key(
     make_app: Callable[..., Flask], inngest: InngestStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="service")
+    caplog.set_level(logging.INFO, logger="inngest_gateway")
     app = make_app(INNGEST_SEND_TIMEOUT="0.3")
     inngest.stop()
 
     assert app.test_client().post("/api", json={}).status_code == 503
 
-    attempts = [a for a in lines(caplog, "service.inngest") if "attempt" in a]
+    attempts = [a for a in lines(caplog, "inngest_gateway.inngest") if "attempt" in a]
     assert attempts and attempts[0]["upstream_status"] == "ConnectionError"
     assert inngest.event_key not in caplog.text
 
@@ -157,6 +157,18 @@ def service_log(make_app: Callable[..., Flask], **env: str) -> Iterator[tuple[Fl
 
 def access_lines(written: io.StringIO) -> list[str]:
     return [line for line in written.getvalue().split("\n") if "service.access" in line]
+
+
+def test_the_gateways_lines_go_through_the_services_handler(
+    make_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    """The extension logs under its own package name; the service's handler writes it too."""
+    with service_log(make_app, LOG_FORMAT="json") as (app, written):
+        assert app.test_client().post("/api", json={}).status_code == 200
+    lines = [json.loads(line) for line in written.getvalue().splitlines()]
+    (attempt,) = [line for line in lines if line["logger"] == "inngest_gateway.inngest"]
+    assert attempt["attempt"] == 1 and attempt["upstream_status"] == 200
+    assert inngest.event_key not in written.getvalue()
 
 
 def test_a_path_cannot_forge_a_text_log_line(

@@ -25,8 +25,8 @@ from flask.testing import FlaskClient
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
+from inngest_gateway.state import gateway_state
 from service.metrics import internal_address
-from service.state import gateway_state
 from tests.conftest import assert_envelope
 from tests.processes import ROOT, start_gunicorn
 from tests.standin import InngestStandIn

@@ -14,8 +14,8 @@ from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFProtect
 from wtforms import StringField
 
-from service import InngestGateway
-from service.state import gateway_state
+from inngest_gateway import InngestGateway
+from inngest_gateway.state import gateway_state
 from tests.conftest import assert_envelope
 from tests.standin import InngestStandIn
 

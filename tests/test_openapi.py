@@ -17,11 +17,11 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from werkzeug.test import TestResponse
 
-from service.api import FALLBACK_ENDPOINT
-from service.extension import InngestGateway
+from inngest_gateway.api import FALLBACK_ENDPOINT
+from inngest_gateway.extension import InngestGateway
+from inngest_gateway.state import gateway_state
 from service.openapi import build_spec
 from service.security import CONTENT_SECURITY_POLICY
-from service.state import gateway_state
 from tests.conftest import AuthActions
 from tests.standin import InngestStandIn
 
@@ -345,7 +345,7 @@ def _error_codes(node: Any) -> set[str]:
 
 def test_every_documented_error_code_is_in_the_catalogue(client: FlaskClient) -> None:
     """One catalogue: each code the document promises is an APIError subclass's code."""
-    from service import errors
+    from inngest_gateway import errors
 
     catalogue = {
         cls.code

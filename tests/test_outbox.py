@@ -19,9 +19,9 @@ import pytest
 from flask import Flask
 from sqlalchemy import make_url
 
-from service import outbox
-from service.outbox import DEAD, DELIVERED, PENDING
-from service.state import gateway_state
+from inngest_gateway import outbox
+from inngest_gateway.outbox import DEAD, DELIVERED, PENDING
+from inngest_gateway.state import gateway_state
 from tests.conftest import assert_envelope
 from tests.outboxes import FAST, deliver_until, outbox_app_factory, rows, run_once
 from tests.standin import InngestStandIn

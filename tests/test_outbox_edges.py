@@ -18,8 +18,8 @@ import psycopg
 import pytest
 from flask import Flask
 
-from service.outbox import DEAD, PENDING, OutboxEvent, now_ms
-from service.state import gateway_state
+from inngest_gateway.outbox import DEAD, PENDING, OutboxEvent, now_ms
+from inngest_gateway.state import gateway_state
 from tests.outboxes import FAST, deliver_until, outbox_app_factory, rows, run_once
 from tests.proxy import silent_server
 from tests.standin import Fault, InngestStandIn, Received

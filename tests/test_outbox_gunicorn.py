@@ -20,7 +20,7 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
-from service.db import database_url as normalize_url
+from inngest_gateway.db import database_url as normalize_url
 from tests.conftest import SECRET_KEY
 from tests.processes import BIN, ROOT, Server, clean_env, free_port, start_gunicorn
 from tests.standin import InngestStandIn

@@ -16,8 +16,8 @@ import pytest
 from flask import Flask
 from sqlalchemy import update
 
-from service.outbox import PENDING, OutboxEvent, now_ms
-from service.state import gateway_state
+from inngest_gateway.outbox import PENDING, OutboxEvent, now_ms
+from inngest_gateway.state import gateway_state
 from tests.outboxes import FAST, deliver_until, outbox_app_factory, rows
 from tests.standin import InngestStandIn
 

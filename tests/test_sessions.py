@@ -13,7 +13,7 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
-from service.settings import ConfigError, load_settings
+from inngest_gateway.settings import ConfigError, load_settings
 from service.users import create_user
 from tests.conftest import PASSWORD, SECRET_KEY, assert_envelope
 from tests.processes import run_flask, start_gunicorn, wait_until_healthy

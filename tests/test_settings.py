@@ -15,9 +15,7 @@ import pytest
 from dotenv import dotenv_values
 from flask import Flask
 
-from service.db import db
-from service.identity import _IdentitySchema
-from service.settings import (
+from inngest_gateway.settings import (
     CLOUD_ORIGIN,
     DECLARATIONS,
     DEV_EVENT_KEY,
@@ -37,6 +35,8 @@ from service.settings import (
     load_settings,
     parse_duration,
 )
+from service.db import db
+from service.identity import _IdentitySchema
 from service.users import create_user
 from tests.conftest import PASSWORD
 from tests.standin import InngestStandIn

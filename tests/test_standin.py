@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from service.inngest import id_seed
+from inngest_gateway.inngest import id_seed
 from tests.standin import InngestStandIn
 
 GOOD_EVENT = {"name": "app/x", "data": {}, "id": "e-1", "ts": 1767225600000, "v": "1"}

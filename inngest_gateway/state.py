@@ -1,4 +1,4 @@
-"""The gateway's state in an app, and the one accessor every module reaches it through."""
+"""The gateway's place in an app: its state, the names it is found by, and the one accessor."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from .outbox import Deliverer, Writer
     from .settings import Settings
 
-EXTENSION_KEY = "inngest_gateway"
+EXTENSION_KEY = "inngest_gateway"  # under app.extensions
+BLUEPRINT = "inngest_gateway"  # not "api": host apps often have a blueprint of that name
+POST_ENDPOINT = f"{BLUEPRINT}.post_events"
 
 
 @dataclass

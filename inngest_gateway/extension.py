@@ -22,12 +22,12 @@ from typing import Any
 from flask import Blueprint, Flask
 from flask.cli import AppGroup
 
-from . import api, browser, outbox
+from . import api, browser, outbox, poster
 from .db import OwnDatabase, database_url
 from .delivery import Delivery
-from .identity import check_login_url
 from .inngest import InngestClient
 from .limits import RateLimiter
+from .login import check_login_url
 from .outbox import Deliverer, OutboxBase, Writer
 from .settings import GATEWAY_SETTINGS, Settings, load_settings
 from .state import EXTENSION_KEY, GatewayState, gateway_state
@@ -87,7 +87,7 @@ class InngestGateway:
         login_url: str | None = None,
         settings: Settings | None = None,
     ) -> None:
-        self.user_serializer = user_serializer or api.default_user_serializer
+        self.user_serializer = user_serializer or poster.default_user_serializer
         self.url_prefix = url_prefix
         self.path = path
         self.redirect_to = redirect_to

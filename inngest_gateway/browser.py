@@ -15,7 +15,8 @@ from flask import Blueprint, Response, after_this_request, send_from_directory, 
 from markupsafe import Markup, escape
 
 from . import apidoc
-from .state import gateway_state
+from .poster import ANONYMOUS_SCOPE_KEY, current_poster, poster_scope, poster_tag
+from .state import BLUEPRINT, POST_ENDPOINT, gateway_state
 
 FOLDER = Path(__file__).resolve().parent / "js"
 # Explicit types: a module script must be JavaScript, and `.ts` would guess MPEG video.
@@ -61,25 +62,15 @@ def _private(response: Response) -> Response:
 
 def script_tag(**attributes: str) -> Markup:
     """`<script src=".../inngest-gateway.js" data-endpoint=... data-max-batch=...
-    data-poster=... defer>` (see `api.poster_tag`). For an anonymous visitor it starts the
-    session that keeps their event-id scope (see `api.poster_scope`).
+    data-poster=... defer>` (see `poster.poster_tag`). For an anonymous visitor it starts the
+    session that keeps their event-id scope (see `poster.poster_scope`).
 
     Extra keyword arguments become attributes (`nonce="..."` for a strict CSP, say);
     `_` in a name is written as `-`.
     """
-    # api imports this module to register the routes, so its names are looked up when used.
-    from .api import (
-        ANONYMOUS_SCOPE_KEY,
-        NAME,
-        POST_ENDPOINT,
-        current_poster,
-        poster_scope,
-        poster_tag,
-    )
-
     settings = gateway_state().settings
     values = {
-        "src": url_for(f"{NAME}.{ENDPOINT}", filename="inngest-gateway.js"),
+        "src": url_for(f"{BLUEPRINT}.{ENDPOINT}", filename="inngest-gateway.js"),
         "data-endpoint": url_for(POST_ENDPOINT),
         "data-max-batch": str(settings.api_max_batch),
     }

@@ -1,4 +1,4 @@
-"""Marshmallow schemas for what clients send: events and logins."""
+"""Marshmallow schemas for what clients send: events."""
 
 from __future__ import annotations
 
@@ -72,15 +72,3 @@ class EventSchema(Schema):
         elif not isinstance(data, dict):
             item["data"] = {"value": data}
         return item
-
-
-class LoginSchema(Schema):
-    """Credentials posted to `/auth/login`."""
-
-    class Meta:
-        unknown = RAISE
-
-    email = fields.String(required=True, validate=validate.Length(min=1, max=254))
-    password = fields.String(required=True, validate=validate.Length(min=1, max=1024))
-    remember = fields.Boolean(load_default=False)
-    next = fields.String(load_default=None)

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from types import FrameType
 
 import click
+from flask.helpers import get_debug_flag
+from werkzeug.serving import is_running_from_reloader
 
 from . import metrics
 from .errors import UpstreamRejected, UpstreamUnavailable
@@ -100,9 +102,6 @@ def _running_a_command() -> bool:
         return False  # gunicorn, a WSGI server, a script, the tests: not a command
     if context.command.name != "run":
         return True
-    from flask.helpers import get_debug_flag
-    from werkzeug.serving import is_running_from_reloader
-
     reload = context.params.get("reload")
     reloading = get_debug_flag() if reload is None else bool(reload)
     return reloading and not is_running_from_reloader()  # the watcher; its child serves

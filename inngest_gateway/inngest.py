@@ -26,8 +26,9 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util.connection import allowed_gai_family
 
-from . import __version__, metrics
+from . import metrics
 from .settings import Settings
+from .version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,104 @@
+"""Who is posting: the host's Flask-Login user as `data.user`, their event-id scope and tag."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from typing import Any
+
+from flask import current_app, g, request, session
+from flask_login import current_user
+
+from .errors import PosterChanged
+from .limits import client_ip
+from .state import gateway_state
+
+# Where an anonymous poster's scope for event ids lives in the (signed) session cookie.
+ANONYMOUS_SCOPE_KEY = "anonymous_scope"
+# The poster a page's queued events were made by (`poster_tag`), sent by the browser client.
+POSTER_HEADER = "X-Inngest-Poster"
+_USER = "_inngest_gateway_user"
+
+
+def default_user_serializer(user: Any) -> dict[str, Any]:
+    """`data.user` for a Flask-Login user: `get_id()`, plus `email` and `name` when it has them."""
+    serialized: dict[str, Any] = {"id": user.get_id()}
+    for attribute in ("email", "name"):
+        value = getattr(user, attribute, None)
+        if isinstance(value, (str, int, float, bool)):
+            serialized[attribute] = value
+    return serialized
+
+
+def current_poster() -> dict[str, Any] | None:
+    """The logged-in user of the host's Flask-Login, serialized; None when anonymous.
+
+    Computed once per request. A host without a LoginManager has only anonymous posters.
+    """
+    if _USER in g:
+        cached: dict[str, Any] | None = g.get(_USER)
+        return cached
+    serialized: dict[str, Any] | None = None
+    if hasattr(current_app, "login_manager") and current_user.is_authenticated:
+        serialized = gateway_state().user_serializer(current_user._get_current_object())
+        if not isinstance(serialized, dict) or serialized.get("id") in (None, ""):
+            raise TypeError("user_serializer must return a dict with a non-empty 'id'")
+    setattr(g, _USER, serialized)
+    return serialized
+
+
+def poster_scope(user: dict[str, Any] | None) -> str:
+    """Who is posting, as the namespace of their event ids: the user, else this browser.
+
+    A user's scope is their serialized `id`, stable across logins. An anonymous poster gets
+    a random id kept in the session cookie, made on first need; a client that does not keep
+    the cookie gets a new one with every post.
+    """
+    if user is not None:
+        return f"user:{user['id']}"
+    anonymous = session.get(ANONYMOUS_SCOPE_KEY)
+    if not isinstance(anonymous, str):
+        anonymous = session[ANONYMOUS_SCOPE_KEY] = secrets.token_urlsafe(16)
+    return f"anonymous:{anonymous}"
+
+
+ANONYMOUS_TAG = "anonymous"
+
+
+def poster_tag(user: dict[str, Any] | None) -> str:
+    """An opaque tag of the poster, for the browser client to bind queued events to.
+
+    A page gets it in its script tag; the client stores it with each event and sends it back
+    in `X-Inngest-Poster`, and a post whose tag is not the current poster's is refused
+    (`409`): events queued by one user are never sent as another who logs in later on the
+    same browser. A user's tag is a keyed hash of their scope, so it names nobody; every
+    anonymous visitor shares `anonymous` (their session cookie, and so their scope, may end
+    with the browser while their queue lives on; their events are still nobody's).
+    """
+    if user is None:
+        return ANONYMOUS_TAG
+    secret = current_app.secret_key or ""
+    key = secret.encode() if isinstance(secret, str) else secret
+    scope = f"user:{user['id']}".encode()
+    digest = hmac.new(key, b"inngest-gateway poster\n" + scope, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
+
+
+def check_poster(user: dict[str, Any] | None) -> None:
+    """Refuse (`409`) a post whose `X-Inngest-Poster` names another poster than the current one."""
+    claimed = request.headers.get(POSTER_HEADER)
+    if claimed is None:
+        return
+    # As bytes: a header may hold any Latin-1 text, which compare_digest takes only as bytes.
+    if not hmac.compare_digest(
+        claimed.encode("utf-8", "surrogateescape"), poster_tag(user).encode()
+    ):
+        raise PosterChanged()
+
+
+def poster_key() -> str:
+    """Who a post counts against for the rate limit: the user, else the client's IP."""
+    user = current_poster()
+    return f"user:{user['id']}" if user is not None else f"ip:{client_ip()}"
