@@ -268,13 +268,23 @@ def engine_options(
     if not in_memory:  # an in-memory database has a single static connection, no queue
         options["pool_timeout"] = write_timeout
     if url.startswith("postgresql"):
-        seconds = max(2, math.ceil(write_timeout))
-        options["connect_args"] = {
-            "connect_timeout": seconds,
-            "keepalives": 1,
-            "keepalives_idle": seconds,
-            "keepalives_interval": 1,
-            "keepalives_count": 3,
-            "tcp_user_timeout": seconds * 1000,
-        }
+        options["connect_args"] = postgres_connect_args(write_timeout)
     return options
+
+
+def postgres_connect_args(timeout: float) -> dict[str, Any]:
+    """libpq options bounding a connection attempt and noticing a vanished server.
+
+    libpq counts `connect_timeout` in whole seconds, 2 at least; keepalives and
+    `tcp_user_timeout` end a connection to a host that is gone (not one behind a hung proxy,
+    which acknowledges every packet: `reads` cuts those).
+    """
+    seconds = max(2, math.ceil(timeout))
+    return {
+        "connect_timeout": seconds,
+        "keepalives": 1,
+        "keepalives_idle": seconds,
+        "keepalives_interval": 1,
+        "keepalives_count": 3,
+        "tcp_user_timeout": seconds * 1000,
+    }

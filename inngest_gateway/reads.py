@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import math
 import os
 import socket
 import threading
@@ -26,6 +25,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import DBAPIError, StatementError
 
+from .db import postgres_connect_args
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -35,24 +36,6 @@ WORKERS = 8
 
 class ReadTimeout(TimeoutError):
     """The read did not end by its deadline; its connection was cut."""
-
-
-def connect_args(timeout: float) -> dict[str, Any]:
-    """libpq options bounding a connection attempt and noticing a vanished server.
-
-    libpq counts `connect_timeout` in whole seconds, 2 at least; keepalives and
-    `tcp_user_timeout` end a connection to a host that is gone (not one behind a hung proxy:
-    that is what the cut is for).
-    """
-    seconds = max(2, math.ceil(timeout))
-    return {
-        "connect_timeout": seconds,
-        "keepalives": 1,
-        "keepalives_idle": seconds,
-        "keepalives_interval": 1,
-        "keepalives_count": 3,
-        "tcp_user_timeout": seconds * 1000,
-    }
 
 
 class _Cut:
@@ -176,7 +159,7 @@ class BoundedReads:
                     pool_size=WORKERS,
                     max_overflow=0,
                     pool_timeout=self.timeout,
-                    connect_args=connect_args(self.timeout),
+                    connect_args=postgres_connect_args(self.timeout),
                 )
                 self._executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="bounded-read")
                 self._pid = os.getpid()

@@ -68,6 +68,28 @@ def run_flask(
     )
 
 
+def gunicorn_refusal(tmp_path: Path, settings: Mapping[str, str]) -> tuple[str, str]:
+    """Start gunicorn with `settings` from an empty directory, expecting its master to refuse:
+    the one configuration-error line it printed, and all it printed. No worker may boot."""
+    env = clean_env(tmp_path) | dict(settings) | {"PYTHONPATH": str(ROOT)}
+    env["GUNICORN_BIND"] = f"127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        [str(BIN / "gunicorn"), "wsgi:app", "-c", str(ROOT / "gunicorn.conf.py")],
+        cwd=tmp_path,  # no developer's .env fills a gap
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=45,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Booting worker" not in output, output  # refused in the master
+    (line,) = [line for line in output.splitlines() if "configuration error" in line]
+    return line, output
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -21,7 +21,14 @@ import pytest
 import requests
 
 from tests.conftest import SECRET_KEY
-from tests.processes import BIN, ROOT, Server, clean_env, free_port, start_gunicorn
+from tests.processes import (
+    BIN,
+    ROOT,
+    Server,
+    clean_env,
+    gunicorn_refusal,
+    start_gunicorn,
+)
 from tests.standin import InngestStandIn
 
 # Above each test's own waits: the shared server's start (30 s, and 10 s to kill one that
@@ -366,23 +373,6 @@ def test_flask_cli_refuses_to_start_without_a_required_setting(
 def test_gunicorn_refuses_to_start_without_a_required_setting(
     tmp_path: Path, present: dict[str, str], missing: str
 ) -> None:
-    # Run from an empty directory so no developer's .env fills the gap.
-    env = clean_env(tmp_path) | present | {"PYTHONPATH": str(ROOT)}
-    env["GUNICORN_BIND"] = f"127.0.0.1:{free_port()}"
-
-    result = subprocess.run(
-        [str(BIN / "gunicorn"), "wsgi:app", "-c", str(ROOT / "gunicorn.conf.py")],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
-    assert "Booting worker" not in output  # refused in the master, before any worker
-    (line,) = [line for line in output.splitlines() if "configuration error" in line]
+    line, output = gunicorn_refusal(tmp_path, present)
     assert line.startswith(f"inngest-gateway: configuration error: {missing}: ")
     assert "some-key" not in output and "some-secret" not in output

@@ -9,7 +9,6 @@ import math
 import os
 import re
 import sqlite3
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -51,7 +50,12 @@ from tests.hostapp import (
     set_active,
     start_app,
 )
-from tests.processes import BIN, ROOT, clean_env, free_port, start_gunicorn, start_nginx
+from tests.processes import (
+    free_port,
+    gunicorn_refusal,
+    start_gunicorn,
+    start_nginx,
+)
 from tests.proxy import freezable_proxy, silent_server, through
 from tests.standin import InngestStandIn
 from tests.test_metrics import Delta
@@ -1345,58 +1349,32 @@ def test_gunicorn_refuses_a_users_sql_the_users_database_cannot_run(
 ) -> None:
     """The users database answers at start and has no such table: one line, no worker."""
     make_host(sqlite_host_db)
-    env = clean_env(tmp_path) | {
-        "PYTHONPATH": str(ROOT),
-        "SECRET_KEY": SECRET_KEY,
-        "INNGEST_EVENT_KEY": "some-key",
-        "IDENTITY": "flask-session",
-        "USERS_DATABASE_URL": sqlite_host_db,
-        "USERS_SQL": "SELECT id, email FROM accounts WHERE id = :id",
-        "GUNICORN_BIND": f"127.0.0.1:{free_port()}",
-    }
-    result = subprocess.run(
-        [str(BIN / "gunicorn"), "wsgi:app", "-c", str(ROOT / "gunicorn.conf.py")],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=45,
-        check=False,
+    line, _ = gunicorn_refusal(
+        tmp_path,
+        {
+            "SECRET_KEY": SECRET_KEY,
+            "INNGEST_EVENT_KEY": "some-key",
+            "IDENTITY": "flask-session",
+            "USERS_DATABASE_URL": sqlite_host_db,
+            "USERS_SQL": "SELECT id, email FROM accounts WHERE id = :id",
+        },
     )
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
-    assert "Booting worker" not in output, output
-    (line,) = [line for line in output.splitlines() if "configuration error" in line]
     assert line == "inngest-gateway: configuration error: USERS_SQL: no such table: accounts"
 
 
 @pytest.mark.timeout(60)
 def test_gunicorn_refuses_a_bad_identity_setting_in_the_master(tmp_path: Path) -> None:
     """A bad identity setting stops gunicorn once, with one line, before any worker boots."""
-    env = clean_env(tmp_path) | {
-        "PYTHONPATH": str(ROOT),
-        "SECRET_KEY": SECRET_KEY,
-        "INNGEST_EVENT_KEY": "some-key",
-        "IDENTITY": "flask-session",
-        "USERS_DATABASE_URL": "postgresql://reader:hunter2@127.0.0.1/app",
-        "USERS_SQL": "SELECT id FROM users",
-        "GUNICORN_BIND": f"127.0.0.1:{free_port()}",
-    }
-    result = subprocess.run(
-        [str(BIN / "gunicorn"), "wsgi:app", "-c", str(ROOT / "gunicorn.conf.py")],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=45,
-        check=False,
+    line, output = gunicorn_refusal(
+        tmp_path,
+        {
+            "SECRET_KEY": SECRET_KEY,
+            "INNGEST_EVENT_KEY": "some-key",
+            "IDENTITY": "flask-session",
+            "USERS_DATABASE_URL": "postgresql://reader:hunter2@127.0.0.1/app",
+            "USERS_SQL": "SELECT id FROM users",
+        },
     )
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
-    assert "Booting worker" not in output, output
-    (line,) = [line for line in output.splitlines() if "configuration error" in line]
     assert line == (
         "inngest-gateway: configuration error: USERS_SQL: must use the bind parameter :id, "
         "e.g. `WHERE id = :id`"
