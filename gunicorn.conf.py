@@ -15,7 +15,7 @@ bind = _env("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(_env("GUNICORN_WORKERS", str(multiprocessing.cpu_count() * 2 + 1)))
 worker_class = "gthread"
 threads = int(_env("GUNICORN_THREADS", "4"))
-# A request may wait INNGEST_SEND_TIMEOUT (10 s by default) for Inngest.
+# A request may wait INNGEST_GATEWAY_SEND_TIMEOUT (10 s by default) for Inngest.
 timeout = int(_env("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = int(_env("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = int(_env("GUNICORN_KEEPALIVE", "5"))
@@ -41,12 +41,13 @@ def on_starting(server):  # type: ignore[no-untyped-def]
     prometheus-client, which picks in-process or file-backed values once, at its import.
     """
     _metrics_directory()
-    from inngest_gateway import ConfigError, load_settings
+    from inngest_gateway import ConfigError
     from inngest_gateway.settings import environment
     from service.identity import check_users_query, load_identity_settings, user_lookup
+    from service.settings import load_all
 
     try:
-        load_settings(environment())
+        load_all(environment())
         lookup = user_lookup(load_identity_settings(environment()))
         try:
             check_users_query(lookup)  # against the users database, when it answers
@@ -104,7 +105,7 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
 
 
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
-    """On a worker's way out: deliver what it can within OUTBOX_DRAIN_SECONDS, hand back claims."""
+    """On a worker's way out: deliver within the outbox's drain time, hand back claims."""
     from inngest_gateway.state import EXTENSION_KEY
 
     app = getattr(worker, "wsgi", None)

@@ -7,8 +7,10 @@ app runs by default (bench/floor.conf.py: gunicorn's sync workers, one request a
 
 - floor: bench/floor.py, bare Flask + Flask-Login, `POST /ok` answering {"status":"ok"};
 - sdk: the same app's `POST /sdk`, calling inngest-py's `send_sync` (the SDK peer);
-- outbox: the service's `POST /api`, DELIVERY_MODE=outbox (202 once the event is committed);
-- sync: the service's `POST /api`, DELIVERY_MODE=sync (200 once Inngest accepted it).
+- outbox: the service's `POST /api`, INNGEST_GATEWAY_DELIVERY_MODE=outbox (202 once the event is
+  committed);
+- sync: the service's `POST /api`, INNGEST_GATEWAY_DELIVERY_MODE=sync (200 once Inngest accepted
+  it).
 
 Every post is a logged-in user's: the bench logs in once per target and wrk sends that
 session cookie (bench/post.lua). The service runs with its production log level (JSON access
@@ -71,12 +73,13 @@ SETTING_PREFIXES = (
     "METRICS_",
     "USERS_",
     "SQLITE_",
+    "LOGIN_RATELIMIT_",
 )
 SETTINGS = (
     "SECRET_KEY",
     "DATABASE_URL",
-    "DELIVERY_MODE",
-    "TRUSTED_ORIGINS",
+    "INNGEST_GATEWAY_DELIVERY_MODE",
+    "INNGEST_GATEWAY_TRUSTED_ORIGINS",
     "IDENTITY",
     "PROMETHEUS_MULTIPROC_DIR",
     "TRUSTED_PROXIES",
@@ -307,11 +310,11 @@ def service_env(
             "INNGEST_EVENT_KEY": EVENT_KEY,
             "INNGEST_BASE_URL": inngest_url,
             "DATABASE_URL": database_url,
-            "DELIVERY_MODE": delivery_mode,
+            "INNGEST_GATEWAY_DELIVERY_MODE": delivery_mode,
             # Every post must be a logged-in user's: a lost login shows as 401 errors.
-            "API_REQUIRE_LOGIN": "true",
+            "INNGEST_GATEWAY_API_REQUIRE_LOGIN": "true",
             # The limiter runs as in production, but all load comes from one address.
-            "RATELIMIT_API": "10000000 per minute",
+            "INNGEST_GATEWAY_RATELIMIT_API": "10000000 per minute",
             "CREATE_DEMO_USER": "false",
             "GUNICORN_BIND": f"127.0.0.1:{port}",
             "GUNICORN_WORKERS": str(args.workers),

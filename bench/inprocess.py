@@ -185,12 +185,12 @@ def service_app(settings: dict[str, str], workdir: str) -> tuple[WSGIApp, str]:
         "INNGEST_EVENT_KEY": "bench-key",
         "INNGEST_BASE_URL": "http://127.0.0.1:9",  # never called: no deliverer runs
         "DATABASE_URL": f"sqlite:///{workdir}/gateway.db",
-        "DELIVERY_MODE": "outbox",
-        "API_REQUIRE_LOGIN": "true",
-        "RATELIMIT_API": "10000000 per minute",
+        "INNGEST_GATEWAY_DELIVERY_MODE": "outbox",
+        "INNGEST_GATEWAY_API_REQUIRE_LOGIN": "true",
+        "INNGEST_GATEWAY_RATELIMIT_API": "10000000 per minute",
         "CREATE_DEMO_USER": "false",
-        "OUTBOX_EMBEDDED_DELIVERER": "false",
-        "OUTBOX_MAX_PENDING": "100000000",
+        "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": "false",
+        "INNGEST_GATEWAY_OUTBOX_MAX_PENDING": "100000000",
     } | settings
     app = create_app(env)
     for handler in logging.getLogger("service").handlers:  # the lines are made, not shown

@@ -96,7 +96,8 @@ def _post_events_doc(settings: Settings) -> dict[str, Any]:
             "become `data`). The server sets `data.user` (the logged-in user, else null) and "
             "`data.request`; clients may not send them, nor `data._inngest` (Inngest's own). "
             "Event names must match "
-            f"API_ALLOWED_EVENTS ({', '.join(settings.api_allowed_events)}) and never start "
+            f"INNGEST_GATEWAY_API_ALLOWED_EVENTS ({', '.join(settings.api_allowed_events)}) and "
+            f"never start "
             f"with `{RESERVED_PREFIX}`; a post without a name sends "
             f"`{settings.api_default_event}`. JSON must be strict: UTF-8, finite numbers, "
             "nested at most 64 levels. Outbox mode answers 202 once stored, sync mode 200 "
@@ -129,8 +130,10 @@ def _post_events_doc(settings: Settings) -> dict[str, Any]:
             },
         },
         "responses": {
-            "200": apidoc.ok("Sent to Inngest (DELIVERY_MODE=sync)", "Accepted"),
-            "202": apidoc.ok("Stored for delivery (DELIVERY_MODE=outbox)", "Accepted"),
+            "200": apidoc.ok("Sent to Inngest (INNGEST_GATEWAY_DELIVERY_MODE=sync)", "Accepted"),
+            "202": apidoc.ok(
+                "Stored for delivery (INNGEST_GATEWAY_DELIVERY_MODE=outbox)", "Accepted"
+            ),
             "303": apidoc.see_other(
                 "A form post from a page: to `next`, the referring page or /sent"
             ),
@@ -142,7 +145,7 @@ def _post_events_doc(settings: Settings) -> dict[str, Any]:
                 "bad_request",
             ),
             "401": apidoc.error(
-                "API_REQUIRE_LOGIN is set and nobody is logged in", "login_required"
+                "INNGEST_GATEWAY_API_REQUIRE_LOGIN is set and nobody is logged in", "login_required"
             ),
             "403": apidoc.error(
                 "A cross-site request, or an event name that is not allowed",
@@ -154,13 +157,14 @@ def _post_events_doc(settings: Settings) -> dict[str, Any]:
                 "poster_changed",
             ),
             "413": apidoc.error(
-                "The body exceeds API_MAX_BODY_BYTES, or an event API_MAX_EVENT_BYTES",
+                "The body exceeds INNGEST_GATEWAY_API_MAX_BODY_BYTES, or an event "
+                "INNGEST_GATEWAY_API_MAX_EVENT_BYTES",
                 "payload_too_large",
                 "event_too_large",
             ),
             "415": apidoc.error("Neither JSON nor a form", "unsupported_media_type"),
             "422": apidoc.error(
-                "The events are invalid (including data refused by EVENT_SCHEMAS)",
+                "The events are invalid (including data refused by INNGEST_GATEWAY_EVENT_SCHEMAS)",
                 "validation_failed",
             ),
             "429": apidoc.RATE_LIMITED,

@@ -145,6 +145,8 @@ def see_other(description: str) -> dict[str, Any]:
 UNEXPECTED = error("The service failed unexpectedly", "internal_error")
 DATABASE = error("The database is unavailable", "database_unavailable", retry=True)
 CROSS_SITE = error("A cross-site request (by Sec-Fetch-Site and Origin)", "cross_site_request")
-TOO_LARGE_BODY = error("The body is larger than API_MAX_BODY_BYTES", "payload_too_large")
+TOO_LARGE_BODY = error(
+    "The body is larger than INNGEST_GATEWAY_API_MAX_BODY_BYTES", "payload_too_large"
+)
 RATE_LIMITED = error("Too many requests", "rate_limited", retry=True)
 REQUEST_ID = "X-Request-ID"  # the parameter component, resolved by apispec

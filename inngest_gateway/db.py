@@ -247,7 +247,8 @@ def engine_options(
 ) -> dict[str, Any]:
     """Pool and connection options, so that getting a connection cannot outlast a write.
 
-    With `write_timeout` (OUTBOX_WRITE_TIMEOUT): waiting for a free connection of the pool
+    With `write_timeout` (INNGEST_GATEWAY_OUTBOX_WRITE_TIMEOUT): waiting for a free connection of
+    the pool
     ends after it, instead of SQLAlchemy's 30 s. On PostgreSQL, opening a connection gives
     up after it too (libpq's `connect_timeout`, whole seconds, at least 2), and TCP
     keepalives and `tcp_user_timeout` make a server that vanished without closing the

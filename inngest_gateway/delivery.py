@@ -79,7 +79,7 @@ class Delivery:
         return self.settings.delivery_mode == "outbox" and self.settings.outbox_embedded_deliverer
 
     def stop(self) -> int:
-        """Stop this process's deliverer, draining within OUTBOX_DRAIN_SECONDS."""
+        """Stop this process's deliverer, draining within INNGEST_GATEWAY_OUTBOX_DRAIN_SECONDS."""
         return self.deliverer.stop()
 
     def _send(self, events: Sequence[Event]) -> None:

@@ -1,6 +1,9 @@
-"""Per-event JSON Schemas for `data`, read from the EVENT_SCHEMAS file (JSON or YAML).
+"""Per-event JSON Schemas for `data`, read from the event schemas file (JSON or YAML).
 
-The file maps event names or glob patterns (as in API_ALLOWED_EVENTS) to a JSON Schema. An
+The file is named by INNGEST_GATEWAY_EVENT_SCHEMAS.
+
+The file maps event names or glob patterns (as in INNGEST_GATEWAY_API_ALLOWED_EVENTS) to a JSON
+Schema. An
 event's data must match every entry whose pattern matches its name; names no entry matches
 are not checked. The schema sees the data as the event will carry it, before the server adds
 `user` and `request`: an object (other JSON values arrive as `{"value": ...}`, a missing or
@@ -30,7 +33,7 @@ _CLASS_SPECIAL = set("\\]^[")
 
 
 class EventSchemasError(Exception):
-    """The EVENT_SCHEMAS file is missing, unreadable or holds an invalid schema."""
+    """The INNGEST_GATEWAY_EVENT_SCHEMAS file is missing, unreadable or holds an invalid schema."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class Rule:
 
 @dataclass(frozen=True)
 class EventSchemas:
-    """The rules read from the EVENT_SCHEMAS file, in file order."""
+    """The rules read from the INNGEST_GATEWAY_EVENT_SCHEMAS file, in file order."""
 
     path: str
     rules: tuple[Rule, ...]

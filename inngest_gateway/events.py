@@ -110,7 +110,7 @@ def build_events(
 
 
 def _check_ts(loaded: list[dict[str, Any]], batch: bool, settings: Settings, now_ms: int) -> None:
-    """Refuse a client's `ts` older than API_TS_MAX_AGE or further ahead than API_TS_MAX_SKEW.
+    """Refuse a client's `ts` too old or too far ahead (INNGEST_GATEWAY_API_TS_MAX_AGE, _SKEW).
 
     Inngest starts the functions an event triggers at its `ts`: a browser must not schedule
     them ahead, nor backdate an event that time-based logic trusts. `now_ms` is when the
@@ -132,7 +132,7 @@ def _check_ts(loaded: list[dict[str, Any]], batch: bool, settings: Settings, now
 
 
 def _check_data(loaded: list[dict[str, Any]], batch: bool, settings: Settings) -> None:
-    """Check each event's data, before the server adds its keys, against EVENT_SCHEMAS."""
+    """Check each event's data, before the server adds its keys, against the event schemas."""
     schemas = settings.event_schemas
     if schemas is None:
         return

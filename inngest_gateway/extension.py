@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
-from datetime import timedelta
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Flask
@@ -29,38 +28,13 @@ from .inngest import InngestClient
 from .limits import RateLimiter
 from .login import check_login_url
 from .outbox import Deliverer, OutboxBase, Writer
-from .settings import GATEWAY_SETTINGS, Settings, load_settings
+from .settings import Settings, settings_from_config
 from .state import EXTENSION_KEY, GatewayState, gateway_state
 
 log = logging.getLogger(__name__)
 
 cli = AppGroup("inngest-gateway", help="The Inngest gateway's operator commands.")
 cli.add_command(outbox.outbox_cli)
-
-
-def _text(value: Any) -> str:
-    """A config value as the environment would spell it: lists comma-separated, durations
-    (timedelta) in seconds, byte strings decoded."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return ",".join(_text(item) for item in value)
-    if isinstance(value, timedelta):
-        # Fixed point to the microsecond, timedelta's resolution: `:g` keeps six digits only.
-        return f"{value.total_seconds():f}"
-    if isinstance(value, bytes):
-        return value.decode()
-    return str(value)
-
-
-def _settings_source(app: Flask, environ: Mapping[str, str]) -> dict[str, str]:
-    """Each of the gateway's settings from `app.config` when set there, else the environment."""
-    source = {name: value for name, value in environ.items() if name in GATEWAY_SETTINGS}
-    for name in GATEWAY_SETTINGS:
-        value = app.config.get(name)
-        if value is not None:
-            source[name] = _text(value)
-    return source
 
 
 class InngestGateway:
@@ -71,9 +45,11 @@ class InngestGateway:
     it must be stable per user. `url_prefix` and `path` place the endpoint; `redirect_to`
     (a path, or a function returning one) is where a form post lands when it names no page
     to go back to. `login_url` (a path or an http(s) URL), when set, is where a form post
-    that needs a login (API_REQUIRE_LOGIN) is sent, with `next`; other posts get the 401.
-    `settings`, already loaded, replaces app.config and the environment
-    (the standalone service passes its own).
+    that needs a login (INNGEST_GATEWAY_API_REQUIRE_LOGIN) is sent, with `next`; other posts get
+    the 401.
+    Settings come from app.config only (`INNGEST_GATEWAY_...` keys, the Inngest SDK's names,
+    Flask's `SECRET_KEY`; docs/settings.md), never from the process environment;
+    `settings`, already loaded, replaces them (the standalone service passes its own).
     """
 
     def __init__(
@@ -112,7 +88,7 @@ class InngestGateway:
             )
         rule = self.path if self.url_prefix is None else _join(self.url_prefix, self.path)
         _refuse_served_path(app, rule)
-        settings = self.settings or load_settings(_settings_source(app, os.environ))
+        settings = self.settings or settings_from_config(app.config)
         url = settings.outbox_database_url or _instance_sqlite(app.instance_path)
         outbox_db = OwnDatabase(
             database_url(url, app.instance_path),
@@ -151,7 +127,9 @@ class InngestGateway:
         gateway_state(app).delivery.start()
 
     def stop(self, app: Flask) -> int:
-        """Stop this process's deliverer, delivering what is stored for OUTBOX_DRAIN_SECONDS.
+        """Stop this process's deliverer, delivering what is stored for a while.
+
+        How long: INNGEST_GATEWAY_OUTBOX_DRAIN_SECONDS.
 
         For a host's gunicorn `worker_exit`; the deliverer also stops at interpreter exit.
         Returns how many events were delivered while draining.

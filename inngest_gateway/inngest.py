@@ -369,7 +369,7 @@ class InngestClient:
     ) -> SendResult:
         """Send events, retrying connection errors, 5xx and 429 until the deadline.
 
-        The whole send, retries included, ends within INNGEST_SEND_TIMEOUT, or by
+        The whole send, retries included, ends within INNGEST_GATEWAY_SEND_TIMEOUT, or by
         `deadline` (a `time.monotonic()` value) when that comes first, however slowly
         Inngest answers. The same body and `x-inngest-event-id-seed` go out on every
         attempt, so Inngest derives the same internal ids and the events' own ids

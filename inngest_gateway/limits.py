@@ -3,7 +3,8 @@
 Built on `limits` (Flask-Limiter's own backend) behind a small decorator rather than on
 Flask-Limiter itself, whose hooks are app-wide: a host app mounting the gateway keeps its
 requests, hooks and headers to itself, and only the decorated views count. The storage
-(`RATELIMIT_STORAGE_URI`), the sliding-window-counter strategy and the 429 envelope with
+(`INNGEST_GATEWAY_RATELIMIT_STORAGE_URI`), the sliding-window-counter strategy and the 429 envelope
+with
 `Retry-After` are what they were under Flask-Limiter.
 """
 
@@ -190,7 +191,7 @@ def limit(
 
     With `count_when`, a key already over its limit is refused before the view runs (once
     over, even a request that would not count waits). The app's limiter (storage, prefix,
-    RATELIMIT_ENABLED) is looked up when the view is called.
+    INNGEST_GATEWAY_RATELIMIT_ENABLED) is looked up when the view is called.
     """
 
     def decorator(view: F) -> F:

@@ -52,7 +52,7 @@ EVENTS_RETRIED = Counter(
 )
 EVENTS_DEAD = Counter(
     f"{PREFIX}_events_dead_lettered_total",
-    "Events given up on (refused by Inngest, or older than OUTBOX_MAX_AGE).",
+    "Events given up on (refused by Inngest, or older than INNGEST_GATEWAY_OUTBOX_MAX_AGE).",
     registry=REGISTRY,
 )
 UPSTREAM_DURATION = Histogram(

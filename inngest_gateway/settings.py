@@ -1,9 +1,10 @@
-"""Typed settings, read once from the environment (and `.env`) when the app is created.
+"""The extension's typed settings, read once from the host's app.config at `init_app`.
 
-Each setting is declared once, as a field of `Settings`: its marshmallow field, default (as the
-environment spells it), group and help text. The schema that reads the environment is made
-from those declarations, and a test checks the table of docs/settings.md and `.env.example`
-against them.
+Each setting is declared once, as a field of `Settings`: its key (`INNGEST_GATEWAY_...`, or
+the Inngest SDK's own name), marshmallow field, default (as the environment spells it), group
+and help text. The schema that reads them is made from those declarations; the standalone
+service reads the same keys from its environment (`service/settings.py` adds its own), and a
+test checks the tables of docs/settings.md and `.env.example` against them.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,19 +28,19 @@ DEV_SERVER_ORIGIN = "http://127.0.0.1:8288"
 CLOUD_ORIGIN = "https://inn.gs"
 DEV_EVENT_KEY = "NO_EVENT_KEY_SET"
 INNGEST_MAX_EVENTS_PER_REQUEST = 5000
-DEFAULT_SESSION_LIFETIME = 14 * 86400.0
-DEFAULT_REMEMBER_COOKIE_DURATION = 30 * 86400.0
 _FALSY = {"", "0", "false"}
 
-# The groups, in the order docs/settings.md and `.env.example` show them.
+# Every app.config key of the extension starts with it, but the Inngest SDK's own names.
+PREFIX = "INNGEST_GATEWAY_"
+# Flask's own key; the extension reads it as Flask does, and declares it not.
+SECRET_KEY = "SECRET_KEY"
+
+# The extension's groups, in the order docs/settings.md and `.env.example` show them.
 INNGEST = "Inngest"
 API = "API"
 OUTBOX = "Outbox"
 RATE_LIMITS = "Rate limits"
-IDENTITY = "Identity & sessions"
-LOGS_METRICS = "Logs & metrics"
-SERVER = "Server"
-GROUPS = (INNGEST, API, OUTBOX, RATE_LIMITS, IDENTITY, LOGS_METRICS, SERVER)
+GROUPS = (INNGEST, API, OUTBOX, RATE_LIMITS)
 UNSET = "(unset)"
 _DECLARATION = "setting"
 
@@ -51,8 +51,9 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Declaration:
-    """One environment variable: how it is read, its default, and how the docs show it."""
+    """One setting: its key, how it is read, its default, and how the docs show it."""
 
+    # The app.config key, the same as the environment variable in the standalone service.
     name: str
     group: str
     help: str
@@ -62,11 +63,10 @@ class Declaration:
     doc_default: str | None = None
     # The value `.env.example` gives, when it is not the default (a working dev setup).
     example: str | None = None
-    # None: read by gunicorn.conf.py, not by `load_settings`.
+    # None: read by gunicorn.conf.py, not by a settings schema.
     field: fields.Field[Any] | None = None
-    # The standalone service's own (users, logins, logs, proxies, metrics): a host app
-    # mounting the gateway has its own ways, so the extension never reads these names.
-    service_only: bool = False
+    # The settings dataclass's attribute that holds the value ("" when none does).
+    attribute: str = ""
 
     @property
     def shown_default(self) -> str:
@@ -81,33 +81,30 @@ def setting(
     *,
     group: str,
     help: str,
+    name: str = "",
     default: str | None = None,
     doc_default: str | None = None,
     example: str | None = None,
-    service_only: bool = False,
     secret: bool = False,
 ) -> Any:
-    """Declare a `Settings` field read from the variable of the same name in upper case.
+    """Declare a settings field, read from the key `name` (default: see `declarations`).
 
     The default is given as the environment spells it and parsed by the field itself, so the
     docs and the code cannot disagree on it. A secret (or a URL that may hold a password)
     stays out of repr, and so out of logs.
     """
-    if group not in GROUPS:
-        raise ValueError(f"unknown settings group {group!r}")
     if default is not None:
         field.load_default = field.deserialize(default)
     elif field.load_default is missing:
         field.load_default = None
     declaration = Declaration(
-        name="",  # the attribute's name, in upper case; filled in by `_declarations`
+        name=name,  # "": named after the attribute by `declarations`
         group=group,
         help=help,
         default=default,
         doc_default=doc_default,
         example=example,
         field=field,
-        service_only=service_only,
     )
     return dataclasses.field(metadata={_DECLARATION: declaration}, repr=not secret)
 
@@ -117,7 +114,7 @@ def derived() -> Any:
     return dataclasses.field()
 
 
-def _dev_mode(raw: str | None) -> tuple[bool, str | None]:
+def dev_mode(raw: str | None) -> tuple[bool, str | None]:
     """The SDKs' rule: unset, "", "0" and "false" mean cloud; a URL also names the dev server."""
     if raw is None or raw.strip().lower() in _FALSY:
         return False, None
@@ -139,7 +136,7 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
-class _EnvBool(fields.Boolean):
+class EnvBool(fields.Boolean):
     truthy = {"1", "true", "yes", "on", "True", "TRUE", "Yes", "YES", "On", "ON"}
     falsy = {"0", "false", "no", "off", "", "False", "FALSE", "No", "NO", "Off", "OFF"}
 
@@ -148,7 +145,7 @@ class _DevMode(fields.Field[bool]):
     """INNGEST_DEV: whether dev mode is on (a URL value also names the server, see `_build`)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
-        return _dev_mode(str(value))[0]
+        return dev_mode(str(value))[0]
 
 
 class _Csv(fields.Field[tuple[str, ...]]):
@@ -190,7 +187,7 @@ class Duration(fields.Field[float]):
             raise ValidationError(str(exc)) from None
 
 
-def _limits(value: str) -> None:
+def check_limits(value: str) -> None:
     try:
         parse_many(value)
     except ValueError:
@@ -199,22 +196,19 @@ def _limits(value: str) -> None:
         ) from None
 
 
-def _days(most: int) -> validate.Range:
-    return validate.Range(min=1, max=most * 86400)
-
-
-# Browsers keep cookies at most 400 days.
-_COOKIE_DAYS = 400
-
-
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """Every setting the service reads, already parsed and checked; declared here, once."""
+    """Every setting the extension reads, already parsed and checked; declared here, once.
+
+    Keys are `INNGEST_GATEWAY_` + the attribute's name in upper case, but the Inngest SDK's
+    own names (which say so).
+    """
 
     # -- Inngest (the names and precedence of the official SDKs) ------------------------------
     inngest_dev: bool = setting(
         _DevMode(load_default=False),
         group=INNGEST,
+        name="INNGEST_DEV",
         doc_default="unset (cloud mode)",
         example="1",
         help=(
@@ -225,6 +219,7 @@ class Settings:
     inngest_event_key: str = setting(
         fields.String(),
         group=INNGEST,
+        name="INNGEST_EVENT_KEY",
         doc_default=f"dev mode: `{DEV_EVENT_KEY}`",
         secret=True,
         help="The event key. **Required outside dev mode**. Never logged or answered.",
@@ -232,23 +227,27 @@ class Settings:
     inngest_event_api_base_url: str | None = setting(
         fields.String(),
         group=INNGEST,
+        name="INNGEST_EVENT_API_BASE_URL",
         secret=True,
         help="Origin of the event API; wins over `INNGEST_BASE_URL`.",
     )
     inngest_base_url: str | None = setting(
         fields.String(),
         group=INNGEST,
+        name="INNGEST_BASE_URL",
         secret=True,
         help="Origin of Inngest; wins over an `INNGEST_DEV` URL.",
     )
     inngest_env: str | None = setting(
         fields.String(),
         group=INNGEST,
+        name="INNGEST_ENV",
         help="Branch environment, sent as `x-inngest-env`.",
     )
     inngest_send_timeout: float = setting(
         fields.Float(validate=validate.Range(min=0.1, max=300)),
         group=INNGEST,
+        name="INNGEST_GATEWAY_SEND_TIMEOUT",
         default="10",
         help=(
             "Total seconds one send to Inngest may take, retries included, however slowly Inngest "
@@ -276,7 +275,7 @@ class Settings:
         help="Event name used when a post names none.",
     )
     api_require_login: bool = setting(
-        _EnvBool(),
+        EnvBool(),
         group=API,
         default="false",
         help="`true`: anonymous posts get `401`. `false`: they are sent with `data.user: null`.",
@@ -310,7 +309,8 @@ class Settings:
             "Oldest `ts` a post may give, counted back from the server's clock; older is a `422` "
             "(a backdated event fools logic that trusts its time). The browser client keeps each "
             "event's `ts` from `send` while it is queued, with no time limit of its own: an event "
-            "queued longer than this is refused when it goes. Durations as for `OUTBOX_MAX_AGE`."
+            "queued longer than this is refused when it goes. Durations as for "
+            "`INNGEST_GATEWAY_OUTBOX_MAX_AGE`."
         ),
     )
     api_ts_max_skew: float = setting(
@@ -397,14 +397,14 @@ class Settings:
             "`GUNICORN_GRACEFUL_TIMEOUT`."
         ),
     )
-    # At least twice INNGEST_SEND_TIMEOUT, whatever is set (`_build`).
+    # At least twice INNGEST_GATEWAY_SEND_TIMEOUT, whatever is set (`_build`).
     outbox_lease_seconds: float = setting(
         Duration(validate=validate.Range(min=1)),
         group=OUTBOX,
         default="60",
         help=(
             "How long a claimed batch stays with its deliverer before another may take it over (at "
-            "least 2 × `INNGEST_SEND_TIMEOUT`)."
+            "least 2 × `INNGEST_GATEWAY_SEND_TIMEOUT`)."
         ),
     )
     outbox_retry_base: float = setting(
@@ -434,7 +434,7 @@ class Settings:
         default="1000",
         help=(
             "Most events the deliverer sends in one request (Inngest takes at most 5000); "
-            "`OUTBOX_MAX_BATCH_BYTES` may stop a batch sooner."
+            "`INNGEST_GATEWAY_OUTBOX_MAX_BATCH_BYTES` may stop a batch sooner."
         ),
     )
     outbox_max_batch_bytes: int = setting(
@@ -443,7 +443,7 @@ class Settings:
         default="1048576",
         help=(
             "Largest body the deliverer sends in one request (batches also stop at "
-            "`OUTBOX_BATCH_SIZE` events)."
+            "`INNGEST_GATEWAY_OUTBOX_BATCH_SIZE` events)."
         ),
     )
     outbox_concurrency: int = setting(
@@ -488,7 +488,7 @@ class Settings:
         ),
     )
     outbox_embedded_deliverer: bool = setting(
-        _EnvBool(),
+        EnvBool(),
         group=OUTBOX,
         default="true",
         help=(
@@ -509,7 +509,7 @@ class Settings:
 
     # -- Rate limits --------------------------------------------------------------------------
     ratelimit_enabled: bool = setting(
-        _EnvBool(),
+        EnvBool(),
         group=RATE_LIMITS,
         default="true",
         help=(
@@ -533,126 +533,12 @@ class Settings:
         help="Prefix of the counters' keys in shared storage.",
     )
     ratelimit_api: str = setting(
-        fields.String(validate=_limits),
+        fields.String(validate=check_limits),
         group=RATE_LIMITS,
         default="300 per minute",
         help=(
             "`POST /api` per logged-in user, or per client IP when anonymous. Several limits: `10 "
             "per second;300 per minute`."
-        ),
-    )
-    ratelimit_login_ip: str = setting(
-        fields.String(validate=_limits),
-        group=RATE_LIMITS,
-        default="30 per minute",
-        service_only=True,
-        help="`POST /auth/login` per client IP.",
-    )
-    ratelimit_login_email: str = setting(
-        fields.String(validate=_limits),
-        group=RATE_LIMITS,
-        default="5 per minute;20 per hour",
-        service_only=True,
-        help=(
-            "Failed logins per e-mail; once over, even the right password waits (against password "
-            "guessing from many addresses)."
-        ),
-    )
-
-    # -- Identity & sessions ------------------------------------------------------------------
-    secret_key: str | None = setting(
-        fields.String(),
-        group=IDENTITY,
-        doc_default="dev mode: generated into `instance/secret_key`",
-        secret=True,
-        help=(
-            "Signs session cookies. **Required outside dev mode**: the service refuses to start "
-            "without it."
-        ),
-    )
-    session_lifetime: float = setting(
-        Duration(validate=_days(_COOKIE_DAYS)),
-        group=IDENTITY,
-        default="14d",
-        service_only=True,
-        help=(
-            'How long a login without "remember me" lasts at most, enforced by the server (see '
-            "[Logins and sessions](production.md#logins-and-sessions)). Durations as for "
-            "`OUTBOX_MAX_AGE`; at most `400d`."
-        ),
-    )
-    remember_cookie_duration: float = setting(
-        Duration(validate=_days(_COOKIE_DAYS)),
-        group=IDENTITY,
-        default="30d",
-        service_only=True,
-        help=(
-            'How long a "remember me" login and its cookie last, enforced by the server too. At '
-            "most `400d`."
-        ),
-    )
-    create_demo_user: bool = setting(
-        _EnvBool(),
-        group=IDENTITY,
-        default="true",
-        service_only=True,
-        help="Dev mode only: create the demo user on an empty database.",
-    )
-
-    # -- Logs & metrics -----------------------------------------------------------------------
-    log_level: str = setting(
-        fields.String(validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])),
-        group=LOGS_METRICS,
-        default="INFO",
-        service_only=True,
-        help="The service's log level.",
-    )
-    # Unset: `text` in dev mode, else `json` (`_build`).
-    log_format: str = setting(
-        fields.String(validate=validate.OneOf(["json", "text"])),
-        group=LOGS_METRICS,
-        doc_default="`json` (`text` in dev mode)",
-        service_only=True,
-        help="`json`: one JSON object per line on stderr; `text`: the same lines for people.",
-    )
-    metrics_token: str | None = setting(
-        fields.String(),
-        group=LOGS_METRICS,
-        service_only=True,
-        secret=True,
-        help=(
-            "When set, `GET /metrics` needs `Authorization: Bearer <token>` (401 otherwise). Never "
-            "logged."
-        ),
-    )
-    metrics_internal_only: bool = setting(
-        _EnvBool(),
-        group=LOGS_METRICS,
-        default="true",
-        service_only=True,
-        help=(
-            "`GET /metrics` answers only loopback and private addresses (403 otherwise). Behind a "
-            "proxy, set `TRUSTED_PROXIES` so the address is the client's, not the proxy's."
-        ),
-    )
-
-    # -- Server -------------------------------------------------------------------------------
-    database_url: str | None = setting(
-        fields.String(validate=validate.Length(min=1)),
-        group=SERVER,
-        doc_default="`sqlite:///instance/gateway.db`",
-        service_only=True,
-        secret=True,
-        help="SQLAlchemy URL. PostgreSQL: `postgresql+psycopg://user:pw@host/db`.",
-    )
-    trusted_proxies: int = setting(
-        fields.Integer(validate=validate.Range(min=0, max=10)),
-        group=SERVER,
-        default="0",
-        service_only=True,
-        help=(
-            "How many proxies in front set `X-Forwarded-For`/`-Proto` (nginx alone: `1`). With `0` "
-            "those headers are ignored, so nobody can spoof an address or scheme."
         ),
     )
 
@@ -662,74 +548,37 @@ class Settings:
         return f"{self.inngest_origin}/e/{self.inngest_event_key}"
 
 
-# Read by gunicorn.conf.py in the master process, not by `load_settings`.
-PROCESS_SETTINGS = (
-    Declaration(
-        "PROMETHEUS_MULTIPROC_DIR",
-        LOGS_METRICS,
-        doc_default="(a temporary directory)",
-        help=(
-            "Where gunicorn's workers keep their metric values so a scrape adds them up. "
-            "`gunicorn.conf.py` empties it at start, or makes (and later removes) a temporary one "
-            "when unset."
-        ),
-    ),
-    Declaration(
-        "GUNICORN_BIND",
-        SERVER,
-        default="127.0.0.1:8000",
-        help="gunicorn's listen address (`gunicorn.conf.py`).",
-    ),
-    Declaration(
-        "GUNICORN_WORKERS",
-        SERVER,
-        doc_default="`2 × cores + 1`",
-        help="Worker processes.",
-    ),
-    Declaration("GUNICORN_THREADS", SERVER, default="4", help="Threads per worker (gthread)."),
-    Declaration(
-        "GUNICORN_TIMEOUT",
-        SERVER,
-        default="30",
-        help="Seconds before a silent worker is restarted.",
-    ),
-    Declaration(
-        "GUNICORN_GRACEFUL_TIMEOUT",
-        SERVER,
-        default="30",
-        help="Seconds workers get to finish on restart or stop.",
-    ),
-    Declaration(
-        "GUNICORN_KEEPALIVE", SERVER, default="5", help="Seconds to keep idle connections."
-    ),
-    Declaration("GUNICORN_LOG_LEVEL", SERVER, default="info", help="gunicorn's own log level."),
-    Declaration(
-        "GUNICORN_ACCESS_LOG",
-        SERVER,
-        help="A path or `-` for gunicorn's access log (the service logs each request itself).",
-    ),
-)
+def declarations(cls: type, prefix: str = "") -> tuple[Declaration, ...]:
+    """The settings a dataclass declares with `setting`, in the order declared.
 
-
-def _declarations() -> tuple[Declaration, ...]:
-    """The variables `Settings` reads, named after its fields, in the order declared."""
+    Each is named `prefix` + the attribute's name in upper case, unless it names itself.
+    """
     return tuple(
-        dataclasses.replace(item.metadata[_DECLARATION], name=item.name.upper())
-        for item in dataclasses.fields(Settings)
+        dataclasses.replace(
+            item.metadata[_DECLARATION],
+            name=item.metadata[_DECLARATION].name or prefix + item.name.upper(),
+            attribute=item.name,
+        )
+        for item in dataclasses.fields(cls)
         if _DECLARATION in item.metadata
     )
 
 
-SETTINGS = _declarations()
-# Every variable the service and gunicorn.conf.py read, for the docs.
-DECLARATIONS = SETTINGS + PROCESS_SETTINGS
-SERVICE_ONLY_SETTINGS = frozenset(d.name for d in SETTINGS if d.service_only)
-# What the extension reads, from the host's app.config first, then the environment.
-GATEWAY_SETTINGS = frozenset(d.name for d in SETTINGS if not d.service_only)
+SETTINGS = declarations(Settings, PREFIX)
+# Every app.config key (and, in the standalone service, environment variable) the extension reads.
+GATEWAY_SETTINGS = frozenset(d.name for d in SETTINGS)
+
+
+def _raw(raw: Mapping[str, Any], attribute: str) -> Any:
+    """A parsed value by its `Settings` attribute, whatever its key is named."""
+    return raw[_NAMES[attribute]]
+
+
+_NAMES = {d.attribute: d.name for d in SETTINGS}
 
 
 class _SettingsBase(Schema):
-    """Environment variables to `Settings`; the fields come from the declarations."""
+    """Settings by their keys to `Settings`; the fields come from the declarations."""
 
     class Meta:
         unknown = EXCLUDE
@@ -737,9 +586,9 @@ class _SettingsBase(Schema):
     @post_load(pass_original=True)
     def _build(self, raw: dict[str, Any], original: Mapping[str, Any], **_: Any) -> Settings:
         """The rules that tie settings together: dev mode, the key, the secret, the origin."""
-        values = {d.name.lower(): raw[d.name] for d in SETTINGS}
+        values = {d.attribute: raw[d.name] for d in SETTINGS}
         dev = raw["INNGEST_DEV"]
-        dev_url = _dev_mode(original.get("INNGEST_DEV"))[1]
+        dev_url = dev_mode(original.get("INNGEST_DEV"))[1]
         key = raw["INNGEST_EVENT_KEY"] or None
         if key is None:
             if not dev:
@@ -751,9 +600,9 @@ class _SettingsBase(Schema):
             key = DEV_EVENT_KEY
         elif not re.fullmatch(r"[A-Za-z0-9_\-]+", key):
             raise ValidationError("has characters an event key cannot have", "INNGEST_EVENT_KEY")
-        secret = raw["SECRET_KEY"] or None
-        if secret is None and not dev:
-            raise ValidationError("is required outside dev mode", "SECRET_KEY")
+        # Flask's own key, read as Flask reads it: it signs the poster tag.
+        if not str(original.get(SECRET_KEY) or "").strip() and not dev:
+            raise ValidationError("is required outside dev mode", SECRET_KEY)
         if raw["INNGEST_EVENT_API_BASE_URL"]:
             origin = _origin(raw["INNGEST_EVENT_API_BASE_URL"], "INNGEST_EVENT_API_BASE_URL")
         elif raw["INNGEST_BASE_URL"]:
@@ -762,16 +611,16 @@ class _SettingsBase(Schema):
             origin = _origin(dev_url, "INNGEST_DEV")
         else:
             origin = DEV_SERVER_ORIGIN if dev else CLOUD_ORIGIN
-        trusted = _csv(raw["TRUSTED_ORIGINS"] or "")
+        trusted_name = _NAMES["trusted_origins"]
+        trusted = _csv(raw[trusted_name] or "")
         values.update(
             inngest_event_key=key,
-            secret_key=secret,
             inngest_env=raw["INNGEST_ENV"] or None,
-            trusted_origins=tuple(_origin(o, "TRUSTED_ORIGINS").lower() for o in trusted),
-            log_format=raw["LOG_FORMAT"] or ("text" if dev else "json"),
-            outbox_lease_seconds=max(raw["OUTBOX_LEASE_SECONDS"], raw["INNGEST_SEND_TIMEOUT"] * 2),
-            event_schemas=_event_schemas(raw["EVENT_SCHEMAS"]),
-            metrics_token=raw["METRICS_TOKEN"] or None,
+            trusted_origins=tuple(_origin(o, trusted_name).lower() for o in trusted),
+            outbox_lease_seconds=max(
+                _raw(raw, "outbox_lease_seconds"), _raw(raw, "inngest_send_timeout") * 2
+            ),
+            event_schemas=_event_schemas(_raw(raw, "event_schemas")),
         )
         return Settings(inngest_origin=origin, **values)
 
@@ -782,23 +631,23 @@ _SettingsSchema = _SettingsBase.from_dict(
 
 
 def _event_schemas(path: str | None) -> EventSchemas | None:
-    """The EVENT_SCHEMAS file, read and checked now so that a bad one stops the start."""
+    """The event schemas file, read and checked now so that a bad one stops the start."""
     if path is None:
         return None
     try:
         return load_event_schemas(path)
     except EventSchemasError as exc:
-        raise ValidationError(str(exc), "EVENT_SCHEMAS") from None
+        raise ValidationError(str(exc), _NAMES["event_schemas"]) from None
 
 
-def _first_error(messages: Any, prefix: str = "") -> str:
+def first_error(messages: Any, prefix: str = "") -> str:
     """Flatten marshmallow's nested messages into one `NAME: message` line."""
     if isinstance(messages, dict):
         name, inner = next(iter(messages.items()))
         label = prefix if name == "_schema" else str(name)
-        return _first_error(inner, label)
+        return first_error(inner, label)
     if isinstance(messages, list) and messages:
-        return _first_error(messages[0], prefix)
+        return first_error(messages[0], prefix)
     return f"{prefix}: {messages}" if prefix else str(messages)
 
 
@@ -810,7 +659,8 @@ def environment(dotenv_path: str | os.PathLike[str] = ".env") -> dict[str, str]:
 
 
 def load_settings(env: Mapping[str, str]) -> Settings:
-    """Parse settings from a mapping of variable names to strings, or raise ConfigError.
+    """Parse settings from a mapping of keys to strings (plus Flask's SECRET_KEY), or raise
+    ConfigError.
 
     An empty value counts as unset, as in `.env.example`.
     """
@@ -818,23 +668,35 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     try:
         settings: Settings = _SettingsSchema().load(given)
     except ValidationError as exc:
-        raise ConfigError(_first_error(exc.messages)) from None
+        raise ConfigError(first_error(exc.messages)) from None
     return settings
 
 
-def instance_secret(instance_path: str) -> str:
-    """A session secret generated once and kept under `instance/`, for dev mode only."""
-    path = Path(instance_path) / "secret_key"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_hex(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process wrote it first
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret)
-    return secret
+def config_text(value: Any) -> str:
+    """An app.config value as the environment would spell it: lists comma-separated, durations
+    (timedelta) in seconds, byte strings decoded."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return ",".join(config_text(item) for item in value)
+    if isinstance(value, timedelta):
+        # Fixed point to the microsecond, timedelta's resolution: `:g` keeps six digits only.
+        return f"{value.total_seconds():f}"
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)
+
+
+def settings_from_config(config: Mapping[str, Any]) -> Settings:
+    """The extension's settings from a host's app.config, and nothing else.
+
+    Only the keys of the table are read (and Flask's own SECRET_KEY); a key unset or None
+    takes the table's default. Other extensions' keys (`RATELIMIT_*`, `SESSION_*`) and the
+    process environment are not looked at.
+    """
+    source = {
+        name: config_text(config[name])
+        for name in (*GATEWAY_SETTINGS, SECRET_KEY)
+        if config.get(name) is not None
+    }
+    return load_settings(source)

@@ -20,34 +20,40 @@ from sqlalchemy.exc import IntegrityError
 
 from inngest_gateway import InngestGateway, errors, outbox, payload
 from inngest_gateway.db import database_url
-from inngest_gateway.settings import Settings, environment, instance_secret, load_settings
+from inngest_gateway.settings import Settings, environment
 
 from . import auth, db, health, identity, logs, metrics, openapi, pages, security, users
+from . import settings as service_settings
 from .identity import IdentitySettings
+from .settings import ServiceSettings, instance_secret, load_all
 
 
 def create_app(env: Mapping[str, str] | None = None, *, instance_path: str | None = None) -> Flask:
-    """Build the service; settings come from `env`, else from the environment and `.env`."""
+    """Build the service; settings come from `env`, else from the environment and `.env`.
+
+    The extension's settings and the service's own are read by the same names they have in
+    app.config (docs/settings.md); a name renamed since is refused, naming the new one.
+    """
     app = Flask(__name__, instance_path=instance_path)
     source = environment() if env is None else env
-    settings = load_settings(source)
+    settings, own = load_all(source)
     id_settings = identity.load_identity_settings(source)
-    configure_app(app, settings)
-    configure_logger(settings, app.config["SECRET_KEY"])
-    register_extensions(app, settings, id_settings)
+    configure_app(app, settings, own)
+    configure_logger(own, settings, app.config["SECRET_KEY"])
+    register_extensions(app, settings, own, id_settings)
     register_blueprints(app, id_settings)
     register_errorhandlers(app)
     register_commands(app, id_settings)
-    if settings.inngest_dev and settings.create_demo_user and not id_settings.flask_session:
+    if settings.inngest_dev and own.create_demo_user and not id_settings.flask_session:
         create_demo_user(app)
     return app
 
 
-def configure_app(app: Flask, settings: Settings) -> None:
+def configure_app(app: Flask, settings: Settings, own: ServiceSettings) -> None:
     """Flask's own settings, derived from ours."""
     secure = not settings.inngest_dev
     app.config.update(
-        SECRET_KEY=settings.secret_key or instance_secret(app.instance_path),
+        SECRET_KEY=own.secret_key or instance_secret(app.instance_path),
         MAX_CONTENT_LENGTH=settings.api_max_body_bytes,
         MAX_FORM_MEMORY_SIZE=settings.api_max_body_bytes,
         SESSION_COOKIE_HTTPONLY=True,
@@ -59,33 +65,37 @@ def configure_app(app: Flask, settings: Settings) -> None:
     )
 
 
-def configure_logger(settings: Settings, secret_key: str) -> None:
+def configure_logger(own: ServiceSettings, settings: Settings, secret_key: str) -> None:
     """Log lines carry request ids, and never the event key or the session secret."""
     secrets: tuple[str, ...] = (secret_key,)
     if settings.inngest_event_key != "NO_EVENT_KEY_SET":
         secrets += (settings.inngest_event_key,)
-    logs.configure_logging(settings.log_level, secrets, json_lines=settings.log_format == "json")
+    logs.configure_logging(own.log_level, secrets, json_lines=own.log_format == "json")
 
 
 def _sent_page() -> str:
     return url_for("pages.sent")
 
 
-def register_extensions(app: Flask, settings: Settings, id_settings: IdentitySettings) -> None:
+def register_extensions(
+    app: Flask, settings: Settings, own: ServiceSettings, id_settings: IdentitySettings
+) -> None:
     """Bind the extensions and our modules that need the app; mount the gateway.
 
     Who is posting comes from the service's own logins, or (IDENTITY=flask-session) from the
     host app's session cookie and users, read-only.
     """
+    service_settings.init_app(app, own)
     logs.init_app(app)
-    url = database_url(settings.database_url, app.instance_path)
+    url = database_url(own.database_url, app.instance_path)
     db.init_app(
         app,
         url,
         sqlite_synchronous=settings.sqlite_synchronous,
         write_timeout=settings.outbox_write_timeout,
     )
-    # The outbox lives in the service's own database unless OUTBOX_DATABASE_URL names another.
+    # The outbox lives in the service's own database unless INNGEST_GATEWAY_OUTBOX_DATABASE_URL
+    # names another.
     settings = dataclasses.replace(
         settings, outbox_database_url=settings.outbox_database_url or url
     )

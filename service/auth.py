@@ -30,9 +30,9 @@ from inngest_gateway.payload import (
     wants_json,
 )
 from inngest_gateway.poster import ANONYMOUS_SCOPE_KEY
-from inngest_gateway.settings import Settings
 from inngest_gateway.state import gateway_state
 
+from .settings import ServiceSettings, service_settings
 from .users import (
     LoggedIn,
     authenticate,
@@ -92,8 +92,8 @@ def login_email() -> str:
     return f"email:{normalize_email(email)}" if isinstance(email, str) else "email:-"
 
 
-def _settings() -> Settings:
-    return gateway_state().settings
+def _settings() -> ServiceSettings:
+    return service_settings()
 
 
 def _credentials() -> dict[str, Any]:
@@ -188,10 +188,10 @@ def login_page() -> str:
 )
 @bp.post("/login")
 @csrf.protect  # first: a refused request never counts against the rate limits
-@limits.limit(lambda: _settings().ratelimit_login_ip, scope="login-ip")
+@limits.limit(lambda: _settings().login_ratelimit_ip, scope="login-ip")
 # Only failed attempts count against an e-mail; once over, even the right password waits.
 @limits.limit(
-    lambda: _settings().ratelimit_login_email,
+    lambda: _settings().login_ratelimit_email,
     scope="login-email",
     key=login_email,
     count_when=lambda status: status == 401,
@@ -274,8 +274,8 @@ def me() -> Response:
 
 def init_app(app: Flask) -> None:
     """Bind Flask-Login and register the `/auth` views."""
-    settings = gateway_state(app).settings
+    settings = service_settings(app)
     app.config["REMEMBER_COOKIE_DURATION"] = timedelta(seconds=settings.remember_cookie_duration)
     login_manager.init_app(app)
-    bound_login_reads(app, settings.outbox_write_timeout)
+    bound_login_reads(app, gateway_state(app).settings.outbox_write_timeout)
     app.register_blueprint(bp)

@@ -30,8 +30,8 @@ from inngest_gateway.errors import envelope
 from inngest_gateway.metrics import MULTIPROCESS, OTHER, PREFIX, status_label
 from inngest_gateway.metrics import REGISTRY as GATEWAY_REGISTRY
 from inngest_gateway.outbox.metrics import OutboxCollector
-from inngest_gateway.settings import Settings
-from inngest_gateway.state import gateway_state
+
+from .settings import ServiceSettings, service_settings
 
 UNMATCHED = "<unmatched>"
 # A made-up method is "other", a path no rule matches UNMATCHED: no request can add series.
@@ -128,7 +128,7 @@ def internal_address(address: str | None) -> bool:
     return ip.is_loopback or ip.is_private or ip.is_link_local
 
 
-def _refusal(settings: Settings) -> Response | None:
+def _refusal(settings: ServiceSettings) -> Response | None:
     """The error envelope for a scrape that may not read the metrics, or None."""
     if settings.metrics_internal_only and not internal_address(request.remote_addr):
         return envelope(403, "forbidden", "Metrics may only be read from an internal address.")
@@ -167,7 +167,7 @@ bp = Blueprint("metrics", __name__)
 @bp.get("/metrics")
 def scrape() -> Response:
     """The metrics in Prometheus' text format."""
-    refused = _refusal(gateway_state().settings)
+    refused = _refusal(service_settings())
     if refused is not None:
         return refused
     response = Response(generate_latest(_Scrape()), content_type=CONTENT_TYPE_LATEST)

@@ -1,5 +1,5 @@
 """The published contract: an OpenAPI 3.1 document built from the marshmallow schemas (apispec),
-with the EVENT_SCHEMAS when configured, at `GET /openapi.json`, and a page at `GET /docs`."""
+with the event schemas when configured, at `GET /openapi.json`, and a page at `GET /docs`."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ bp = Blueprint("openapi", __name__)
 
 # -- the document -------------------------------------------------------------------------
 def _event_schema_components(settings: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Components for the EVENT_SCHEMAS, and the conditions tying them to event names."""
+    """Components for the event schemas, and the conditions tying them to event names."""
     if settings.event_schemas is None:
         return {}, []
     components: dict[str, Any] = {}
@@ -105,7 +105,8 @@ def build_spec(app: Flask, settings: Settings | None = None) -> dict[str, Any]:
         spec.components.schema(
             "CheckedEvent",
             {
-                "description": "An event whose data is checked by the EVENT_SCHEMAS entries "
+                "description": "An event whose data is checked by the "
+                "INNGEST_GATEWAY_EVENT_SCHEMAS entries "
                 "its name matches (all of them).",
                 "allOf": [apidoc.ref("Event"), *conditions],
             },
@@ -156,8 +157,9 @@ def _refine_event(event: dict[str, Any], settings: Settings) -> None:
     ts["exclusiveMaximum"] = TS_MAX
     ts["description"] = (
         "Milliseconds since the epoch; default: when the post was received. At most "
-        f"{format_duration(settings.api_ts_max_age)} before (API_TS_MAX_AGE) and "
-        f"{format_duration(settings.api_ts_max_skew)} after (API_TS_MAX_SKEW) the server's "
+        f"{format_duration(settings.api_ts_max_age)} before (INNGEST_GATEWAY_API_TS_MAX_AGE) and "
+        f"{format_duration(settings.api_ts_max_skew)} after (INNGEST_GATEWAY_API_TS_MAX_SKEW) the "
+        f"server's "
         "clock, else a 422: Inngest starts the functions an event triggers at its `ts`. "
         "`minimum` and `exclusiveMaximum` are Inngest's own bounds."
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask, Response, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from inngest_gateway.state import gateway_state
+from .settings import service_settings
 
 # The pages load only their own script and stylesheet, post only to this service, and are
 # never framed; nothing inline is needed, so nothing inline is allowed.
@@ -43,7 +43,7 @@ def _headers(response: Response) -> Response:
 
 def init_app(app: Flask) -> None:
     """Trust TRUSTED_PROXIES hops of X-Forwarded-For/-Proto, and add security headers."""
-    hops = gateway_state(app).settings.trusted_proxies
+    hops = service_settings(app).trusted_proxies
     if hops:
         # The address and scheme nginx saw; the Host header nginx passes on as it is.
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]

@@ -205,7 +205,8 @@ def load_user(token: str) -> LoggedIn | None:
 
     One statement on the driver's own connection: SQLAlchemy's ORM and statement layers cost
     more than the lookup. On PostgreSQL it is a bounded read (`reads.BoundedReads`, within
-    OUTBOX_WRITE_TIMEOUT), so that a link that forwards nothing cannot hold the request. A
+    INNGEST_GATEWAY_OUTBOX_WRITE_TIMEOUT), so that a link that forwards nothing cannot hold the
+    request. A
     driver error is raised as SQLAlchemy's, and a read past its deadline as
     DatabaseUnavailable: the error handlers answer either with a 503 and `Retry-After`.
     """

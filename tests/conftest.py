@@ -126,11 +126,11 @@ def base_env(tmp_path: Path, inngest: InngestStandIn) -> dict[str, str]:
         "INNGEST_EVENT_KEY": inngest.event_key,
         "INNGEST_BASE_URL": inngest.url,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'test.db'}",
-        "INNGEST_SEND_TIMEOUT": "2",
+        "INNGEST_GATEWAY_SEND_TIMEOUT": "2",
         "CREATE_DEMO_USER": "false",
         # The synchronous path is the one these tests look at; test_outbox*.py set outbox.
-        "DELIVERY_MODE": "sync",
-        "OUTBOX_EMBEDDED_DELIVERER": "false",
+        "INNGEST_GATEWAY_DELIVERY_MODE": "sync",
+        "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": "false",
     }
 
 

@@ -13,7 +13,8 @@ pages post; `/api`), `HOST_SESSION_COOKIE_NAME` (`session`).
 `HOST_MOUNT_GATEWAY=true` (default: off) makes it mount `InngestGateway` itself, the way the
 README's "Mount it in your Flask app" says, with the app-factory pattern: the module-level
 `gateway`, bound in `create_host_app`. The gateway's settings then come from the same mapping
-(or the environment) under their own names (`INNGEST_EVENT_KEY`, `DELIVERY_MODE`, ...).
+(or the environment) under their own names (`INNGEST_EVENT_KEY`, `INNGEST_GATEWAY_DELIVERY_MODE`,
+...).
 
     flask --app 'tests.hostapp:create_host_app()' inngest-gateway outbox status
 """

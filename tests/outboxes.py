@@ -14,11 +14,11 @@ from service.db import db
 
 # Short retries and leases, so a test sees several attempts within seconds.
 FAST = {
-    "DELIVERY_MODE": "outbox",
-    "OUTBOX_RETRY_BASE": "50ms",
-    "OUTBOX_RETRY_MAX": "200ms",
-    "INNGEST_SEND_TIMEOUT": "1",
-    "OUTBOX_LEASE_SECONDS": "2",
+    "INNGEST_GATEWAY_DELIVERY_MODE": "outbox",
+    "INNGEST_GATEWAY_OUTBOX_RETRY_BASE": "50ms",
+    "INNGEST_GATEWAY_OUTBOX_RETRY_MAX": "200ms",
+    "INNGEST_GATEWAY_SEND_TIMEOUT": "1",
+    "INNGEST_GATEWAY_OUTBOX_LEASE_SECONDS": "2",
 }
 
 

@@ -30,8 +30,8 @@ SETTING_PREFIXES = ("INNGEST_", "GUNICORN_", "API_", "OUTBOX_", "FLASK_")
 SETTINGS = (
     "SECRET_KEY",
     "DATABASE_URL",
-    "DELIVERY_MODE",
-    "TRUSTED_ORIGINS",
+    "INNGEST_GATEWAY_DELIVERY_MODE",
+    "INNGEST_GATEWAY_TRUSTED_ORIGINS",
     "LOG_LEVEL",
     "CREATE_DEMO_USER",
 )
@@ -176,12 +176,12 @@ def start_gunicorn(
             "SECRET_KEY": SECRET_KEY,
             "INNGEST_EVENT_KEY": standin.default_key,
             "INNGEST_BASE_URL": standin.url,
-            "INNGEST_SEND_TIMEOUT": "5",
+            "INNGEST_GATEWAY_SEND_TIMEOUT": "5",
             "DATABASE_URL": f"sqlite:///{directory / 'gateway.db'}",
             "CREATE_DEMO_USER": "false",
             # The synchronous path: the answer waits for Inngest (unknown settings are ignored).
-            "DELIVERY_MODE": "sync",
-            "OUTBOX_EMBEDDED_DELIVERER": "false",
+            "INNGEST_GATEWAY_DELIVERY_MODE": "sync",
+            "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": "false",
             "GUNICORN_BIND": f"127.0.0.1:{port}",
             "GUNICORN_WORKERS": "2",
             "GUNICORN_GRACEFUL_TIMEOUT": "10",

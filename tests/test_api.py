@@ -342,7 +342,7 @@ def test_a_ts_outside_the_window_around_the_servers_clock_is_422(
 def test_a_ts_within_the_window_is_accepted_and_kept(
     make_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    app = make_app(DELIVERY_MODE="outbox")  # no embedded deliverer: delivered below
+    app = make_app(INNGEST_GATEWAY_DELIVERY_MODE="outbox")  # no embedded deliverer: delivered below
     now = now_ms()
     # As old as an event the browser client kept queued for almost a week, now, and a
     # browser whose clock runs 4 minutes fast.
@@ -359,13 +359,19 @@ def test_a_ts_within_the_window_is_accepted_and_kept(
 def test_the_ts_window_is_a_setting(
     make_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    client = make_app(API_TS_MAX_AGE="2d", API_TS_MAX_SKEW="1h").test_client()
+    client = make_app(
+        INNGEST_GATEWAY_API_TS_MAX_AGE="2d", INNGEST_GATEWAY_API_TS_MAX_SKEW="1h"
+    ).test_client()
     now = now_ms()
 
     accepted = client.post("/api", json=[{"ts": now - 47 * HOUR_MS}, {"ts": now + 59 * MINUTE_MS}])
     old = client.post("/api", json={"ts": now - 49 * HOUR_MS})
     ahead = client.post("/api", json={"ts": now + 61 * MINUTE_MS})
-    no_skew = make_app(API_TS_MAX_SKEW="0").test_client().post("/api", json={"ts": now_ms() + 2000})
+    no_skew = (
+        make_app(INNGEST_GATEWAY_API_TS_MAX_SKEW="0")
+        .test_client()
+        .post("/api", json={"ts": now_ms() + 2000})
+    )
 
     assert accepted.status_code == 200, accepted.get_data(as_text=True)
     assert [e["ts"] for e in inngest.received[0].events] == [

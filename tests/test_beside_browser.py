@@ -104,7 +104,7 @@ def site(
         "SECRET_KEY": SECRET_KEY,  # the host's own key
         "USERS_DATABASE_URL": f"sqlite:///{host_db}",
         # Anonymous posts are sent (data.user null), so that logging out can be seen in events.
-        "API_REQUIRE_LOGIN": "false",
+        "INNGEST_GATEWAY_API_REQUIRE_LOGIN": "false",
     }
     servers: list[Any] = []
     try:

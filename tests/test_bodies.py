@@ -39,7 +39,7 @@ def multipart(*parts: tuple[str, str], filename: str | None = None) -> bytes:
 
 @pytest.fixture
 def small_client(make_app: Any) -> FlaskClient:
-    return make_app(API_MAX_BODY_BYTES=str(LIMIT)).test_client()
+    return make_app(INNGEST_GATEWAY_API_MAX_BODY_BYTES=str(LIMIT)).test_client()
 
 
 @pytest.mark.parametrize(

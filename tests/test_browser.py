@@ -66,8 +66,8 @@ def service(
         "INNGEST_BASE_URL": inngest_server.url,
         "DATABASE_URL": f"sqlite:///{directory / 'gateway.db'}",
         "CREATE_DEMO_USER": "false",
-        "DELIVERY_MODE": "sync",
-        "OUTBOX_EMBEDDED_DELIVERER": "false",
+        "INNGEST_GATEWAY_DELIVERY_MODE": "sync",
+        "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": "false",
     }
     user = ("users", "create", EMAIL, "--name", NAME, "--password", PASSWORD)
     created = run_flask("wsgi", directory, settings, *user)

@@ -4,7 +4,7 @@ The service runs as production does (2 gunicorn workers, outbox mode with its em
 deliverer, Secure session cookies, security headers) on an SQLite outbox the test can lock,
 and the page is the demo page, which loads `inngest-gateway.js` through its script tag. Other
 sites are servers of the test's own on other loopback ports: one the service trusts
-(TRUSTED_ORIGINS), one it does not, and one a page navigates away to.
+(INNGEST_GATEWAY_TRUSTED_ORIGINS), one it does not, and one a page navigates away to.
 
 Every wait is bounded; the servers and the browser are always stopped.
 """
@@ -46,7 +46,7 @@ class Service:
     server: Server
     url: str
     outbox: Path
-    trusted: Site  # listed in TRUSTED_ORIGINS
+    trusted: Site  # listed in INNGEST_GATEWAY_TRUSTED_ORIGINS
     other: Site  # not listed: another origin on the same host (the same site)
 
 
@@ -64,15 +64,15 @@ def service(
         "INNGEST_BASE_URL": inngest_server.url,
         "DATABASE_URL": f"sqlite:///{directory / 'gateway.db'}",
         "CREATE_DEMO_USER": "false",
-        "DELIVERY_MODE": "outbox",
-        "OUTBOX_DATABASE_URL": f"sqlite:///{outbox}",
-        "OUTBOX_EMBEDDED_DELIVERER": "true",
-        "OUTBOX_POLL_SECONDS": "0.1",
-        "OUTBOX_RETRY_BASE": "50ms",
-        "OUTBOX_RETRY_MAX": "500ms",
+        "INNGEST_GATEWAY_DELIVERY_MODE": "outbox",
+        "INNGEST_GATEWAY_OUTBOX_DATABASE_URL": f"sqlite:///{outbox}",
+        "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": "true",
+        "INNGEST_GATEWAY_OUTBOX_POLL_SECONDS": "0.1",
+        "INNGEST_GATEWAY_OUTBOX_RETRY_BASE": "50ms",
+        "INNGEST_GATEWAY_OUTBOX_RETRY_MAX": "500ms",
         # A commit waiting for a locked outbox gives up quickly: the post gets its 503.
-        "OUTBOX_WRITE_TIMEOUT": "0.3s",
-        "TRUSTED_ORIGINS": trusted.url("").rstrip("/"),
+        "INNGEST_GATEWAY_OUTBOX_WRITE_TIMEOUT": "0.3s",
+        "INNGEST_GATEWAY_TRUSTED_ORIGINS": trusted.url("").rstrip("/"),
     }
     for email, name in ((EMAIL, NAME), (BOB_EMAIL, BOB)):
         user = ("users", "create", email, "--name", name, "--password", PASSWORD)
@@ -281,7 +281,8 @@ def test_a_send_kept_for_days_goes_with_its_ts_and_one_past_api_ts_max_age_is_re
     page: Page, service: Service, inngest: InngestStandIn
 ) -> None:
     """The client keeps an event's `ts` from `send` however long it is queued. Within
-    API_TS_MAX_AGE (7d by default) it is sent as it was; past it the service answers 422,
+    INNGEST_GATEWAY_API_TS_MAX_AGE (7d by default) it is sent as it was; past it the service
+    answers 422,
     and the client rejects that send for good instead of retrying it."""
     log_in(page, service)
     day = 86400 * 1000

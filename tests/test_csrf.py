@@ -141,7 +141,7 @@ def test_cross_site_logout_is_refused(
 def test_refusal_comes_before_login_and_validation(
     make_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    client = make_app(API_REQUIRE_LOGIN="true").test_client()
+    client = make_app(INNGEST_GATEWAY_API_REQUIRE_LOGIN="true").test_client()
 
     response = client.post(
         "/api",
@@ -236,7 +236,7 @@ def test_same_site_check_uses_the_host_the_request_came_to(
 
 @pytest.fixture
 def trusted_client(make_app: Callable[..., Flask]) -> FlaskClient:
-    return make_app(TRUSTED_ORIGINS=TRUSTED).test_client()
+    return make_app(INNGEST_GATEWAY_TRUSTED_ORIGINS=TRUSTED).test_client()
 
 
 def assert_cors_for(response: TestResponse, origin: str) -> None:
@@ -278,7 +278,9 @@ def test_trusted_origin_can_read_error_answers(
 def test_trusted_origin_setting_is_normalised(
     make_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    client = make_app(TRUSTED_ORIGINS=" https://App.Example/ , https://other.example").test_client()
+    client = make_app(
+        INNGEST_GATEWAY_TRUSTED_ORIGINS=" https://App.Example/ , https://other.example"
+    ).test_client()
 
     response = client.post(
         "/api", json={}, headers={"Origin": TRUSTED, "Sec-Fetch-Site": "cross-site"}
@@ -424,7 +426,7 @@ def test_the_gateways_answers_vary_by_origin_and_allow_only_a_trusted_one(
     trusted: str,
 ) -> None:
     """A shared cache must never hand one origin's answer (or a no-Origin one) to another."""
-    client = make_app(TRUSTED_ORIGINS=trusted).test_client()
+    client = make_app(INNGEST_GATEWAY_TRUSTED_ORIGINS=trusted).test_client()
 
     response = cors_request(client, kind, origin)
 
@@ -446,7 +448,7 @@ def test_without_trusted_origins_the_answers_still_vary_by_origin(
 def test_a_revalidated_client_file_varies_by_origin_too(
     make_app: Callable[..., Flask], origin: str | None
 ) -> None:
-    client = make_app(TRUSTED_ORIGINS=TRUSTED).test_client()
+    client = make_app(INNGEST_GATEWAY_TRUSTED_ORIGINS=TRUSTED).test_client()
     etag = cors_request(client, "module", origin).headers["ETag"]
 
     response = cors_request(client, "module", origin, **{"If-None-Match": etag})

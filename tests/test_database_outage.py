@@ -54,9 +54,9 @@ def _assert_503(response: TestResponse, seconds: float) -> None:
 def _service(make_app: Callable[..., Flask], proxy: FreezableProxy, url: str) -> Flask:
     app = make_app(
         DATABASE_URL=through(proxy, url),
-        DELIVERY_MODE="outbox",
-        OUTBOX_WRITE_TIMEOUT=f"{WRITE_TIMEOUT:g}",
-        RATELIMIT_ENABLED="false",
+        INNGEST_GATEWAY_DELIVERY_MODE="outbox",
+        INNGEST_GATEWAY_OUTBOX_WRITE_TIMEOUT=f"{WRITE_TIMEOUT:g}",
+        INNGEST_GATEWAY_RATELIMIT_ENABLED="false",
     )
     with app.app_context():
         create_user("ada@example.com", "Ada Lovelace", PASSWORD)

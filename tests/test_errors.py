@@ -168,7 +168,7 @@ def test_login_required_refuses_anonymous_posts_until_login(
     inngest: InngestStandIn,
     post: dict[str, Any],
 ) -> None:
-    client = make_app(API_REQUIRE_LOGIN="true").test_client()
+    client = make_app(INNGEST_GATEWAY_API_REQUIRE_LOGIN="true").test_client()
 
     refused = client.post("/api", **post)
 
@@ -191,7 +191,7 @@ def test_login_required_refuses_anonymous_posts_until_login(
 def test_login_required_is_checked_before_the_body(
     make_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    client = make_app(API_REQUIRE_LOGIN="true").test_client()
+    client = make_app(INNGEST_GATEWAY_API_REQUIRE_LOGIN="true").test_client()
 
     response = post_raw(client, b"{not json")
 
@@ -219,7 +219,7 @@ def test_login_required_is_checked_before_the_body(
 def test_event_name_not_allowed_is_403(
     make_app: Callable[..., Flask], inngest: InngestStandIn, allowed: str | None, name: str
 ) -> None:
-    app = make_app() if allowed is None else make_app(API_ALLOWED_EVENTS=allowed)
+    app = make_app() if allowed is None else make_app(INNGEST_GATEWAY_API_ALLOWED_EVENTS=allowed)
 
     response = app.test_client().post("/api", json={"name": name, "data": {}})
 
@@ -276,7 +276,7 @@ SMALL_BODY_LIMIT = "1024"
 def test_body_over_the_limit_is_413(
     make_app: Callable[..., Flask], inngest: InngestStandIn, post: dict[str, Any]
 ) -> None:
-    client = make_app(API_MAX_BODY_BYTES=SMALL_BODY_LIMIT).test_client()
+    client = make_app(INNGEST_GATEWAY_API_MAX_BODY_BYTES=SMALL_BODY_LIMIT).test_client()
 
     response = client.post("/api", headers={"Accept": JSON}, **post)
 
@@ -287,7 +287,7 @@ def test_body_over_the_limit_is_413(
 
 
 def test_body_limit_is_exact(make_app: Callable[..., Flask], inngest: InngestStandIn) -> None:
-    client = make_app(API_MAX_BODY_BYTES=SMALL_BODY_LIMIT).test_client()
+    client = make_app(INNGEST_GATEWAY_API_MAX_BODY_BYTES=SMALL_BODY_LIMIT).test_client()
     prefix, suffix = b'{"data": "', b'"}'
     fits = prefix + b"x" * (int(SMALL_BODY_LIMIT) - len(prefix) - len(suffix)) + suffix
     assert len(fits) == int(SMALL_BODY_LIMIT)
@@ -312,7 +312,7 @@ def test_default_body_limit_is_one_mebibyte(client: FlaskClient, inngest: Innges
 def test_event_over_the_limit_is_413_per_index(
     make_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    client = make_app(API_MAX_EVENT_BYTES="1024").test_client()
+    client = make_app(INNGEST_GATEWAY_API_MAX_EVENT_BYTES="1024").test_client()
     batch = [
         {"name": "app/small", "data": {"n": 0}},
         {"name": "app/big", "data": {"text": "x" * 1100}},
@@ -333,7 +333,7 @@ def test_event_over_the_limit_is_413_per_index(
 def test_single_event_over_the_limit_is_413(
     make_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    client = make_app(API_MAX_EVENT_BYTES="1024").test_client()
+    client = make_app(INNGEST_GATEWAY_API_MAX_EVENT_BYTES="1024").test_client()
 
     response = client.post("/api", json={"data": {"text": "x" * 1100}})
 
@@ -346,7 +346,7 @@ def test_event_size_counts_the_keys_the_server_adds(
     make_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
     """Small as the client sent it, too large once `data.request` holds a long User-Agent."""
-    client = make_app(API_MAX_EVENT_BYTES="1024").test_client()
+    client = make_app(INNGEST_GATEWAY_API_MAX_EVENT_BYTES="1024").test_client()
     sent = {"name": "app/x", "data": {"text": "x" * 700}}
     assert len(json.dumps(sent)) < 1024
 
@@ -504,7 +504,7 @@ def test_empty_array_is_422(client: FlaskClient, inngest: InngestStandIn) -> Non
 def test_batch_over_the_limit_is_422(
     make_app: Callable[..., Flask], inngest: InngestStandIn, limit: str | None, count: int
 ) -> None:
-    app = make_app() if limit is None else make_app(API_MAX_BATCH=limit)
+    app = make_app() if limit is None else make_app(INNGEST_GATEWAY_API_MAX_BATCH=limit)
 
     response = app.test_client().post("/api", json=[{"data": {"n": i}} for i in range(count)])
 
@@ -517,7 +517,7 @@ def test_batch_over_the_limit_is_422(
 def test_batch_at_the_limit_is_accepted(
     make_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    client = make_app(API_MAX_BATCH="3").test_client()
+    client = make_app(INNGEST_GATEWAY_API_MAX_BATCH="3").test_client()
 
     response = client.post("/api", json=[{"data": {"n": i}} for i in range(3)])
 
@@ -724,7 +724,8 @@ HOSTILE: list[Any] = [
     pytest.param(b' \r\n\t{"data": 1}\n ', 200, id="whitespace-around"),
     pytest.param(json.dumps({"name": "app/" + "x" * 252}).encode(), 200, id="name-256-chars"),
     pytest.param(json.dumps({"name": "app/\u0000\n\u202e"}).encode(), 200, id="name-controls"),
-    # Inngest's own bounds, far outside API_TS_MAX_AGE and API_TS_MAX_SKEW.
+    # Inngest's own bounds, far outside INNGEST_GATEWAY_API_TS_MAX_AGE and
+    # INNGEST_GATEWAY_API_TS_MAX_SKEW.
     pytest.param(json.dumps({"ts": TS_MIN, "data": 1}).encode(), 422, id="ts-1980"),
     pytest.param(json.dumps({"ts": TS_MAX - 1}).encode(), 422, id="ts-just-before-2100"),
     pytest.param(b'[{"data": 1}, {"data": [2]}, {"data": {"three": 3}}]', 200, id="batch"),

@@ -170,7 +170,7 @@ def test_logout_starts_a_new_anonymous_scope(
 def test_outbox_mode_stores_a_retry_under_the_same_id(
     make_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    app = make_app(DELIVERY_MODE="outbox")
+    app = make_app(INNGEST_GATEWAY_DELIVERY_MODE="outbox")
     with app.app_context():
         create_user("ada@example.com", "Ada", PASSWORD)
     ada = logged_in(app, "ada@example.com")

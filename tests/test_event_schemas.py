@@ -1,4 +1,4 @@
-"""EVENT_SCHEMAS: per-event JSON Schemas for `data`, checked before anything reaches Inngest."""
+"""INNGEST_GATEWAY_EVENT_SCHEMAS: per-event JSON Schemas for `data`, checked before Inngest."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def write(tmp_path: Path, content: Any, name: str = "schemas.json") -> str:
 
 @pytest.fixture
 def checked(make_app: Callable[..., Flask], tmp_path: Path) -> FlaskClient:
-    return make_app(EVENT_SCHEMAS=write(tmp_path, SCHEMAS)).test_client()
+    return make_app(INNGEST_GATEWAY_EVENT_SCHEMAS=write(tmp_path, SCHEMAS)).test_client()
 
 
 def test_a_good_post_reaches_inngest(checked: FlaskClient, inngest: InngestStandIn) -> None:
@@ -101,7 +101,7 @@ def test_the_default_event_name_is_checked_too(
     make_app: Callable[..., Flask], tmp_path: Path, inngest: InngestStandIn
 ) -> None:
     path = write(tmp_path, {"app/api.posted": {"required": ["message"]}})
-    client = make_app(EVENT_SCHEMAS=path).test_client()
+    client = make_app(INNGEST_GATEWAY_EVENT_SCHEMAS=path).test_client()
 
     assert_envelope(client.post("/api", json={"data": {}}), 422, "validation_failed")
     refused = client.post("/api", data={"other": "x"})  # a form posts the default event too
@@ -112,7 +112,9 @@ def test_the_default_event_name_is_checked_too(
 
 def test_unmatched_names_are_not_checked(checked: FlaskClient, inngest: InngestStandIn) -> None:
     response = checked.post("/api", json={"name": "other/x", "data": {"anything": 1}})
-    assert response.status_code == 403  # refused by API_ALLOWED_EVENTS, not by a schema
+    assert (
+        response.status_code == 403
+    )  # refused by INNGEST_GATEWAY_API_ALLOWED_EVENTS, not by a schema
     response = checked.post("/api", json={"name": "app/x", "data": [1, 2]})
     assert response.status_code == 200  # app/* is only about objects' size
     assert inngest.received[0].events[0]["data"]["value"] == [1, 2]
@@ -135,7 +137,7 @@ def test_server_keys_stay_refused_whatever_the_schema_says(
     make_app: Callable[..., Flask], tmp_path: Path, inngest: InngestStandIn, key: str
 ) -> None:
     lenient = {"app/*": {"type": "object", "properties": {key: {"type": "object"}}}}
-    client = make_app(EVENT_SCHEMAS=write(tmp_path, lenient)).test_client()
+    client = make_app(INNGEST_GATEWAY_EVENT_SCHEMAS=write(tmp_path, lenient)).test_client()
 
     response = client.post("/api", json={"name": "app/x", "data": {key: {"id": 1}}})
 
@@ -149,7 +151,7 @@ def test_schemas_see_the_clients_data_without_the_server_keys(
     make_app: Callable[..., Flask], tmp_path: Path, inngest: InngestStandIn
 ) -> None:
     closed = {"app/*": {"type": "object", "properties": {"a": {}}, "additionalProperties": False}}
-    client = make_app(EVENT_SCHEMAS=write(tmp_path, closed)).test_client()
+    client = make_app(INNGEST_GATEWAY_EVENT_SCHEMAS=write(tmp_path, closed)).test_client()
 
     assert client.post("/api", json={"name": "app/x", "data": {"a": 1}}).status_code == 200
     assert set(inngest.received[0].events[0]["data"]) == {"a", "user", "request"}
@@ -158,7 +160,9 @@ def test_schemas_see_the_clients_data_without_the_server_keys(
 def test_yaml_files_work(
     make_app: Callable[..., Flask], tmp_path: Path, inngest: InngestStandIn
 ) -> None:
-    client = make_app(EVENT_SCHEMAS=write(tmp_path, YAML, "schemas.yaml")).test_client()
+    client = make_app(
+        INNGEST_GATEWAY_EVENT_SCHEMAS=write(tmp_path, YAML, "schemas.yaml")
+    ).test_client()
 
     refused = client.post("/api", json={"name": "app/order.placed", "data": {"amount": 0}})
     assert set(assert_envelope(refused, 422, "validation_failed")["errors"]["data"]) == {
@@ -191,15 +195,15 @@ def test_a_bad_file_stops_the_start(tmp_path: Path, content: Any, name: str, mes
     path = str(tmp_path / name) if content is None else write(tmp_path, content, name)
 
     with pytest.raises(ConfigError) as raised:
-        load_settings({"INNGEST_DEV": "1", "EVENT_SCHEMAS": path})
+        load_settings({"INNGEST_DEV": "1", "INNGEST_GATEWAY_EVENT_SCHEMAS": path})
 
-    assert str(raised.value).startswith("EVENT_SCHEMAS: ")
+    assert str(raised.value).startswith("INNGEST_GATEWAY_EVENT_SCHEMAS: ")
     assert message in str(raised.value)
 
 
 def test_the_schemas_are_read_once_at_start(tmp_path: Path) -> None:
     path = write(tmp_path, SCHEMAS)
-    settings = load_settings({"INNGEST_DEV": "1", "EVENT_SCHEMAS": path})
+    settings = load_settings({"INNGEST_DEV": "1", "INNGEST_GATEWAY_EVENT_SCHEMAS": path})
     assert settings.event_schemas == load_event_schemas(path)
     assert [rule.pattern for rule in settings.event_schemas.rules] == list(SCHEMAS)
 

@@ -97,9 +97,9 @@ def host_config(inngest: InngestStandIn) -> dict[str, Any]:
     return {
         "INNGEST_EVENT_KEY": inngest.event_key,
         "INNGEST_BASE_URL": inngest.url,
-        "INNGEST_SEND_TIMEOUT": 2,
-        "DELIVERY_MODE": "sync",
-        "OUTBOX_EMBEDDED_DELIVERER": False,
+        "INNGEST_GATEWAY_SEND_TIMEOUT": 2,
+        "INNGEST_GATEWAY_DELIVERY_MODE": "sync",
+        "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": False,
     }
 
 
@@ -181,7 +181,7 @@ def test_anonymous_post_has_no_user(hosts: Callable[..., Flask], inngest: Innges
 
 
 def test_login_can_be_required(hosts: Callable[..., Flask], inngest: InngestStandIn) -> None:
-    client = hosts(config={"API_REQUIRE_LOGIN": True}).test_client()
+    client = hosts(config={"INNGEST_GATEWAY_API_REQUIRE_LOGIN": True}).test_client()
 
     assert_gateway_envelope(client.post("/api", json={"data": {}}), 401, "login_required")
     log_in(client, "8")
@@ -232,7 +232,7 @@ def test_bad_input_gets_the_envelope(
     status: int,
     code: str,
 ) -> None:
-    client = hosts(config={"API_MAX_BODY_BYTES": 1024}).test_client()
+    client = hosts(config={"INNGEST_GATEWAY_API_MAX_BODY_BYTES": 1024}).test_client()
 
     assert_gateway_envelope(client.post("/api", **kwargs), status, code)
     assert inngest.received == []
@@ -264,7 +264,7 @@ def test_cross_site_posts_are_refused(hosts: Callable[..., Flask], inngest: Inng
 def test_rate_limit_from_the_hosts_config(
     hosts: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    client = hosts(config={"RATELIMIT_API": "2 per minute"}).test_client()
+    client = hosts(config={"INNGEST_GATEWAY_RATELIMIT_API": "2 per minute"}).test_client()
 
     assert [client.post("/api", json={"data": {}}).status_code for _ in range(2)] == [200, 200]
     refused = client.post("/api", json={"data": {}})
@@ -414,16 +414,25 @@ def test_init_app_pattern(
         gateway_state(app).outbox_db.dispose()
 
 
-def test_app_config_wins_over_the_environment(
+def test_the_process_environment_is_not_read(
     hosts: Callable[..., Flask], inngest: InngestStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("API_DEFAULT_EVENT", "app/from.environment")
-    monkeypatch.setenv("API_ALLOWED_EVENTS", "app/*,env/*")
-    app = hosts(config={"API_DEFAULT_EVENT": "app/from.config"})
+    """Only app.config configures the extension: variables of the process, under the new names
+    or the old ones, change nothing (a host maps its environment into app.config itself)."""
+    monkeypatch.setenv("INNGEST_GATEWAY_API_DEFAULT_EVENT", "app/from.environment")
+    monkeypatch.setenv("INNGEST_GATEWAY_API_ALLOWED_EVENTS", "app/*,env/*")
+    monkeypatch.setenv("INNGEST_GATEWAY_DELIVERY_MODE", "carrier-pigeon")
+    monkeypatch.setenv("API_REQUIRE_LOGIN", "true")
+    monkeypatch.setenv("DELIVERY_MODE", "outbox")
+    app = hosts(config={"INNGEST_GATEWAY_API_DEFAULT_EVENT": "app/from.config"})
+    client = app.test_client()
 
-    assert app.test_client().post("/api", json={"data": {}}).status_code == 200
-    assert app.test_client().post("/api", json={"name": "env/x", "data": {}}).status_code == 200
-    assert [event["name"] for event in inngest.accepted] == ["app/from.config", "env/x"]
+    assert client.post("/api", json={"data": {}}).status_code == 200
+    assert client.post("/api", json={"name": "env/x", "data": {}}).status_code == 403
+    assert [event["name"] for event in inngest.accepted] == ["app/from.config"]
+    settings = gateway_state(app).settings
+    assert settings.api_allowed_events == ("app/*",)
+    assert settings.api_require_login is False
 
 
 def test_app_config_takes_python_values_as_a_host_writes_them(
@@ -432,11 +441,11 @@ def test_app_config_takes_python_values_as_a_host_writes_them(
     """Lists, durations as timedelta and byte strings mean what they say, not their repr."""
     app = hosts(
         config={
-            "API_ALLOWED_EVENTS": ["app/*", "billing/*"],
-            "TRUSTED_ORIGINS": ("https://app.example",),
-            "INNGEST_SEND_TIMEOUT": timedelta(seconds=3),
+            "INNGEST_GATEWAY_API_ALLOWED_EVENTS": ["app/*", "billing/*"],
+            "INNGEST_GATEWAY_TRUSTED_ORIGINS": ("https://app.example",),
+            "INNGEST_GATEWAY_SEND_TIMEOUT": timedelta(seconds=3),
             # Days, hours and a fraction: all of it, not the part past whole days, nor rounded.
-            "OUTBOX_MAX_AGE": timedelta(days=2, hours=3, milliseconds=250),
+            "INNGEST_GATEWAY_OUTBOX_MAX_AGE": timedelta(days=2, hours=3, milliseconds=250),
         }
     )
     client = app.test_client()
@@ -455,8 +464,8 @@ def test_app_config_takes_python_values_as_a_host_writes_them(
 def test_a_bad_setting_stops_the_mount(hosts: Callable[..., Flask]) -> None:
     from inngest_gateway.settings import ConfigError
 
-    with pytest.raises(ConfigError, match="DELIVERY_MODE"):
-        hosts(config={"DELIVERY_MODE": "carrier-pigeon"})
+    with pytest.raises(ConfigError, match="INNGEST_GATEWAY_DELIVERY_MODE"):
+        hosts(config={"INNGEST_GATEWAY_DELIVERY_MODE": "carrier-pigeon"})
 
 
 # -- the outbox, its deliverer and its commands on the host ------------------------------------
@@ -467,9 +476,9 @@ def test_outbox_mode_is_delivered_by_the_deliverer(
 ) -> None:
     app = hosts(
         config={
-            "DELIVERY_MODE": "outbox",
-            "OUTBOX_EMBEDDED_DELIVERER": True,
-            "OUTBOX_POLL_SECONDS": "0.05",
+            "INNGEST_GATEWAY_DELIVERY_MODE": "outbox",
+            "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": True,
+            "INNGEST_GATEWAY_OUTBOX_POLL_SECONDS": "0.05",
         }
     )
     client = app.test_client()
@@ -489,7 +498,7 @@ def test_outbox_mode_is_delivered_by_the_deliverer(
 
 
 def test_cli_group_on_the_host(hosts: Callable[..., Flask], inngest: InngestStandIn) -> None:
-    app = hosts(config={"DELIVERY_MODE": "outbox"})
+    app = hosts(config={"INNGEST_GATEWAY_DELIVERY_MODE": "outbox"})
     runner = app.test_cli_runner()
     assert app.test_client().post("/api", json={"data": {}}).status_code == 202
 
@@ -592,7 +601,7 @@ def test_pip_installs_inngest_gateway_and_the_readme_example_runs(
         "SECRET_KEY": SECRET,
         "INNGEST_EVENT_KEY": inngest.event_key,
         "INNGEST_BASE_URL": inngest.url,
-        "OUTBOX_POLL_SECONDS": "0.05",
+        "INNGEST_GATEWAY_OUTBOX_POLL_SECONDS": "0.05",
     }
     run = subprocess.run(
         [sys.executable, "-c", readme_example() + AFTER_EXAMPLE],
@@ -617,7 +626,7 @@ def test_pip_installs_inngest_gateway_and_the_readme_example_runs(
 
 def test_cors_for_trusted_origins_on_our_path_only(hosts: Callable[..., Flask]) -> None:
     trusted = "https://app.example.com"
-    client = hosts(config={"TRUSTED_ORIGINS": trusted}).test_client()
+    client = hosts(config={"INNGEST_GATEWAY_TRUSTED_ORIGINS": trusted}).test_client()
     preflight = {
         "Origin": trusted,
         "Access-Control-Request-Method": "POST",
@@ -640,7 +649,10 @@ def test_mounted_the_ts_window_comes_from_app_config_or_the_defaults(
     """A timedelta of days, as a host writes it, counts whole: 2 days, not the hour past them."""
     hour, minute = 3600 * 1000, 60 * 1000
     configured = hosts(
-        config={"API_TS_MAX_AGE": timedelta(days=2, hours=1), "API_TS_MAX_SKEW": "1h"}
+        config={
+            "INNGEST_GATEWAY_API_TS_MAX_AGE": timedelta(days=2, hours=1),
+            "INNGEST_GATEWAY_API_TS_MAX_SKEW": "1h",
+        }
     ).test_client()
     defaults = hosts().test_client()
     now = int(time.time() * 1000)
@@ -670,7 +682,9 @@ def test_mounted_the_ts_window_comes_from_app_config_or_the_defaults(
 def test_mounted_the_answers_vary_by_origin_and_allow_only_a_trusted_one(
     hosts: Callable[..., Flask], kind: str, origin: str | None, prefix: str
 ) -> None:
-    client = hosts(config={"TRUSTED_ORIGINS": TRUSTED}, url_prefix=prefix or None).test_client()
+    client = hosts(
+        config={"INNGEST_GATEWAY_TRUSTED_ORIGINS": TRUSTED}, url_prefix=prefix or None
+    ).test_client()
 
     response = cors_request(client, kind, origin, prefix)
 
@@ -685,7 +699,7 @@ def test_the_gateways_state_does_not_show_its_secrets(
 ) -> None:
     """A host that logs or prints its extensions must not leak a key, secret or database URL."""
     outbox = f"sqlite:///{tmp_path / 'outbox.db'}"  # a server's URL would hold a password
-    app = hosts(config={"OUTBOX_DATABASE_URL": outbox})
+    app = hosts(config={"INNGEST_GATEWAY_OUTBOX_DATABASE_URL": outbox})
     shown = repr(app.extensions)
 
     assert inngest.event_key not in shown
@@ -718,7 +732,12 @@ def test_a_forked_worker_gets_its_own_connections_and_deliverer(
     hosts: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
     """As under gunicorn with preload: the app is built, and has used its outbox, in the master."""
-    app = hosts(config={"DELIVERY_MODE": "outbox", "OUTBOX_EMBEDDED_DELIVERER": True})
+    app = hosts(
+        config={
+            "INNGEST_GATEWAY_DELIVERY_MODE": "outbox",
+            "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": True,
+        }
+    )
     state = gateway_state(app)
     assert outbox.status(state.outbox_db)["pending"] == 0  # the master's pool has a connection
     parents_pool = state.outbox_db.engine.pool
@@ -797,7 +816,7 @@ def test_the_browser_client_is_served_beside_the_api(
 def test_the_script_tag_helper_configures_the_client_for_this_app(
     hosts: Callable[..., Flask],
 ) -> None:
-    app = hosts(url_prefix="/hooks", config={"API_MAX_BATCH": 25})
+    app = hosts(url_prefix="/hooks", config={"INNGEST_GATEWAY_API_MAX_BATCH": 25})
 
     with app.test_request_context("/"):
         plain = render_template_string("{{ inngest_gateway_script() }}")
@@ -820,7 +839,7 @@ def test_a_trusted_origin_may_load_the_module_across_origins(
     hosts: Callable[..., Flask],
 ) -> None:
     trusted = "https://app.example.com"
-    client = hosts(config={"TRUSTED_ORIGINS": trusted}).test_client()
+    client = hosts(config={"INNGEST_GATEWAY_TRUSTED_ORIGINS": trusted}).test_client()
 
     with client.get("/inngest-gateway.mjs", headers={"Origin": trusted}) as ours:
         assert ours.headers["Access-Control-Allow-Origin"] == trusted

@@ -46,15 +46,15 @@ def host_env(tmp_path: Path, inngest_url: str, event_key: str) -> dict[str, str]
         "HOST_MOUNT_GATEWAY": "true",
         "INNGEST_EVENT_KEY": event_key,
         "INNGEST_BASE_URL": inngest_url,
-        "INNGEST_SEND_TIMEOUT": "1",
-        "DELIVERY_MODE": "outbox",
-        "OUTBOX_EMBEDDED_DELIVERER": "true",
-        "OUTBOX_DATABASE_URL": f"sqlite:///{tmp_path / 'outbox.db'}",
-        "OUTBOX_POLL_SECONDS": "0.1",
-        "OUTBOX_RETRY_BASE": "100ms",
-        "OUTBOX_RETRY_MAX": "200ms",
-        "OUTBOX_LEASE_SECONDS": "2",
-        "OUTBOX_DRAIN_SECONDS": "1",
+        "INNGEST_GATEWAY_SEND_TIMEOUT": "1",
+        "INNGEST_GATEWAY_DELIVERY_MODE": "outbox",
+        "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": "true",
+        "INNGEST_GATEWAY_OUTBOX_DATABASE_URL": f"sqlite:///{tmp_path / 'outbox.db'}",
+        "INNGEST_GATEWAY_OUTBOX_POLL_SECONDS": "0.1",
+        "INNGEST_GATEWAY_OUTBOX_RETRY_BASE": "100ms",
+        "INNGEST_GATEWAY_OUTBOX_RETRY_MAX": "200ms",
+        "INNGEST_GATEWAY_OUTBOX_LEASE_SECONDS": "2",
+        "INNGEST_GATEWAY_OUTBOX_DRAIN_SECONDS": "1",
     }
 
 
@@ -152,7 +152,7 @@ def wait_for(inngest: InngestStandIn, count: int, timeout: float, server: Server
 def stored_while_inngest_is_down(tmp_path: Path, inngest: InngestStandIn, count: int) -> None:
     """Events posted to the mounted `/api` while nothing listens where Inngest should be."""
     down = host_env(tmp_path, f"http://127.0.0.1:{free_port()}", inngest.event_key)
-    app = create_host_app(down | {"OUTBOX_EMBEDDED_DELIVERER": "false"})
+    app = create_host_app(down | {"INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": "false"})
     client = app.test_client()
     for n in range(count):
         response = client.post("/api", json={"name": "app/backlog", "data": {"n": n}})

@@ -36,7 +36,7 @@ from tests.processes import BIN, ROOT, Server, start_gunicorn
 from tests.standin import InngestStandIn, _event_error, _strict_loads
 
 CONTRACT_MAX_EVENT_BYTES = 3 * 1024 * 1024
-DEFAULT_EVENT = "app/api.posted"  # API_DEFAULT_EVENT's default
+DEFAULT_EVENT = "app/api.posted"  # INNGEST_GATEWAY_API_DEFAULT_EVENT's default
 SERVER_KEYS = {"user", "request"}
 RESERVED_KEYS = {"user", "request", "_inngest"}  # set by the server or Inngest: refused
 OPERATIONS = [  # every operation the document describes
@@ -95,7 +95,7 @@ def fuzz_server(
             "SECRET_KEY": SECRET_KEY,
             "INNGEST_EVENT_KEY": inngest_server.default_key,
             "DATABASE_URL": database,
-            "OUTBOX_EMBEDDED_DELIVERER": "false",
+            "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": "false",
         },
         instance_path=str(directory / "instance"),
     )
@@ -109,10 +109,10 @@ def fuzz_server(
         inngest_server,
         env={
             "DATABASE_URL": database,
-            "DELIVERY_MODE": "outbox",
-            "OUTBOX_EMBEDDED_DELIVERER": "true",
-            "OUTBOX_POLL_SECONDS": "0.1",
-            "RATELIMIT_ENABLED": "false",
+            "INNGEST_GATEWAY_DELIVERY_MODE": "outbox",
+            "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": "true",
+            "INNGEST_GATEWAY_OUTBOX_POLL_SECONDS": "0.1",
+            "INNGEST_GATEWAY_RATELIMIT_ENABLED": "false",
             "LOG_LEVEL": "WARNING",
         },
     )
@@ -215,7 +215,8 @@ VALUES = st.recursive(
 )
 CLIENT_DATA = st.dictionaries(TEXT.filter(lambda key: key not in RESERVED_KEYS), VALUES, max_size=6)
 TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
-# Within API_TS_MAX_AGE (7d) before and API_TS_MAX_SKEW (5m) after the server's clock, as
+# Within INNGEST_GATEWAY_API_TS_MAX_AGE (7d) before and INNGEST_GATEWAY_API_TS_MAX_SKEW (5m) after
+# the server's clock, as
 # offsets from the time the module is loaded: an hour's margin for the run's own length on
 # the old side, a minute on the side ahead.
 LOADED_MS = int(time.time() * 1000)
@@ -280,7 +281,11 @@ class Poster:
 def poster(request: pytest.FixtureRequest, make_app: Callable[..., Flask]) -> Poster:
     """Without rate limits: every example comes from the same address."""
     mode, logged_in = request.param
-    app = make_app(RATELIMIT_ENABLED="false", DELIVERY_MODE=mode, OUTBOX_EMBEDDED_DELIVERER="false")
+    app = make_app(
+        INNGEST_GATEWAY_RATELIMIT_ENABLED="false",
+        INNGEST_GATEWAY_DELIVERY_MODE=mode,
+        INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER="false",
+    )
     client = app.test_client()
     user = None
     if logged_in:
@@ -408,7 +413,9 @@ BODIES = st.one_of(EVENTS, st.lists(EVENTS, max_size=4), JSON_VALUES)
 @pytest.fixture(params=["outbox", "sync"])
 def anonymous(request: pytest.FixtureRequest, make_app: Callable[..., Flask]) -> Poster:
     app = make_app(
-        RATELIMIT_ENABLED="false", DELIVERY_MODE=request.param, OUTBOX_EMBEDDED_DELIVERER="false"
+        INNGEST_GATEWAY_RATELIMIT_ENABLED="false",
+        INNGEST_GATEWAY_DELIVERY_MODE=request.param,
+        INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER="false",
     )
     return Poster(app, app.test_client(), request.param, None)
 

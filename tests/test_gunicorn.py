@@ -47,7 +47,7 @@ def gunicorn(
     server = start_gunicorn(
         tmp_path_factory.mktemp("gunicorn"),
         inngest_server,
-        env={"API_MAX_BODY_BYTES": str(MAX_BODY)},
+        env={"INNGEST_GATEWAY_API_MAX_BODY_BYTES": str(MAX_BODY)},
     )
     try:
         yield server
@@ -130,7 +130,7 @@ def oversized_json() -> Iterator[bytes]:
 
 
 def padded_json() -> Iterator[bytes]:
-    """Valid JSON whose first API_MAX_BODY_BYTES alone would also parse: a cut must not pass."""
+    """Valid JSON whose first max body bytes alone would also parse: a cut must not pass."""
     yield b'{"name": "app/padded"}'
     for _ in range(2 * MAX_BODY // 4096):
         yield b" " * 4096

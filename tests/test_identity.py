@@ -128,7 +128,7 @@ class Reader(FlaskClient):
 
 ReaderFactory = Callable[..., Reader]
 # The service as it runs beside a host: the host's users, posts that need a login.
-READER_ENV = {"IDENTITY": "flask-session", "API_REQUIRE_LOGIN": "true"}
+READER_ENV = {"IDENTITY": "flask-session", "INNGEST_GATEWAY_API_REQUIRE_LOGIN": "true"}
 
 
 def reader_app(make_app: Callable[..., Flask], **env: str) -> Flask:
@@ -187,7 +187,8 @@ def with_cookies(client: ClientT, cookies: dict[str, str]) -> ClientT:
 def whoami(client: Reader) -> Any:
     """The user a post from this client carries in `data.user` (None when anonymous).
 
-    A real post to the service's /api: anonymous is the 401 that API_REQUIRE_LOGIN gives, or
+    A real post to the service's /api: anonymous is the 401 that INNGEST_GATEWAY_API_REQUIRE_LOGIN
+    gives, or
     an event whose `data.user` is null when the service does not require a login.
     """
     response = client.post("/api", json={"name": "app/whoami"})
@@ -396,7 +397,9 @@ def test_without_a_required_login_an_anonymous_post_is_sent_without_a_user(
     make_reader: ReaderFactory, make_host: HostFactory, sqlite_host_db: str
 ) -> None:
     make_host(sqlite_host_db)
-    reader = make_reader(USERS_DATABASE_URL=sqlite_host_db, USERS_SQL=SQL, API_REQUIRE_LOGIN="")
+    reader = make_reader(
+        USERS_DATABASE_URL=sqlite_host_db, USERS_SQL=SQL, INNGEST_GATEWAY_API_REQUIRE_LOGIN=""
+    )
     assert whoami(reader) is None  # a 200, and the event's data.user is null
     assert len(reader.inngest.received) == 1
     reader.set_cookie("session", "forged")
@@ -880,7 +883,7 @@ def test_a_users_database_gone_silent_is_503_in_time_and_starves_no_other_reques
             USERS_DATABASE_URL=through(proxy, postgres_host_db),
             USERS_SQL=SQL,
             USERS_SQL_TIMEOUT="1",
-            API_REQUIRE_LOGIN="false",
+            INNGEST_GATEWAY_API_REQUIRE_LOGIN="false",
         )
         with_cookies(reader, cookies)
         assert whoami(reader)["id"] == 1  # the pool holds a connection through the proxy
@@ -1263,7 +1266,7 @@ def test_beside_the_host_behind_nginx(
         "USERS_DATABASE_URL": db,
         "USERS_SQL": SQL,
         "LOGIN_URL": "/login",
-        "API_REQUIRE_LOGIN": "true",
+        "INNGEST_GATEWAY_API_REQUIRE_LOGIN": "true",
         "TRUSTED_PROXIES": "1",
     }
     servers: list[Any] = []

@@ -31,11 +31,14 @@ if TYPE_CHECKING:
 def storage(request: pytest.FixtureRequest) -> dict[str, str]:
     """Settings for the limiter's storage; a fresh key prefix keeps tests apart on Redis."""
     if request.param == "memory":
-        return {"RATELIMIT_STORAGE_URI": "memory://"}
+        return {"INNGEST_GATEWAY_RATELIMIT_STORAGE_URI": "memory://"}
     url = os.environ.get("TEST_REDIS_URL")
     if not url:
         pytest.skip("TEST_REDIS_URL is not set: the Redis variant is skipped")
-    return {"RATELIMIT_STORAGE_URI": url, "RATELIMIT_KEY_PREFIX": f"test-{uuid.uuid4().hex}"}
+    return {
+        "INNGEST_GATEWAY_RATELIMIT_STORAGE_URI": url,
+        "INNGEST_GATEWAY_RATELIMIT_KEY_PREFIX": f"test-{uuid.uuid4().hex}",
+    }
 
 
 @pytest.fixture
@@ -70,7 +73,7 @@ def assert_limited(response: Any) -> int:
 def test_api_posts_are_limited_per_client_ip(
     limited: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    client = limited(RATELIMIT_API="3 per minute").test_client()
+    client = limited(INNGEST_GATEWAY_RATELIMIT_API="3 per minute").test_client()
 
     assert [post(client).status_code for _ in range(3)] == [200, 200, 200]
     assert_limited(post(client))
@@ -90,12 +93,12 @@ def test_retry_after_is_the_rest_of_the_window(
     17.5 s into one: 42.5 s are left. On Redis a window starts at its first hit, on Redis's
     own clock (which no test stops): a minute less the time the posts took is left.
     """
-    client = limited(RATELIMIT_API="3 per minute").test_client()
+    client = limited(INNGEST_GATEWAY_RATELIMIT_API="3 per minute").test_client()
     started = time.monotonic()
     assert [post(client).status_code for _ in range(3)] == [200, 200, 200]
     retry = assert_limited(post(client))
 
-    if storage["RATELIMIT_STORAGE_URI"] != "memory://":
+    if storage["INNGEST_GATEWAY_RATELIMIT_STORAGE_URI"] != "memory://":
         assert math.ceil(60 - (time.monotonic() - started)) <= retry <= 60
         return
     assert retry == 43
@@ -110,7 +113,7 @@ def test_retry_after_is_the_rest_of_the_window(
 def test_api_posts_are_limited_per_user_not_per_ip(
     limited: Callable[..., Flask], user: Any, inngest: InngestStandIn
 ) -> None:
-    app = limited(RATELIMIT_API="2 per minute")
+    app = limited(INNGEST_GATEWAY_RATELIMIT_API="2 per minute")
     anonymous, ada = app.test_client(), app.test_client()
     assert login(ada, "ada@example.com", PASSWORD).status_code == 200
 
@@ -123,7 +126,7 @@ def test_api_posts_are_limited_per_user_not_per_ip(
 
 
 def test_logins_are_limited_per_client_ip(limited: Callable[..., Flask], user: Any) -> None:
-    client = limited(RATELIMIT_LOGIN_IP="3 per minute").test_client()
+    client = limited(LOGIN_RATELIMIT_IP="3 per minute").test_client()
 
     statuses = [login(client, f"nobody{n}@example.com", "x").status_code for n in range(3)]
 
@@ -133,7 +136,7 @@ def test_logins_are_limited_per_client_ip(limited: Callable[..., Flask], user: A
 
 
 def test_failed_logins_are_limited_per_email(limited: Callable[..., Flask], user: Any) -> None:
-    client = limited(RATELIMIT_LOGIN_EMAIL="2 per minute").test_client()
+    client = limited(LOGIN_RATELIMIT_EMAIL="2 per minute").test_client()
 
     # Successful logins do not count against the e-mail.
     assert [login(client, "ada@example.com", PASSWORD).status_code for _ in range(3)] == [200] * 3
@@ -147,7 +150,7 @@ def test_failed_logins_are_limited_per_email(limited: Callable[..., Flask], user
 
 
 def test_form_login_is_limited_too(limited: Callable[..., Flask], user: Any) -> None:
-    client = limited(RATELIMIT_LOGIN_EMAIL="1 per minute").test_client()
+    client = limited(LOGIN_RATELIMIT_EMAIL="1 per minute").test_client()
     form = {"email": "ada@example.com", "password": "wrong"}
 
     assert client.post("/auth/login", data=form).status_code == 401
@@ -155,13 +158,17 @@ def test_form_login_is_limited_too(limited: Callable[..., Flask], user: Any) -> 
 
 
 def test_limits_can_be_turned_off(limited: Callable[..., Flask], inngest: InngestStandIn) -> None:
-    client = limited(RATELIMIT_ENABLED="false", RATELIMIT_API="1 per minute").test_client()
+    client = limited(
+        INNGEST_GATEWAY_RATELIMIT_ENABLED="false", INNGEST_GATEWAY_RATELIMIT_API="1 per minute"
+    ).test_client()
 
     assert [post(client).status_code for _ in range(3)] == [200, 200, 200]
 
 
 def test_health_and_pages_are_not_limited(limited: Callable[..., Flask]) -> None:
-    client = limited(RATELIMIT_API="1 per minute", RATELIMIT_LOGIN_IP="1 per minute").test_client()
+    client = limited(
+        INNGEST_GATEWAY_RATELIMIT_API="1 per minute", LOGIN_RATELIMIT_IP="1 per minute"
+    ).test_client()
 
     assert {client.get("/healthz").status_code for _ in range(5)} == {200}
     assert {client.get("/auth/login").status_code for _ in range(5)} == {200}
@@ -184,7 +191,7 @@ def test_cross_site_logins_do_not_lock_the_visitor_out(
     limited: Callable[..., Flask], user: Any, headers: dict[str, str]
 ) -> None:
     # Another site's page makes the visitor's browser post login attempts, past every limit.
-    client = limited(RATELIMIT_LOGIN_IP="3 per minute", RATELIMIT_LOGIN_EMAIL="2 per minute")
+    client = limited(LOGIN_RATELIMIT_IP="3 per minute", LOGIN_RATELIMIT_EMAIL="2 per minute")
     client = client.test_client()
     for _ in range(6):
         refused = client.post(
@@ -209,7 +216,7 @@ def test_cross_site_logins_do_not_lock_the_visitor_out(
 def test_cross_site_posts_do_not_burn_the_anonymous_quota(
     limited: Callable[..., Flask], inngest: InngestStandIn, headers: dict[str, str]
 ) -> None:
-    client = limited(RATELIMIT_API="3 per minute").test_client()
+    client = limited(INNGEST_GATEWAY_RATELIMIT_API="3 per minute").test_client()
     for _ in range(6):
         refused = client.post(
             "/api",
@@ -236,7 +243,7 @@ def test_cross_site_posts_do_not_burn_the_anonymous_quota(
 def test_cross_site_posts_do_not_burn_a_users_quota(
     limited: Callable[..., Flask], user: Any, inngest: InngestStandIn, headers: dict[str, str]
 ) -> None:
-    client = limited(RATELIMIT_API="2 per minute").test_client()
+    client = limited(INNGEST_GATEWAY_RATELIMIT_API="2 per minute").test_client()
     assert login(client, "ada@example.com", PASSWORD).status_code == 200
     for _ in range(5):
         refused = client.post("/api", json={"data": {}}, headers=headers)

@@ -14,8 +14,8 @@ from urllib.parse import quote, unquote
 import pytest
 from flask import Flask
 
-from inngest_gateway.state import gateway_state
 from service.logs import JSONFormatter, RequestContextFilter, TextFormatter
+from service.settings import service_settings
 from tests.conftest import AuthActions
 from tests.standin import InngestStandIn
 
@@ -91,7 +91,7 @@ def test_connection_errors_are_logged_without_the_key(
     make_app: Callable[..., Flask], inngest: InngestStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="inngest_gateway")
-    app = make_app(INNGEST_SEND_TIMEOUT="0.3")
+    app = make_app(INNGEST_GATEWAY_SEND_TIMEOUT="0.3")
     inngest.stop()
 
     assert app.test_client().post("/api", json={}).status_code == 503
@@ -122,7 +122,7 @@ def test_log_format_follows_the_mode(
 ) -> None:
     app = make_app(**({"INNGEST_DEV": inngest.url} if dev else {}))
 
-    assert gateway_state(app).settings.log_format == expected
+    assert service_settings(app).log_format == expected
 
 
 # -- no forged lines: control characters are escaped ------------------------------------------

@@ -39,10 +39,10 @@ DEAD = "inngest_gateway_events_dead_lettered_total"
 UPSTREAM = "inngest_gateway_upstream_responses_total"
 HTTP = "inngest_gateway_http_requests_total"
 OUTBOX = {
-    "DELIVERY_MODE": "outbox",
-    "OUTBOX_RETRY_BASE": "50ms",
-    "OUTBOX_RETRY_MAX": "200ms",
-    "INNGEST_SEND_TIMEOUT": "1",
+    "INNGEST_GATEWAY_DELIVERY_MODE": "outbox",
+    "INNGEST_GATEWAY_OUTBOX_RETRY_BASE": "50ms",
+    "INNGEST_GATEWAY_OUTBOX_RETRY_MAX": "200ms",
+    "INNGEST_GATEWAY_SEND_TIMEOUT": "1",
 }
 
 
@@ -126,7 +126,11 @@ def test_unreachable_inngest_is_a_connection_error_and_a_refusal(
 def test_refusals_are_counted_by_reason(
     make_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    app = make_app(**OUTBOX, OUTBOX_MAX_PENDING="1", RATELIMIT_API="4 per minute")
+    app = make_app(
+        **OUTBOX,
+        INNGEST_GATEWAY_OUTBOX_MAX_PENDING="1",
+        INNGEST_GATEWAY_RATELIMIT_API="4 per minute",
+    )
     client = app.test_client()
     delta = Delta(client)
 
@@ -281,7 +285,7 @@ def test_internal_addresses() -> None:
 
 
 def test_scrape_is_not_rate_limited(make_app: Callable[..., Flask]) -> None:
-    client = make_app(RATELIMIT_API="1 per minute").test_client()
+    client = make_app(INNGEST_GATEWAY_RATELIMIT_API="1 per minute").test_client()
 
     assert all(client.get("/metrics").status_code == 200 for _ in range(5))
 
@@ -345,10 +349,10 @@ def test_counters_add_up_across_gunicorn_workers(tmp_path: Path, inngest: Innges
         tmp_path,
         inngest,
         env={
-            "DELIVERY_MODE": "outbox",
-            "OUTBOX_EMBEDDED_DELIVERER": "true",
-            "OUTBOX_POLL_SECONDS": "0.1",
-            "RATELIMIT_ENABLED": "false",
+            "INNGEST_GATEWAY_DELIVERY_MODE": "outbox",
+            "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": "true",
+            "INNGEST_GATEWAY_OUTBOX_POLL_SECONDS": "0.1",
+            "INNGEST_GATEWAY_RATELIMIT_ENABLED": "false",
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         },
     )

@@ -70,9 +70,9 @@ def make_host(tmp_path: Path, inngest: InngestStandIn) -> Iterator[Callable[...,
     config = {
         "INNGEST_EVENT_KEY": inngest.event_key,
         "INNGEST_BASE_URL": inngest.url,
-        "INNGEST_SEND_TIMEOUT": 2,
-        "DELIVERY_MODE": "sync",
-        "OUTBOX_EMBEDDED_DELIVERER": False,
+        "INNGEST_GATEWAY_SEND_TIMEOUT": 2,
+        "INNGEST_GATEWAY_DELIVERY_MODE": "sync",
+        "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": False,
     }
     made: list[Flask] = []
 
@@ -140,8 +140,8 @@ def host_config(inngest: InngestStandIn) -> dict[str, Any]:
     return {
         "INNGEST_EVENT_KEY": inngest.event_key,
         "INNGEST_BASE_URL": inngest.url,
-        "DELIVERY_MODE": "sync",
-        "OUTBOX_EMBEDDED_DELIVERER": False,
+        "INNGEST_GATEWAY_DELIVERY_MODE": "sync",
+        "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": False,
     }
 
 
@@ -191,7 +191,7 @@ def test_the_gateways_errors_stay_its_envelope_whatever_the_host_handles(
 ) -> None:
     """Handlers a host registers by status code are found before any handler registered by
     class; on the gateway's path its own still answer."""
-    app = plain_host(tmp_path, {**host_config, "API_MAX_BODY_BYTES": 1024})
+    app = plain_host(tmp_path, {**host_config, "INNGEST_GATEWAY_API_MAX_BODY_BYTES": 1024})
     for code in (400, 405, 413, 415, 422, 500):
         app.register_error_handler(code, lambda exc, code=code: (f"host {code}", code))
     app.add_url_rule("/home", "home", lambda: "home")
@@ -219,3 +219,98 @@ def test_the_gateways_errors_stay_its_envelope_whatever_the_host_handles(
         assert client.put("/home").get_data(as_text=True) == "host 405"
     finally:
         gateway_state(app).outbox_db.dispose()
+
+
+def host_with_flask_limiter(instance: Path, config: dict[str, Any], **limiter: Any) -> Flask:
+    """A host with Flask-Limiter set up as its docs say: its own `RATELIMIT_*` config, default
+    limits and a limit on one of its routes."""
+    from flask_limiter import Limiter
+    from flask_limiter.util import get_remote_address
+
+    app = Flask("host", instance_path=str(instance))
+    app.config.update(SECRET_KEY=SECRET, RATELIMIT_STORAGE_URI="memory://", **config)
+    login = LoginManager(app)
+    login.user_loader(MEMBERS.get)
+    limits = Limiter(get_remote_address, app=app, **limiter)
+
+    @app.get("/login/<user_id>")
+    @limits.exempt
+    def log_in(user_id: str) -> str:
+        login_user(MEMBERS[user_id])
+        return "in"
+
+    @app.get("/search")
+    @limits.limit("2 per minute")
+    def search() -> str:
+        return "results"
+
+    InngestGateway(app, url_prefix="/events")
+    app.extensions["test_limiter"] = limits
+    return app
+
+
+GATEWAY_LIMITS = {
+    "INNGEST_GATEWAY_RATELIMIT_API": "3 per minute",
+    "INNGEST_GATEWAY_RATELIMIT_KEY_PREFIX": "gateway-neighbour",
+}
+
+
+def _post_events(app: Flask, count: int) -> list[int]:
+    client = app.test_client()
+    assert client.get("/login/3").status_code == 200
+    headers = {"Origin": HOST, "Sec-Fetch-Site": "same-origin"}
+    return [
+        client.post("/events/api", json={"name": "app/note"}, headers=headers).status_code
+        for _ in range(count)
+    ]
+
+
+def test_flask_limiter_turned_off_by_its_own_setting_leaves_the_gateways_limits_on(
+    tmp_path: Path, host_config: dict[str, Any], inngest: InngestStandIn
+) -> None:
+    """`RATELIMIT_ENABLED = False` is Flask-Limiter's key: it turns Flask-Limiter off, not
+    the gateway's limits."""
+    app = host_with_flask_limiter(
+        tmp_path, {**host_config, **GATEWAY_LIMITS, "RATELIMIT_ENABLED": False}
+    )
+    try:
+        assert _post_events(app, 4) == [200, 200, 200, 429]
+        assert len(inngest.received) == 3
+        # Flask-Limiter is off, as its host asked: its limit on the host's route counts nothing.
+        client = app.test_client()
+        assert [client.get("/search").status_code for _ in range(3)] == [200, 200, 200]
+    finally:
+        gateway_state(app).outbox_db.dispose()
+
+
+def test_flask_limiter_and_the_gateway_count_each_their_own(
+    tmp_path: Path, host_config: dict[str, Any], inngest: InngestStandIn
+) -> None:
+    """Flask-Limiter on, with its own storage, prefix and limits: each keeps its own counts.
+    Its app-wide default limits apply to every blueprint, the gateway's too, until the host
+    exempts it as Flask-Limiter's docs show for any blueprint."""
+    config = {**host_config, **GATEWAY_LIMITS, "RATELIMIT_KEY_PREFIX": "host"}
+    app = host_with_flask_limiter(tmp_path / "a", config)
+    try:
+        client = app.test_client()
+        assert [client.get("/search").status_code for _ in range(3)] == [200, 200, 429]
+        # The gateway's limit is its own, whatever Flask-Limiter's keys say.
+        assert _post_events(app, 4) == [200, 200, 200, 429]
+    finally:
+        gateway_state(app).outbox_db.dispose()
+
+    # The host's default limits also count the gateway's posts, like any route of the app...
+    limited = host_with_flask_limiter(tmp_path / "b", host_config, default_limits=["2 per minute"])
+    try:
+        assert _post_events(limited, 3) == [200, 200, 429]
+        assert "X-RateLimit-Limit" not in limited.test_client().get("/login/3").headers
+    finally:
+        gateway_state(limited).outbox_db.dispose()
+
+    # ...until the host exempts the gateway's blueprint, as the README shows.
+    exempted = host_with_flask_limiter(tmp_path / "c", host_config, default_limits=["2 per minute"])
+    exempted.extensions["test_limiter"].exempt(exempted.blueprints["inngest_gateway"])
+    try:
+        assert _post_events(exempted, 4) == [200, 200, 200, 200]
+    finally:
+        gateway_state(exempted).outbox_db.dispose()

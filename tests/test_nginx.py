@@ -45,9 +45,10 @@ def stack(
     directory = tmp_path_factory.mktemp("nginx-stack")
     env = {
         "TRUSTED_PROXIES": "1",
-        "DELIVERY_MODE": "sync",
+        "INNGEST_GATEWAY_DELIVERY_MODE": "sync",
         "GUNICORN_GRACEFUL_TIMEOUT": "10",
-        "RATELIMIT_API": "100000 per minute",  # the reload test's load comes from one address
+        # The reload test's load comes from one address.
+        "INNGEST_GATEWAY_RATELIMIT_API": "100000 per minute",
     }
     gunicorn = start_gunicorn(directory, inngest_server, env=env)
     nginx: Nginx | None = None

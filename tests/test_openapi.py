@@ -120,15 +120,18 @@ def test_it_comes_from_the_marshmallow_schemas(client: FlaskClient) -> None:
 
 def test_the_ts_window_is_in_the_document(make_app: Callable[..., Flask]) -> None:
     default = document(make_app().test_client())["components"]["schemas"]["Event"]
-    configured = make_app(API_TS_MAX_AGE="36h", API_TS_MAX_SKEW="30s").test_client()
+    configured = make_app(
+        INNGEST_GATEWAY_API_TS_MAX_AGE="36h", INNGEST_GATEWAY_API_TS_MAX_SKEW="30s"
+    ).test_client()
     ts = document(configured)["components"]["schemas"]["Event"]["properties"]["ts"]
 
     assert (
-        "At most 7d before (API_TS_MAX_AGE) and 5m after (API_TS_MAX_SKEW)"
-        in (default["properties"]["ts"]["description"])
+        "At most 7d before (INNGEST_GATEWAY_API_TS_MAX_AGE) and 5m after "
+        "(INNGEST_GATEWAY_API_TS_MAX_SKEW)" in (default["properties"]["ts"]["description"])
     )
     assert (
-        "At most 36h before (API_TS_MAX_AGE) and 30s after (API_TS_MAX_SKEW)" in (ts["description"])
+        "At most 36h before (INNGEST_GATEWAY_API_TS_MAX_AGE) and 30s after "
+        "(INNGEST_GATEWAY_API_TS_MAX_SKEW)" in (ts["description"])
     )
 
 
@@ -207,7 +210,7 @@ def test_real_answers_match_the_document(
 def test_outbox_mode_answers_202_as_described(
     make_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    client = make_app(DELIVERY_MODE="outbox").test_client()
+    client = make_app(INNGEST_GATEWAY_DELIVERY_MODE="outbox").test_client()
     doc = document(client)
     response = client.post("/api", json={"data": {"a": 1}})
     assert response.status_code == 202
@@ -219,7 +222,7 @@ def test_event_schemas_are_in_the_document_when_configured(
 ) -> None:
     path = tmp_path / "schemas.json"
     path.write_text(json.dumps({"app/order.*": ORDER, "app/api.posted": {"type": "object"}}))
-    client = make_app(EVENT_SCHEMAS=str(path)).test_client()
+    client = make_app(INNGEST_GATEWAY_EVENT_SCHEMAS=str(path)).test_client()
 
     doc = document(client)
     validate(doc)
@@ -269,7 +272,7 @@ def test_docs_lists_every_operation_and_works_with_the_csp(client: FlaskClient) 
 
 @pytest.mark.parametrize("path", ["/openapi.json", "/docs"])
 def test_the_contract_needs_no_login(make_app: Callable[..., Flask], path: str) -> None:
-    client = make_app(API_REQUIRE_LOGIN="true").test_client()
+    client = make_app(INNGEST_GATEWAY_API_REQUIRE_LOGIN="true").test_client()
     assert client.get(path).status_code == 200
 
 
@@ -302,9 +305,9 @@ def test_the_mounted_api_documents_itself_at_its_own_path(
         SECRET_KEY="the host's own secret",
         INNGEST_EVENT_KEY=inngest.event_key,
         INNGEST_BASE_URL=inngest.url,
-        DELIVERY_MODE="sync",
-        OUTBOX_EMBEDDED_DELIVERER=False,
-        API_MAX_BATCH=7,
+        INNGEST_GATEWAY_DELIVERY_MODE="sync",
+        INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER=False,
+        INNGEST_GATEWAY_API_MAX_BATCH=7,
     )
 
     @host.get("/host-page")

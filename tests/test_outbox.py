@@ -66,7 +66,9 @@ def test_post_is_stored_then_delivered_exactly(app: Flask, inngest: InngestStand
     (event,) = received.events
     assert event == json.loads(stored.body)
     assert event["id"] == event_id and event["data"]["n"] == 1
-    assert rows(app) == []  # OUTBOX_KEEP_DELIVERED=0 removes delivered events at once
+    assert (
+        rows(app) == []
+    )  # INNGEST_GATEWAY_OUTBOX_KEEP_DELIVERED=0 removes delivered events at once
 
 
 def test_form_post_is_303_in_outbox_mode(app: Flask, inngest: InngestStandIn) -> None:
@@ -176,7 +178,7 @@ def test_partial_acceptance_delivers_the_accepted_and_retries_the_rest(
 def test_backlog_limit_answers_503_and_accepts_nothing_of_the_post(
     make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    app = make_outbox_app(OUTBOX_MAX_PENDING="3")
+    app = make_outbox_app(INNGEST_GATEWAY_OUTBOX_MAX_PENDING="3")
     client = app.test_client()
     assert client.post("/api", json=[{}, {}]).status_code == 202
 
@@ -197,7 +199,7 @@ def unwritable(make_outbox_app: Callable[..., Flask], database_url: str) -> Iter
     (named after the test database) whose transactions are read-only by default.
     """
     if database_url.startswith("sqlite:///"):
-        app = make_outbox_app(OUTBOX_WRITE_TIMEOUT="1")
+        app = make_outbox_app(INNGEST_GATEWAY_OUTBOX_WRITE_TIMEOUT="1")
         holder = sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=0)
         holder.execute("BEGIN EXCLUSIVE")
         try:
@@ -236,7 +238,7 @@ def test_a_database_that_cannot_take_the_write_answers_503(
 def test_events_older_than_the_max_age_go_to_dead_letter(
     make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    app = make_outbox_app(OUTBOX_MAX_AGE="1")
+    app = make_outbox_app(INNGEST_GATEWAY_OUTBOX_MAX_AGE="1")
     inngest.stop()
     app.test_client().post("/api", json={"id": "old"})
     time.sleep(1.1)
@@ -246,13 +248,13 @@ def test_events_older_than_the_max_age_go_to_dead_letter(
 
     (stored,) = rows(app)
     assert stored.state == DEAD
-    assert "OUTBOX_MAX_AGE" in (stored.last_error or "")
+    assert "INNGEST_GATEWAY_OUTBOX_MAX_AGE" in (stored.last_error or "")
 
 
 def test_delivered_events_are_kept_when_asked(
     make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    app = make_outbox_app(OUTBOX_KEEP_DELIVERED="1h")
+    app = make_outbox_app(INNGEST_GATEWAY_OUTBOX_KEEP_DELIVERED="1h")
     (kept,) = app.test_client().post("/api", json={"id": "kept"}).get_json()["ids"]
 
     run_once(app)
@@ -265,7 +267,9 @@ def test_delivered_events_are_kept_when_asked(
 def test_an_expired_lease_lets_another_deliverer_send_the_same_batch(
     make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    app = make_outbox_app(OUTBOX_LEASE_SECONDS="1", INNGEST_SEND_TIMEOUT="0.5")
+    app = make_outbox_app(
+        INNGEST_GATEWAY_OUTBOX_LEASE_SECONDS="1", INNGEST_GATEWAY_SEND_TIMEOUT="0.5"
+    )
     ids = app.test_client().post("/api", json=[{"id": "x"}, {"id": "y"}]).get_json()["ids"]
     crashed = another_deliverer(app)
     survivor = another_deliverer(app)
@@ -292,7 +296,9 @@ def test_a_claim_taken_over_is_not_sent_nor_released_by_its_first_holder(
     """A sender whose lease ran out while it was held up (a pause, a slow database) and
     whose batch was claimed again meanwhile must leave that claim alone: sending, settling
     or releasing it would let a third sender send the batch again."""
-    app = make_outbox_app(OUTBOX_LEASE_SECONDS="1", INNGEST_SEND_TIMEOUT="0.5")
+    app = make_outbox_app(
+        INNGEST_GATEWAY_OUTBOX_LEASE_SECONDS="1", INNGEST_GATEWAY_SEND_TIMEOUT="0.5"
+    )
     ids = app.test_client().post("/api", json=[{"id": "x"}, {"id": "y"}]).get_json()["ids"]
     first = another_deliverer(app)
     # Senders of one deliverer are threads that share its name.
@@ -356,10 +362,10 @@ def test_background_thread_delivers_and_stop_drains(
 ) -> None:
     # After a failure the thread waits 10 s to retry, so only the drain can deliver it.
     app = make_outbox_app(
-        OUTBOX_EMBEDDED_DELIVERER="true",
-        OUTBOX_POLL_SECONDS="0.05",
-        OUTBOX_RETRY_BASE="20s",
-        OUTBOX_RETRY_MAX="20s",
+        INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER="true",
+        INNGEST_GATEWAY_OUTBOX_POLL_SECONDS="0.05",
+        INNGEST_GATEWAY_OUTBOX_RETRY_BASE="20s",
+        INNGEST_GATEWAY_OUTBOX_RETRY_MAX="20s",
     )
     client = app.test_client()
 
@@ -390,7 +396,9 @@ def test_stop_hands_back_what_it_could_not_deliver(
     """A batch the deliverer claimed and never sent (a sender that failed between its claim
     and its send) is free for another process as soon as the deliverer stops, not when its
     lease runs out."""
-    app = make_outbox_app(OUTBOX_LEASE_SECONDS="60", OUTBOX_POLL_SECONDS="0.05")
+    app = make_outbox_app(
+        INNGEST_GATEWAY_OUTBOX_LEASE_SECONDS="60", INNGEST_GATEWAY_OUTBOX_POLL_SECONDS="0.05"
+    )
     (kept,) = app.test_client().post("/api", json={"id": "kept-for-later"}).get_json()["ids"]
     deliverer = gateway_state(app).deliverer
     with app.app_context():
@@ -452,7 +460,9 @@ def test_operator_commands(app: Flask, inngest: InngestStandIn) -> None:
 def test_status_counts_leased_events_as_in_flight_until_the_lease_runs_out(
     make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    app = make_outbox_app(OUTBOX_LEASE_SECONDS="1", INNGEST_SEND_TIMEOUT="0.5")  # a 1 s lease
+    app = make_outbox_app(
+        INNGEST_GATEWAY_OUTBOX_LEASE_SECONDS="1", INNGEST_GATEWAY_SEND_TIMEOUT="0.5"
+    )  # a 1 s lease
     client = app.test_client()
     client.post("/api", json=[{"id": "a"}, {"id": "b"}])
     with app.app_context():
@@ -486,7 +496,7 @@ def test_purge_removes_old_dead_letters(app: Flask, inngest: InngestStandIn) -> 
 def test_sync_mode_still_answers_after_inngest(
     make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    app = make_outbox_app(DELIVERY_MODE="sync")
+    app = make_outbox_app(INNGEST_GATEWAY_DELIVERY_MODE="sync")
 
     response = app.test_client().post("/api", json={"id": "now"})
 
@@ -498,7 +508,7 @@ def test_sync_mode_still_answers_after_inngest(
 def test_batches_hold_up_to_outbox_batch_size_events_whatever_api_max_batch(
     make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    app = make_outbox_app(API_MAX_BATCH="2", OUTBOX_BATCH_SIZE="5")
+    app = make_outbox_app(INNGEST_GATEWAY_API_MAX_BATCH="2", INNGEST_GATEWAY_OUTBOX_BATCH_SIZE="5")
     client = app.test_client()
     ids = []
     for i in range(6):
@@ -528,7 +538,9 @@ def test_a_batch_stops_at_outbox_max_batch_bytes(
     two = sizes[0] + sizes[1] + 3  # the body of the first two events as one batch
     budget = two - over  # the body is `over` bytes past the budget (negative: under it)
     assert budget >= 1024  # the smallest budget the setting takes
-    app = make_outbox_app(OUTBOX_MAX_BATCH_BYTES=str(budget), OUTBOX_BATCH_SIZE="100")
+    app = make_outbox_app(
+        INNGEST_GATEWAY_OUTBOX_MAX_BATCH_BYTES=str(budget), INNGEST_GATEWAY_OUTBOX_BATCH_SIZE="100"
+    )
 
     deliver_until(app, lambda: rows(app) == [])
 
@@ -543,7 +555,9 @@ def test_a_batch_stops_at_outbox_max_batch_bytes(
 def test_an_event_larger_than_outbox_max_batch_bytes_goes_alone(
     make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    app = make_outbox_app(OUTBOX_MAX_BATCH_BYTES="1024", OUTBOX_BATCH_SIZE="100")
+    app = make_outbox_app(
+        INNGEST_GATEWAY_OUTBOX_MAX_BATCH_BYTES="1024", INNGEST_GATEWAY_OUTBOX_BATCH_SIZE="100"
+    )
     small = {"data": {"pad": "x" * 150}}
     posted = [small, small, {"data": {"pad": "y" * 2000}}, small]
     ids = app.test_client().post("/api", json=posted).get_json()["ids"]
@@ -563,11 +577,11 @@ def test_a_deliverer_sends_outbox_concurrency_batches_at_once(
     make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
     app = make_outbox_app(
-        OUTBOX_BATCH_SIZE="2",
-        OUTBOX_CONCURRENCY="2",
-        OUTBOX_POLL_SECONDS="0.05",
-        INNGEST_SEND_TIMEOUT="10",
-        OUTBOX_LEASE_SECONDS="30",
+        INNGEST_GATEWAY_OUTBOX_BATCH_SIZE="2",
+        INNGEST_GATEWAY_OUTBOX_CONCURRENCY="2",
+        INNGEST_GATEWAY_OUTBOX_POLL_SECONDS="0.05",
+        INNGEST_GATEWAY_SEND_TIMEOUT="10",
+        INNGEST_GATEWAY_OUTBOX_LEASE_SECONDS="30",
     )
     ids = app.test_client().post("/api", json=[{"id": f"e{i}"} for i in range(4)]).get_json()["ids"]
     inngest.stall_next(2, 30)  # take each batch's events, then hold the answer
@@ -607,11 +621,11 @@ def test_without_a_backlog_one_sender_gathers_the_posts(
     with the events.
     """
     app = make_outbox_app(
-        OUTBOX_BATCH_SIZE="10",
-        OUTBOX_CONCURRENCY="2",
-        OUTBOX_POLL_SECONDS="0.05",
-        INNGEST_SEND_TIMEOUT="10",
-        OUTBOX_LEASE_SECONDS="30",
+        INNGEST_GATEWAY_OUTBOX_BATCH_SIZE="10",
+        INNGEST_GATEWAY_OUTBOX_CONCURRENCY="2",
+        INNGEST_GATEWAY_OUTBOX_POLL_SECONDS="0.05",
+        INNGEST_GATEWAY_SEND_TIMEOUT="10",
+        INNGEST_GATEWAY_OUTBOX_LEASE_SECONDS="30",
     )
     client = app.test_client()
     first = client.post("/api", json={"id": "first"}).get_json()["ids"]
@@ -643,7 +657,9 @@ def test_without_a_backlog_one_sender_gathers_the_posts(
 def test_a_failed_batch_goes_behind_events_due_before_its_retry(
     make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    app = make_outbox_app(OUTBOX_RETRY_BASE="1s", OUTBOX_RETRY_MAX="1s")
+    app = make_outbox_app(
+        INNGEST_GATEWAY_OUTBOX_RETRY_BASE="1s", INNGEST_GATEWAY_OUTBOX_RETRY_MAX="1s"
+    )
     client = app.test_client()
     first = client.post("/api", json={"id": "first"}).get_json()["ids"]
     inngest.fail_next(1, 503)

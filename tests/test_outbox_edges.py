@@ -92,7 +92,10 @@ def write_stall(database_url: str) -> Iterator[None]:
 def test_a_stalled_write_answers_503_only_for_events_never_stored(
     make_outbox_app: Callable[..., Flask], database_url: str, inngest: InngestStandIn
 ) -> None:
-    app = make_outbox_app(OUTBOX_WRITE_TIMEOUT=str(WRITE_TIMEOUT), RATELIMIT_ENABLED="false")
+    app = make_outbox_app(
+        INNGEST_GATEWAY_OUTBOX_WRITE_TIMEOUT=str(WRITE_TIMEOUT),
+        INNGEST_GATEWAY_RATELIMIT_ENABLED="false",
+    )
     assert app.test_client().post("/api", json=labelled("before")).status_code == 202
     answers: dict[str, tuple[int, str | None, float]] = {}
     answered = [0] * 6
@@ -172,7 +175,7 @@ def poisoned() -> Iterator[PoisonedInngest]:
 def test_a_batch_that_keeps_failing_is_split_until_the_bad_event_is_alone(
     make_outbox_app: Callable[..., Flask], poisoned: PoisonedInngest
 ) -> None:
-    app = make_outbox_app(INNGEST_BASE_URL=poisoned.url, OUTBOX_SPLIT_AFTER="2")
+    app = make_outbox_app(INNGEST_BASE_URL=poisoned.url, INNGEST_GATEWAY_OUTBOX_SPLIT_AFTER="2")
     names = [f"e{i}" for i in range(8)]
     response = app.test_client().post("/api", json=[labelled(name) for name in names])
     assert response.status_code == 202
@@ -190,9 +193,10 @@ def test_a_batch_that_keeps_failing_is_split_until_the_bad_event_is_alone(
     assert failed_sizes == [8, 8, 4, 4, 2, 2, 1]
     assert_each_seed_has_one_set_of_events(poisoned.received)
 
-    # Alone, it goes to dead letter at OUTBOX_MAX_AGE (here a deliverer configured for 1 s).
+    # Alone, it goes to dead letter at INNGEST_GATEWAY_OUTBOX_MAX_AGE (here a deliverer configured
+    # for 1 s).
     time.sleep(1.1)
-    short_lived = make_outbox_app(INNGEST_BASE_URL=poisoned.url, OUTBOX_MAX_AGE="1")
+    short_lived = make_outbox_app(INNGEST_BASE_URL=poisoned.url, INNGEST_GATEWAY_OUTBOX_MAX_AGE="1")
     with short_lived.app_context():
         gateway_state(short_lived).deliverer.housekeeping()
     assert [(row_label(r), r.state) for r in rows(app)] == [("e3", DEAD)]
@@ -207,7 +211,7 @@ def test_a_batch_failing_with_503_and_retry_after_is_still_split(
     unavailable = Fault(503, headers={"Retry-After": "1"})
     standin = PoisonedInngest("p2", answer=unavailable).start()
     try:
-        app = make_outbox_app(INNGEST_BASE_URL=standin.url, OUTBOX_SPLIT_AFTER="1")
+        app = make_outbox_app(INNGEST_BASE_URL=standin.url, INNGEST_GATEWAY_OUTBOX_SPLIT_AFTER="1")
         names = [f"p{i}" for i in range(4)]
         response = app.test_client().post("/api", json=[labelled(name) for name in names])
         assert response.status_code == 202
@@ -221,7 +225,8 @@ def test_a_batch_failing_with_503_and_retry_after_is_still_split(
 
         assert sorted(standin.accepted_ids()) == sorted(set(ids) - {ids[2]})
         assert [(row_label(r), r.state) for r in rows(app)] == [("p2", PENDING)]
-        # Split on each failure (OUTBOX_SPLIT_AFTER=1): 4, 2, then the bad event alone.
+        # Split on each failure (INNGEST_GATEWAY_OUTBOX_SPLIT_AFTER=1): 4, 2, then the bad event
+        # alone.
         failed_sizes = [len(event_ids(r)) for r in standin.received if r.status == 503]
         assert failed_sizes == [4, 2, 1]
         # Each retry came after the second Inngest asked for.
@@ -235,7 +240,7 @@ def test_a_batch_throttled_with_retry_after_is_not_split(
     make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
     """Inngest asking to wait is about the rate, not one event: splitting would add requests."""
-    app = make_outbox_app(OUTBOX_SPLIT_AFTER="1")
+    app = make_outbox_app(INNGEST_GATEWAY_OUTBOX_SPLIT_AFTER="1")
     inngest.fail_next(3, 429, retry_after="0")
     app.test_client().post("/api", json=[labelled("t1"), labelled("t2")])
 
@@ -253,7 +258,7 @@ def test_a_batch_throttled_with_retry_after_is_not_split(
 def test_expiry_leaves_no_seed_on_the_rest_of_its_batch(
     make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    app = make_outbox_app(OUTBOX_MAX_AGE="3")
+    app = make_outbox_app(INNGEST_GATEWAY_OUTBOX_MAX_AGE="3")
     client = app.test_client()
     posted = time.monotonic()
     client.post("/api", json=labelled("old"))
@@ -265,7 +270,9 @@ def test_expiry_leaves_no_seed_on_the_rest_of_its_batch(
     time.sleep(max(posted + 3.2 - time.monotonic(), 0))
 
     with app.app_context():
-        gateway_state(app).deliverer.housekeeping()  # "old" is past OUTBOX_MAX_AGE, the others not
+        gateway_state(
+            app
+        ).deliverer.housekeeping()  # "old" is past INNGEST_GATEWAY_OUTBOX_MAX_AGE, the others not
 
     assert [(row_label(r), r.state) for r in rows(app)] == [
         ("old", DEAD),
@@ -285,7 +292,10 @@ def test_an_exhausted_connection_pool_answers_503_within_two_write_timeouts(
 ) -> None:
     """Every connection of the pool is taken (slow requests elsewhere in the process): the
     wait for one is part of the write's time, not SQLAlchemy's 30 s default."""
-    app = make_outbox_app(OUTBOX_WRITE_TIMEOUT=str(WRITE_TIMEOUT), RATELIMIT_ENABLED="false")
+    app = make_outbox_app(
+        INNGEST_GATEWAY_OUTBOX_WRITE_TIMEOUT=str(WRITE_TIMEOUT),
+        INNGEST_GATEWAY_RATELIMIT_ENABLED="false",
+    )
     client = app.test_client()
     assert client.post("/api", json=labelled("before")).status_code == 202
     answer: list[tuple[int, str | None, float]] = []
@@ -329,8 +339,8 @@ def test_a_postgresql_server_that_never_answers_is_503_in_bounded_time(
         app = make_app(
             **FAST,
             DATABASE_URL=f"postgresql://gateway@127.0.0.1:{port}/outbox",
-            OUTBOX_WRITE_TIMEOUT="1",
-            RATELIMIT_ENABLED="false",
+            INNGEST_GATEWAY_OUTBOX_WRITE_TIMEOUT="1",
+            INNGEST_GATEWAY_RATELIMIT_ENABLED="false",
         )
         # The schema checks gave up (logged): the service's own tables, then the outbox's
         # (the extension's own engine), each after libpq's connect_timeout.

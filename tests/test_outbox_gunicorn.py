@@ -30,15 +30,15 @@ pytestmark = pytest.mark.slow
 TOTAL_EVENTS = 3000
 CLIENTS = 6
 OUTBOX_ENV = {
-    "RATELIMIT_ENABLED": "false",  # one client address sends all of the load
-    "DELIVERY_MODE": "outbox",
-    "OUTBOX_EMBEDDED_DELIVERER": "true",
-    "OUTBOX_RETRY_BASE": "50ms",
-    "OUTBOX_RETRY_MAX": "500ms",
-    "OUTBOX_POLL_SECONDS": "0.1",
-    "OUTBOX_LEASE_SECONDS": "2",
-    "INNGEST_SEND_TIMEOUT": "1",
-    "OUTBOX_DRAIN_SECONDS": "3",
+    "INNGEST_GATEWAY_RATELIMIT_ENABLED": "false",  # one client address sends all of the load
+    "INNGEST_GATEWAY_DELIVERY_MODE": "outbox",
+    "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": "true",
+    "INNGEST_GATEWAY_OUTBOX_RETRY_BASE": "50ms",
+    "INNGEST_GATEWAY_OUTBOX_RETRY_MAX": "500ms",
+    "INNGEST_GATEWAY_OUTBOX_POLL_SECONDS": "0.1",
+    "INNGEST_GATEWAY_OUTBOX_LEASE_SECONDS": "2",
+    "INNGEST_GATEWAY_SEND_TIMEOUT": "1",
+    "INNGEST_GATEWAY_OUTBOX_DRAIN_SECONDS": "3",
 }
 
 
@@ -213,10 +213,10 @@ def test_sigterm_drains_the_outbox_before_exit(
     inngest.fail_next(10_000, 503)  # Inngest is failing while the events come in
     env = OUTBOX_ENV | {
         "DATABASE_URL": database_url,
-        "OUTBOX_DRAIN_SECONDS": "5",
+        "INNGEST_GATEWAY_OUTBOX_DRAIN_SECONDS": "5",
         # After one failure the deliverer threads wait 30-60 s: only the drain can deliver.
-        "OUTBOX_RETRY_BASE": "60s",
-        "OUTBOX_RETRY_MAX": "60s",
+        "INNGEST_GATEWAY_OUTBOX_RETRY_BASE": "60s",
+        "INNGEST_GATEWAY_OUTBOX_RETRY_MAX": "60s",
     }
     server = start_gunicorn(tmp_path, inngest, env=env)
     try:
@@ -255,10 +255,12 @@ def test_outbox_deliver_command_runs_alone_and_stops_on_sigterm(
         "INNGEST_BASE_URL": inngest.url,
         "DATABASE_URL": database_url,
         "CREATE_DEMO_USER": "false",
-        "OUTBOX_POLL_SECONDS": "0.1",
+        "INNGEST_GATEWAY_OUTBOX_POLL_SECONDS": "0.1",
     }
     server = start_gunicorn(
-        tmp_path, inngest, env=OUTBOX_ENV | env | {"OUTBOX_EMBEDDED_DELIVERER": "false"}
+        tmp_path,
+        inngest,
+        env=OUTBOX_ENV | env | {"INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": "false"},
     )
     try:
         sent: list[str] = []

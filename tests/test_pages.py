@@ -82,8 +82,8 @@ def test_index_escapes_the_user_name(client: FlaskClient, app: Flask) -> None:
     ("overrides", "shown"),
     [
         ({}, "(anonymous posts are sent with <code>user: null</code>)"),
-        ({"API_REQUIRE_LOGIN": "true"}, "(logging in is required)"),
-        ({"API_DEFAULT_EVENT": "shop/page.posted"}, 'value="shop/page.posted"'),
+        ({"INNGEST_GATEWAY_API_REQUIRE_LOGIN": "true"}, "(logging in is required)"),
+        ({"INNGEST_GATEWAY_API_DEFAULT_EVENT": "shop/page.posted"}, 'value="shop/page.posted"'),
     ],
 )
 def test_index_follows_the_settings(

@@ -21,7 +21,7 @@ from inngest_gateway.state import gateway_state
 from tests.outboxes import FAST, deliver_until, outbox_app_factory, rows
 from tests.standin import InngestStandIn
 
-SETTINGS = {**FAST, "OUTBOX_RETRY_MAX": "100ms"}
+SETTINGS = {**FAST, "INNGEST_GATEWAY_OUTBOX_RETRY_MAX": "100ms"}
 
 
 @pytest.fixture
@@ -101,10 +101,12 @@ def test_a_read_timeout_after_acceptance_is_retried_with_the_same_ids_and_seed(
 def test_the_deliverer_stops_sending_before_its_lease_runs_out(
     make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    """A claim that took long (a slow database) leaves less lease than INNGEST_SEND_TIMEOUT:
+    """A claim that took long (a slow database) leaves less lease than INNGEST_GATEWAY_SEND_TIMEOUT:
     the send ends before the lease does, so no other deliverer can take the batch over
     while this one is still sending it."""
-    app = make_outbox_app(INNGEST_SEND_TIMEOUT="5", OUTBOX_LEASE_SECONDS="10")
+    app = make_outbox_app(
+        INNGEST_GATEWAY_SEND_TIMEOUT="5", INNGEST_GATEWAY_OUTBOX_LEASE_SECONDS="10"
+    )
     post(app, [{"id": "late", "data": {}}])
     inngest.trickle_next(1, "body", seconds=8)
 

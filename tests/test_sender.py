@@ -104,7 +104,7 @@ def test_a_500_then_success_resends_the_same_events(
 def test_429_retry_after_is_honoured(
     make_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    client = make_app(INNGEST_SEND_TIMEOUT="5").test_client()
+    client = make_app(INNGEST_GATEWAY_SEND_TIMEOUT="5").test_client()
     inngest.fail_next(1, 429, retry_after="1")
 
     started = time.monotonic()
@@ -133,7 +133,7 @@ def test_a_run_of_gateway_errors_then_success(client: FlaskClient, inngest: Inng
 def test_connection_refused_until_inngest_comes_back(
     make_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    client = make_app(INNGEST_SEND_TIMEOUT="5").test_client()
+    client = make_app(INNGEST_GATEWAY_SEND_TIMEOUT="5").test_client()
     inngest.stop()
     restart = threading.Timer(0.3, inngest.server.start)
     restart.start()
@@ -156,7 +156,7 @@ def test_connection_refused_until_inngest_comes_back(
 def test_persistent_500_becomes_503_within_the_send_timeout(
     make_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    client = make_app(INNGEST_SEND_TIMEOUT="1").test_client()
+    client = make_app(INNGEST_GATEWAY_SEND_TIMEOUT="1").test_client()
     inngest.fail_next(1000, 500)
 
     started = time.monotonic()
@@ -176,7 +176,7 @@ def test_persistent_500_becomes_503_within_the_send_timeout(
 def test_inngest_down_the_whole_time_is_503(
     make_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    client = make_app(INNGEST_SEND_TIMEOUT="1").test_client()
+    client = make_app(INNGEST_GATEWAY_SEND_TIMEOUT="1").test_client()
     inngest.stop()
 
     started = time.monotonic()
@@ -192,7 +192,7 @@ def test_inngest_down_the_whole_time_is_503(
 def test_retry_after_beyond_the_time_budget_gives_up_at_once(
     make_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    client = make_app(INNGEST_SEND_TIMEOUT="2").test_client()
+    client = make_app(INNGEST_GATEWAY_SEND_TIMEOUT="2").test_client()
     inngest.fail_next(1, 429, retry_after="30")
 
     started = time.monotonic()
@@ -311,7 +311,7 @@ def test_secrets_never_reach_responses_or_logs(
 ) -> None:
     quiet_standin_access_log(caplog)
     client = make_app(
-        INNGEST_EVENT_KEY=EVENT_KEY, SECRET_KEY=SESSION_SECRET, INNGEST_SEND_TIMEOUT="0.5"
+        INNGEST_EVENT_KEY=EVENT_KEY, SECRET_KEY=SESSION_SECRET, INNGEST_GATEWAY_SEND_TIMEOUT="0.5"
     ).test_client()
     inngest.event_key = EVENT_KEY
 
@@ -349,7 +349,7 @@ def test_a_trickled_answer_is_503_within_the_send_timeout(
     make_app: Callable[..., Flask], inngest: InngestStandIn, part: str
 ) -> None:
     """A byte every 0.2 s never trips a per-read timeout; the budget is for the whole send."""
-    client = make_app(INNGEST_SEND_TIMEOUT="1").test_client()
+    client = make_app(INNGEST_GATEWAY_SEND_TIMEOUT="1").test_client()
     inngest.trickle_next(10, part, seconds=6)
 
     started = time.monotonic()
@@ -378,7 +378,7 @@ def test_a_read_timeout_after_acceptance_is_503_and_a_keyed_retry_is_a_repeat(
 ) -> None:
     """Inngest took the events but its answer never came: the client cannot tell, so the
     503 says so, and a retry with the same Idempotency-Key sends the same event id again."""
-    client = make_app(INNGEST_SEND_TIMEOUT="1").test_client()
+    client = make_app(INNGEST_GATEWAY_SEND_TIMEOUT="1").test_client()
     inngest.stall_next(1, 5)
     key = {"Idempotency-Key": "order-77"}
 
@@ -427,7 +427,7 @@ def test_a_2xx_that_is_not_inngests_json_is_retried_with_the_same_events(
 def test_a_2xx_that_is_never_inngests_json_ends_in_503(
     make_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    client = make_app(INNGEST_SEND_TIMEOUT="1").test_client()
+    client = make_app(INNGEST_GATEWAY_SEND_TIMEOUT="1").test_client()
     inngest.answer_next_raw(1000, 200, b"<html>maintenance</html>", "text/html")
 
     started = time.monotonic()
@@ -470,7 +470,9 @@ def tls_inngest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Inn
 def test_the_send_timeout_holds_over_tls_too(
     make_app: Callable[..., Flask], tls_inngest: InngestStandIn, part: str
 ) -> None:
-    client = make_app(INNGEST_SEND_TIMEOUT="1", INNGEST_BASE_URL=tls_inngest.url).test_client()
+    client = make_app(
+        INNGEST_GATEWAY_SEND_TIMEOUT="1", INNGEST_BASE_URL=tls_inngest.url
+    ).test_client()
     first = ok_ids(client.post("/api", json={"name": "app/tls", "id": "t-0"}))
     assert tls_inngest.accepted_ids() == first
     tls_inngest.trickle_next(10, part, seconds=6)
@@ -549,7 +551,8 @@ def test_a_tls_handshake_that_never_ends_is_503_within_the_send_timeout(
     server = SilentServer(queue_full_for)
     try:
         client = make_app(
-            INNGEST_SEND_TIMEOUT=str(budget), INNGEST_BASE_URL=f"https://127.0.0.1:{server.port}"
+            INNGEST_GATEWAY_SEND_TIMEOUT=str(budget),
+            INNGEST_BASE_URL=f"https://127.0.0.1:{server.port}",
         ).test_client()
         server.start()
         started = time.monotonic()
@@ -577,7 +580,7 @@ def test_proxy_settings_from_the_environment_still_apply(
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
 
-    through_proxy = make_app(INNGEST_SEND_TIMEOUT="1").test_client().post("/api", json={})
+    through_proxy = make_app(INNGEST_GATEWAY_SEND_TIMEOUT="1").test_client().post("/api", json={})
 
     assert_envelope(through_proxy, 503, "upstream_unavailable")
     assert inngest.received == []  # it went to the (dead) proxy, not to Inngest

@@ -13,7 +13,8 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
-from inngest_gateway.settings import ConfigError, load_settings
+from inngest_gateway.settings import ConfigError
+from service.settings import load_service_settings
 from service.users import create_user
 from tests.conftest import PASSWORD, SECRET_KEY, assert_envelope
 from tests.processes import run_flask, start_gunicorn, wait_until_healthy
@@ -75,7 +76,7 @@ def test_a_session_cookie_copied_before_logout_stops_working(
 def test_a_copied_cookie_gets_401_where_login_is_required(
     make_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    app = make_app(API_REQUIRE_LOGIN="true")
+    app = make_app(INNGEST_GATEWAY_API_REQUIRE_LOGIN="true")
     with app.app_context():
         create_user("ada@example.com", "Ada Lovelace", PASSWORD)
     client = app.test_client()
@@ -243,7 +244,7 @@ def test_the_remember_cookie_lasts_remember_cookie_duration(
     ],
 )
 def test_lifetime_settings(env: dict[str, str], session_lifetime: float, remember: float) -> None:
-    settings = load_settings({"SECRET_KEY": SECRET_KEY, "INNGEST_DEV": "1", **env})
+    settings = load_service_settings({"SECRET_KEY": SECRET_KEY, "INNGEST_DEV": "1", **env})
 
     assert settings.session_lifetime == session_lifetime
     assert settings.remember_cookie_duration == remember
@@ -260,7 +261,7 @@ def test_lifetime_settings(env: dict[str, str], session_lifetime: float, remembe
 )
 def test_invalid_lifetimes_stop_the_start(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match=next(iter(env))):
-        load_settings({"SECRET_KEY": SECRET_KEY, "INNGEST_DEV": "1", **env})
+        load_service_settings({"SECRET_KEY": SECRET_KEY, "INNGEST_DEV": "1", **env})
 
 
 def test_a_login_lookup_that_fails_answers_503(
@@ -315,9 +316,9 @@ def test_logout_and_disable_end_a_login_in_every_worker_at_once(
         "INNGEST_BASE_URL": inngest_server.url,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.db'}",
         "CREATE_DEMO_USER": "false",
-        "DELIVERY_MODE": "outbox",
-        "API_REQUIRE_LOGIN": "true",
-        "RATELIMIT_API": "100000 per minute",
+        "INNGEST_GATEWAY_DELIVERY_MODE": "outbox",
+        "INNGEST_GATEWAY_API_REQUIRE_LOGIN": "true",
+        "INNGEST_GATEWAY_RATELIMIT_API": "100000 per minute",
     }
 
     def flask(*args: str) -> None:

@@ -17,13 +17,10 @@ from flask import Flask
 
 from inngest_gateway.settings import (
     CLOUD_ORIGIN,
-    DECLARATIONS,
     DEV_EVENT_KEY,
     DEV_SERVER_ORIGIN,
     GATEWAY_SETTINGS,
-    GROUPS,
-    IDENTITY,
-    SERVICE_ONLY_SETTINGS,
+    PREFIX,
     SETTINGS,
     UNSET,
     ConfigError,
@@ -35,14 +32,39 @@ from inngest_gateway.settings import (
     load_settings,
     parse_duration,
 )
+from service.app import create_app
 from service.db import db
 from service.identity import _IdentitySchema
+from service.settings import (
+    DECLARATIONS,
+    GROUPS,
+    IDENTITY,
+    RENAMED,
+    SERVICE_SETTINGS,
+    ServiceSettings,
+    _ServiceSettingsSchema,
+    load_all,
+)
 from service.users import create_user
 from tests.conftest import PASSWORD
 from tests.standin import InngestStandIn
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOUD = {"INNGEST_EVENT_KEY": "cloud-key", "SECRET_KEY": "s3cret"}
+# The Inngest SDK's own names, which the extension reads as the SDK does.
+SDK_NAMES = {
+    "INNGEST_EVENT_KEY",
+    "INNGEST_BASE_URL",
+    "INNGEST_EVENT_API_BASE_URL",
+    "INNGEST_DEV",
+    "INNGEST_ENV",
+}
+
+
+def setting_value(env: dict[str, str], attribute: str) -> Any:
+    """One setting's parsed value, from the extension's table or the service's own."""
+    gateway, own = load_all(env)
+    return getattr(gateway if hasattr(gateway, attribute) else own, attribute)
 
 
 @pytest.mark.parametrize(
@@ -126,7 +148,7 @@ def test_dev_mode_without_a_key_uses_the_placeholder(dev: str, key: str | None) 
     settings = load_settings(env)
 
     assert settings.inngest_event_key == DEV_EVENT_KEY == "NO_EVENT_KEY_SET"
-    assert settings.secret_key is None
+    assert setting_value(env, "secret_key") is None
     assert settings.event_api_url.endswith("/e/NO_EVENT_KEY_SET")
 
 
@@ -153,43 +175,43 @@ def test_cloud_mode_requires_the_key_and_the_secret(env: dict[str, str], variabl
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
-        ("INNGEST_SEND_TIMEOUT", "soon"),
-        ("INNGEST_SEND_TIMEOUT", "0"),
-        ("INNGEST_SEND_TIMEOUT", "-1"),
-        ("INNGEST_SEND_TIMEOUT", "nan"),
-        ("INNGEST_SEND_TIMEOUT", "inf"),
-        ("API_MAX_EVENT_BYTES", "big"),
-        ("API_MAX_EVENT_BYTES", "1e6"),
-        ("API_MAX_EVENT_BYTES", "10"),
-        ("API_MAX_BODY_BYTES", "1.5"),
-        ("API_MAX_BODY_BYTES", "0"),
-        ("API_MAX_BATCH", "ten"),
-        ("API_MAX_BATCH", "0"),
-        ("API_MAX_BATCH", "5001"),
-        ("API_TS_MAX_AGE", "0"),
-        ("API_TS_MAX_AGE", "a week"),
-        ("API_TS_MAX_SKEW", "-5m"),
-        ("OUTBOX_BATCH_SIZE", "0"),
-        ("OUTBOX_BATCH_SIZE", "5001"),
-        ("OUTBOX_CONCURRENCY", "0"),
-        ("OUTBOX_CONCURRENCY", "17"),
-        ("API_REQUIRE_LOGIN", "maybe"),
-        ("API_REQUIRE_LOGIN", "2"),
+        ("INNGEST_GATEWAY_SEND_TIMEOUT", "soon"),
+        ("INNGEST_GATEWAY_SEND_TIMEOUT", "0"),
+        ("INNGEST_GATEWAY_SEND_TIMEOUT", "-1"),
+        ("INNGEST_GATEWAY_SEND_TIMEOUT", "nan"),
+        ("INNGEST_GATEWAY_SEND_TIMEOUT", "inf"),
+        ("INNGEST_GATEWAY_API_MAX_EVENT_BYTES", "big"),
+        ("INNGEST_GATEWAY_API_MAX_EVENT_BYTES", "1e6"),
+        ("INNGEST_GATEWAY_API_MAX_EVENT_BYTES", "10"),
+        ("INNGEST_GATEWAY_API_MAX_BODY_BYTES", "1.5"),
+        ("INNGEST_GATEWAY_API_MAX_BODY_BYTES", "0"),
+        ("INNGEST_GATEWAY_API_MAX_BATCH", "ten"),
+        ("INNGEST_GATEWAY_API_MAX_BATCH", "0"),
+        ("INNGEST_GATEWAY_API_MAX_BATCH", "5001"),
+        ("INNGEST_GATEWAY_API_TS_MAX_AGE", "0"),
+        ("INNGEST_GATEWAY_API_TS_MAX_AGE", "a week"),
+        ("INNGEST_GATEWAY_API_TS_MAX_SKEW", "-5m"),
+        ("INNGEST_GATEWAY_OUTBOX_BATCH_SIZE", "0"),
+        ("INNGEST_GATEWAY_OUTBOX_BATCH_SIZE", "5001"),
+        ("INNGEST_GATEWAY_OUTBOX_CONCURRENCY", "0"),
+        ("INNGEST_GATEWAY_OUTBOX_CONCURRENCY", "17"),
+        ("INNGEST_GATEWAY_API_REQUIRE_LOGIN", "maybe"),
+        ("INNGEST_GATEWAY_API_REQUIRE_LOGIN", "2"),
         ("CREATE_DEMO_USER", "sometimes"),
         ("INNGEST_BASE_URL", "inn.gs"),
         ("INNGEST_BASE_URL", "ftp://inn.gs"),
         ("INNGEST_BASE_URL", "http://"),
         ("INNGEST_EVENT_API_BASE_URL", "not a url"),
-        ("TRUSTED_ORIGINS", "https://ok.example, shop.example"),
+        ("INNGEST_GATEWAY_TRUSTED_ORIGINS", "https://ok.example, shop.example"),
         ("INNGEST_EVENT_KEY", "key/with/slashes"),
         ("INNGEST_EVENT_KEY", "key with spaces"),
-        ("API_DEFAULT_EVENT", "x" * 257),
+        ("INNGEST_GATEWAY_API_DEFAULT_EVENT", "x" * 257),
         ("LOG_LEVEL", "LOUD"),
     ],
 )
 def test_invalid_values_name_the_variable(variable: str, value: str) -> None:
     with pytest.raises(ConfigError) as raised:
-        load_settings({**CLOUD, variable: value})
+        load_all({**CLOUD, variable: value})
 
     message = str(raised.value)
     assert message.startswith(f"{variable}: ")
@@ -199,11 +221,23 @@ def test_invalid_values_name_the_variable(variable: str, value: str) -> None:
 
 
 def test_defaults_match_the_spec() -> None:
-    settings = load_settings({"INNGEST_DEV": "1"})
+    settings, own = load_all({"INNGEST_DEV": "1"})
 
-    assert settings == Settings(
+    assert own == ServiceSettings(
         secret_key=None,
         database_url=None,
+        log_level="INFO",
+        log_format="text",
+        create_demo_user=True,
+        trusted_proxies=0,
+        login_ratelimit_ip="30 per minute",
+        login_ratelimit_email="5 per minute;20 per hour",
+        metrics_token=None,
+        metrics_internal_only=True,
+        session_lifetime=14 * 86400.0,
+        remember_cookie_duration=30 * 86400.0,
+    )
+    assert settings == Settings(
         inngest_dev=True,
         inngest_event_key="NO_EVENT_KEY_SET",
         inngest_origin="http://127.0.0.1:8288",
@@ -220,9 +254,6 @@ def test_defaults_match_the_spec() -> None:
         api_ts_max_age=7 * 86400.0,
         api_ts_max_skew=300.0,
         trusted_origins=(),
-        log_level="INFO",
-        log_format="text",
-        create_demo_user=True,
         delivery_mode="outbox",
         sqlite_synchronous="NORMAL",
         outbox_max_pending=100_000,
@@ -240,18 +271,11 @@ def test_defaults_match_the_spec() -> None:
         outbox_split_after=5,
         outbox_write_timeout=5.0,
         outbox_database_url=None,
-        trusted_proxies=0,
         event_schemas=None,
         ratelimit_enabled=True,
         ratelimit_storage_uri="memory://",
         ratelimit_key_prefix="inngest-gateway",
         ratelimit_api="300 per minute",
-        ratelimit_login_ip="30 per minute",
-        ratelimit_login_email="5 per minute;20 per hour",
-        metrics_token=None,
-        metrics_internal_only=True,
-        session_lifetime=14 * 86400.0,
-        remember_cookie_duration=30 * 86400.0,
     )
     assert 0 < settings.inngest_send_timeout <= 300
 
@@ -259,66 +283,76 @@ def test_defaults_match_the_spec() -> None:
 @pytest.mark.parametrize(
     "variable",
     [
-        "API_ALLOWED_EVENTS",
-        "API_DEFAULT_EVENT",
-        "API_REQUIRE_LOGIN",
-        "API_MAX_EVENT_BYTES",
-        "API_MAX_BODY_BYTES",
-        "API_MAX_BATCH",
-        "INNGEST_SEND_TIMEOUT",
+        "INNGEST_GATEWAY_API_ALLOWED_EVENTS",
+        "INNGEST_GATEWAY_API_DEFAULT_EVENT",
+        "INNGEST_GATEWAY_API_REQUIRE_LOGIN",
+        "INNGEST_GATEWAY_API_MAX_EVENT_BYTES",
+        "INNGEST_GATEWAY_API_MAX_BODY_BYTES",
+        "INNGEST_GATEWAY_API_MAX_BATCH",
+        "INNGEST_GATEWAY_SEND_TIMEOUT",
         "INNGEST_ENV",
         "DATABASE_URL",
-        "TRUSTED_ORIGINS",
+        "INNGEST_GATEWAY_TRUSTED_ORIGINS",
         "LOG_LEVEL",
     ],
 )
 @pytest.mark.parametrize("blank", ["", "  "])
 def test_empty_values_count_as_unset(variable: str, blank: str) -> None:
-    assert load_settings({**CLOUD, variable: blank}) == load_settings(CLOUD)
+    assert load_all({**CLOUD, variable: blank}) == load_all(CLOUD)
 
 
 @pytest.mark.parametrize(
     ("env", "field", "value"),
     [
-        ({"API_ALLOWED_EVENTS": "app/*"}, "api_allowed_events", ("app/*",)),
+        ({"INNGEST_GATEWAY_API_ALLOWED_EVENTS": "app/*"}, "api_allowed_events", ("app/*",)),
         (
-            {"API_ALLOWED_EVENTS": " app/*, billing/invoice.* ,,shop/order.placed "},
+            {
+                "INNGEST_GATEWAY_API_ALLOWED_EVENTS": (
+                    " app/*, billing/invoice.* ,,shop/order.placed "
+                )
+            },
             "api_allowed_events",
             ("app/*", "billing/invoice.*", "shop/order.placed"),
         ),
-        ({"API_ALLOWED_EVENTS": ","}, "api_allowed_events", ()),
+        ({"INNGEST_GATEWAY_API_ALLOWED_EVENTS": ","}, "api_allowed_events", ()),
         (
-            {"TRUSTED_ORIGINS": "https://Shop.Example.com/, http://localhost:3000"},
+            {"INNGEST_GATEWAY_TRUSTED_ORIGINS": "https://Shop.Example.com/, http://localhost:3000"},
             "trusted_origins",
             ("https://shop.example.com", "http://localhost:3000"),
         ),
-        ({"TRUSTED_ORIGINS": "https://a.example,"}, "trusted_origins", ("https://a.example",)),
-        ({"API_REQUIRE_LOGIN": "true"}, "api_require_login", True),
-        ({"API_REQUIRE_LOGIN": "1"}, "api_require_login", True),
-        ({"API_REQUIRE_LOGIN": "YES"}, "api_require_login", True),
-        ({"API_REQUIRE_LOGIN": "false"}, "api_require_login", False),
-        ({"API_REQUIRE_LOGIN": "0"}, "api_require_login", False),
-        ({"API_REQUIRE_LOGIN": "off"}, "api_require_login", False),
+        (
+            {"INNGEST_GATEWAY_TRUSTED_ORIGINS": "https://a.example,"},
+            "trusted_origins",
+            ("https://a.example",),
+        ),
+        ({"INNGEST_GATEWAY_API_REQUIRE_LOGIN": "true"}, "api_require_login", True),
+        ({"INNGEST_GATEWAY_API_REQUIRE_LOGIN": "1"}, "api_require_login", True),
+        ({"INNGEST_GATEWAY_API_REQUIRE_LOGIN": "YES"}, "api_require_login", True),
+        ({"INNGEST_GATEWAY_API_REQUIRE_LOGIN": "false"}, "api_require_login", False),
+        ({"INNGEST_GATEWAY_API_REQUIRE_LOGIN": "0"}, "api_require_login", False),
+        ({"INNGEST_GATEWAY_API_REQUIRE_LOGIN": "off"}, "api_require_login", False),
         ({"CREATE_DEMO_USER": "false"}, "create_demo_user", False),
-        ({"API_MAX_BATCH": "5000"}, "api_max_batch", 5000),
-        ({"API_TS_MAX_AGE": "30d"}, "api_ts_max_age", 30 * 86400.0),
-        ({"API_TS_MAX_SKEW": "0"}, "api_ts_max_skew", 0.0),
-        ({"API_TS_MAX_SKEW": "90s"}, "api_ts_max_skew", 90.0),
-        ({"OUTBOX_BATCH_SIZE": "5000"}, "outbox_batch_size", 5000),
-        ({"OUTBOX_CONCURRENCY": "4"}, "outbox_concurrency", 4),
-        ({"API_MAX_EVENT_BYTES": "3145728"}, "api_max_event_bytes", 3145728),
-        ({"API_MAX_BODY_BYTES": "2048"}, "api_max_body_bytes", 2048),
-        ({"INNGEST_SEND_TIMEOUT": "2.5"}, "inngest_send_timeout", 2.5),
+        ({"INNGEST_GATEWAY_API_MAX_BATCH": "5000"}, "api_max_batch", 5000),
+        ({"INNGEST_GATEWAY_API_TS_MAX_AGE": "30d"}, "api_ts_max_age", 30 * 86400.0),
+        ({"INNGEST_GATEWAY_API_TS_MAX_SKEW": "0"}, "api_ts_max_skew", 0.0),
+        ({"INNGEST_GATEWAY_API_TS_MAX_SKEW": "90s"}, "api_ts_max_skew", 90.0),
+        ({"INNGEST_GATEWAY_OUTBOX_BATCH_SIZE": "5000"}, "outbox_batch_size", 5000),
+        ({"INNGEST_GATEWAY_OUTBOX_CONCURRENCY": "4"}, "outbox_concurrency", 4),
+        ({"INNGEST_GATEWAY_API_MAX_EVENT_BYTES": "3145728"}, "api_max_event_bytes", 3145728),
+        ({"INNGEST_GATEWAY_API_MAX_BODY_BYTES": "2048"}, "api_max_body_bytes", 2048),
+        ({"INNGEST_GATEWAY_SEND_TIMEOUT": "2.5"}, "inngest_send_timeout", 2.5),
         ({"INNGEST_ENV": "feature-x"}, "inngest_env", "feature-x"),
-        ({"API_DEFAULT_EVENT": "shop/clicked"}, "api_default_event", "shop/clicked"),
+        (
+            {"INNGEST_GATEWAY_API_DEFAULT_EVENT": "shop/clicked"},
+            "api_default_event",
+            "shop/clicked",
+        ),
         ({"DATABASE_URL": "sqlite:////tmp/x.db"}, "database_url", "sqlite:////tmp/x.db"),
         ({"LOG_LEVEL": "DEBUG"}, "log_level", "DEBUG"),
     ],
 )
 def test_values_are_parsed(env: dict[str, str], field: str, value: Any) -> None:
-    settings = load_settings({**CLOUD, **env})
-
-    assert getattr(settings, field) == value
+    assert setting_value({**CLOUD, **env}, field) == value
 
 
 @pytest.mark.parametrize(
@@ -419,22 +453,32 @@ def test_dotenv_values_are_read_and_the_environment_wins(tmp_path: Path) -> None
         'GATEWAY_TEST_DOTENV_QUOTED="with spaces # not a comment"\n'
         "export GATEWAY_TEST_DOTENV_EXPORTED=exported\n"
         "PATH=/from/dotenv/only\n"
-        "API_DEFAULT_EVENT=dotenv/event\n"
-        "API_MAX_BATCH=7\n"
+        "INNGEST_GATEWAY_API_DEFAULT_EVENT=dotenv/event\n"
+        "INNGEST_GATEWAY_API_MAX_BATCH=7\n"
     )
 
     env = environment(dotenv)
 
     assert {key: env[key] for key in ours} == ours
     assert env["PATH"] == os.environ["PATH"]
-    assert env["API_DEFAULT_EVENT"] == os.environ.get("API_DEFAULT_EVENT", "dotenv/event")
-    assert env["API_MAX_BATCH"] == os.environ.get("API_MAX_BATCH", "7")
+    assert env["INNGEST_GATEWAY_API_DEFAULT_EVENT"] == os.environ.get(
+        "INNGEST_GATEWAY_API_DEFAULT_EVENT", "dotenv/event"
+    )
+    assert env["INNGEST_GATEWAY_API_MAX_BATCH"] == os.environ.get(
+        "INNGEST_GATEWAY_API_MAX_BATCH", "7"
+    )
     assert {key: value for key, value in env.items() if key in os.environ} == dict(os.environ)
     settings = load_settings(
-        {**CLOUD, **{k: env[k] for k in ("API_DEFAULT_EVENT", "API_MAX_BATCH")}}
+        {
+            **CLOUD,
+            **{
+                k: env[k]
+                for k in ("INNGEST_GATEWAY_API_DEFAULT_EVENT", "INNGEST_GATEWAY_API_MAX_BATCH")
+            },
+        }
     )
-    assert settings.api_default_event == env["API_DEFAULT_EVENT"]
-    assert settings.api_max_batch == int(env["API_MAX_BATCH"])
+    assert settings.api_default_event == env["INNGEST_GATEWAY_API_DEFAULT_EVENT"]
+    assert settings.api_max_batch == int(env["INNGEST_GATEWAY_API_MAX_BATCH"])
 
 
 def test_without_a_dotenv_file_the_environment_is_all(tmp_path: Path) -> None:
@@ -446,7 +490,9 @@ def _example_variables() -> set[str]:
     return set(re.findall(r"^\s*(?:#\s*)?(?:export\s+)?([A-Z][A-Z0-9_]*)=", text, re.MULTILINE))
 
 
-@pytest.mark.parametrize("variable", sorted(_SettingsSchema().fields))
+@pytest.mark.parametrize(
+    "variable", sorted({*_SettingsSchema().fields, *_ServiceSettingsSchema().fields})
+)
 def test_every_setting_is_listed_in_env_example(variable: str) -> None:
     assert (ROOT / ".env.example").is_file(), ".env.example is missing"
 
@@ -456,7 +502,7 @@ def test_every_setting_is_listed_in_env_example(variable: str) -> None:
 def test_env_example_as_dotenv_is_a_working_dev_configuration() -> None:
     values = {k: v for k, v in dotenv_values(ROOT / ".env.example").items() if v is not None}
 
-    settings = load_settings(values)
+    settings, _ = load_all(values)
 
     assert settings.inngest_dev is True
     assert settings.inngest_event_key == "NO_EVENT_KEY_SET"
@@ -479,7 +525,7 @@ def _documented_settings() -> dict[str, tuple[str, str, str]]:
     for line in text.splitlines():
         if line.startswith("## "):
             group = line.removeprefix("## ").strip()
-        elif line.startswith("| `"):
+        elif line.startswith("| `") and group != "Renamed settings":
             name, default, meaning = (cell.strip() for cell in line.strip("|").split(" | "))
             assert re.fullmatch(r"`[A-Z][A-Z0-9_]*`", name), f"one variable per row: {name}"
             assert name.strip("`") not in rows, f"{name} is listed twice"
@@ -514,10 +560,75 @@ def test_the_declarations_are_grouped_and_named_once() -> None:
 
     assert len(names) == len(set(names))
     assert {declaration.group for declaration in DECLARATIONS} == set(GROUPS)
-    assert set(_SettingsSchema().fields) == {d.name for d in DECLARATIONS if d.field is not None}
-    assert GATEWAY_SETTINGS | SERVICE_ONLY_SETTINGS == set(_SettingsSchema().fields)
-    assert not GATEWAY_SETTINGS & SERVICE_ONLY_SETTINGS
+    assert {*_SettingsSchema().fields, *_ServiceSettingsSchema().fields} == {
+        d.name for d in DECLARATIONS if d.field is not None
+    }
+    assert GATEWAY_SETTINGS == set(_SettingsSchema().fields)
+    assert not GATEWAY_SETTINGS & {d.name for d in SERVICE_SETTINGS}
     assert not set(IDENTITY_FIELDS) & set(names)
+
+
+def test_the_extensions_keys_are_its_own() -> None:
+    """Prefixed, but the Inngest SDK's names; none is Flask's or another extension's."""
+    others = set(Flask("probe").config) | {"SECRET_KEY"}
+
+    for name in GATEWAY_SETTINGS:
+        assert name.startswith(PREFIX) or name in SDK_NAMES, name
+        assert name not in others, name
+        assert not name.startswith(("RATELIMIT_", "SESSION_", "SQLALCHEMY_", "WTF_")), name
+    assert SDK_NAMES <= GATEWAY_SETTINGS
+    # The service's own may take neither Flask's keys nor Flask-Limiter's.
+    for declaration in SERVICE_SETTINGS:
+        assert declaration.name not in others - {"SECRET_KEY"}, declaration.name
+        assert not declaration.name.startswith("RATELIMIT_"), declaration.name
+
+
+def test_each_old_name_is_refused_naming_the_new_one(
+    tmp_path: Path, base_env: dict[str, str]
+) -> None:
+    for old, new in RENAMED.items():
+        assert new in {d.name for d in DECLARATIONS}, new
+        with pytest.raises(ConfigError) as raised:
+            create_app({**base_env, old: "anything"}, instance_path=str(tmp_path / "instance"))
+        assert (
+            str(raised.value) == f"{old}: was renamed {new}; set {new} instead (docs/settings.md)"
+        )
+    # Blank, an old name is as good as unset.
+    with pytest.raises(ConfigError, match="INNGEST_EVENT_KEY"):
+        load_all({"DELIVERY_MODE": " ", "SECRET_KEY": "s3cret"})
+
+
+def test_the_renamed_table_in_the_docs_is_the_map() -> None:
+    text = (ROOT / "docs" / "settings.md").read_text()
+    section = text.split("## Renamed settings", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([A-Z0-9_]+)` \| `([A-Z0-9_]+)` \|$", section, re.MULTILINE)
+
+    assert dict(rows) == RENAMED
+    assert len(rows) == len(RENAMED)
+
+
+def test_the_service_maps_the_same_names_the_extension_reads(
+    make_app: Callable[..., Flask],
+) -> None:
+    """One name per setting: what the service's environment sets is what a host's app.config
+    would set."""
+    app = make_app(
+        INNGEST_GATEWAY_API_DEFAULT_EVENT="app/mapped", INNGEST_GATEWAY_RATELIMIT_API="7/minute"
+    )
+    host = Flask("host")
+    host.config.update(
+        SECRET_KEY="s",
+        INNGEST_DEV="1",
+        INNGEST_GATEWAY_API_DEFAULT_EVENT="app/mapped",
+        INNGEST_GATEWAY_RATELIMIT_API="7/minute",
+    )
+    from inngest_gateway.settings import settings_from_config
+    from inngest_gateway.state import gateway_state
+
+    served = gateway_state(app).settings
+    hosted = settings_from_config(host.config)
+    assert served.api_default_event == hosted.api_default_event == "app/mapped"
+    assert served.ratelimit_api == hosted.ratelimit_api == "7/minute"
 
 
 def test_the_documented_table_is_the_declarations() -> None:
@@ -552,13 +663,15 @@ def test_env_example_is_the_declarations() -> None:
 
 
 @pytest.mark.parametrize(
-    "declaration", [d for d in SETTINGS if d.default is not None], ids=lambda d: d.name
+    "declaration",
+    [d for d in SETTINGS + SERVICE_SETTINGS if d.default is not None],
+    ids=lambda d: d.name,
 )
 def test_each_declared_default_is_what_an_unset_variable_gives(declaration: Declaration) -> None:
     assert declaration.field is not None
-    settings = load_settings({"INNGEST_DEV": "1"})
+    loaded = load_all({"INNGEST_DEV": "1"})
 
-    value = getattr(settings, declaration.name.lower())
+    value = setting_value({"INNGEST_DEV": "1"}, declaration.attribute)
 
     assert value == declaration.field.deserialize(declaration.default)
-    assert load_settings({"INNGEST_DEV": "1", declaration.name: declaration.default}) == settings
+    assert load_all({"INNGEST_DEV": "1", declaration.name: declaration.default}) == loaded

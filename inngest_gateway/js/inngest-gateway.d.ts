@@ -6,15 +6,15 @@
 
 /** An event as the page sends it; the service adds `data.user` and `data.request`. */
 export interface GatewayEvent {
-  /** The event name; the service's API_DEFAULT_EVENT when left out. */
+  /** The event name; the service's INNGEST_GATEWAY_API_DEFAULT_EVENT when left out. */
   name?: string;
   data?: Record<string, unknown> | null;
   /** The client's key for this event, made with crypto.randomUUID() when left out. The
    * service turns it into the event id, the same for the same poster on every retry. */
   id?: string;
   /** Milliseconds since the epoch; set to the time of `send()` when left out. The service
-   * refuses (422) one older than its API_TS_MAX_AGE (7 days by default) or further ahead of
-   * its clock than API_TS_MAX_SKEW (5 minutes). */
+   * refuses (422) one older than its INNGEST_GATEWAY_API_TS_MAX_AGE (7 days by default) or further ahead of
+   * its clock than INNGEST_GATEWAY_API_TS_MAX_SKEW (5 minutes). */
   ts?: number;
   v?: string;
 }
@@ -29,7 +29,7 @@ export interface SendOptions {
 export interface ClientOptions {
   /** Where events are posted (default "/api", or the script tag's data-endpoint). */
   endpoint?: string;
-  /** Most events in one request: the service's API_MAX_BATCH (default 100). */
+  /** Most events in one request: the service's INNGEST_GATEWAY_API_MAX_BATCH (default 100). */
   maxBatch?: number;
   /** Default retry budget of a send, in milliseconds (default 30000). */
   budget?: number;

@@ -24,7 +24,7 @@
   const KEEPALIVE_BYTES = 65536; // what a page may have in flight in keepalive requests
   const defaults = {
     endpoint: "/api",
-    maxBatch: 100, // the service's API_MAX_BATCH
+    maxBatch: 100, // the service's INNGEST_GATEWAY_API_MAX_BATCH
     budget: 30000, // how long a send's promise waits, retries included
     base: 500, // the first retry's delay, doubled on each try up to `cap`
     cap: 30000,
@@ -173,7 +173,7 @@
     const config = { ...defaults, poster: own ? defaults.poster : "", ...options };
     const prefix = `${PREFIX}${endpoint} `; // of this queue's keys, and the name of its lock
     // The session cookie goes along to this site's own service, and to another origin's only
-    // when that service lists this page's origin in TRUSTED_ORIGINS (CORS with credentials).
+    // when that service lists this page's origin in INNGEST_GATEWAY_TRUSTED_ORIGINS (CORS with credentials).
     const credentials = new URL(endpoint).origin === location.origin ? "same-origin" : "include";
 
     const waiting = new Map(); // queue key -> [resolve, reject] of this page's send

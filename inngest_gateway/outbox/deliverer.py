@@ -1,7 +1,8 @@
 """Delivery: claim the oldest due events in batches, send them, record what Inngest said.
 
 Any number of deliverers (threads in gunicorn workers, `flask outbox deliver` processes,
-several hosts on PostgreSQL) can run at once, each sending OUTBOX_CONCURRENCY batches at a
+several hosts on PostgreSQL) can run at once, each sending INNGEST_GATEWAY_OUTBOX_CONCURRENCY
+batches at a
 time from threads of its own: each claims a batch with a lease, and a batch keeps its events
 and its event-id seed across retries so that Inngest can deduplicate a repeat. Housekeeping
 dead-letters events too old to send and forgets delivered ones.
@@ -63,7 +64,8 @@ class Claimed:
     bodies: list[bytes]
     seed: str
     lease_expires_at: int  # epoch ms, as stored in claim_expires_at
-    # The claim stopped at OUTBOX_BATCH_SIZE or OUTBOX_MAX_BATCH_BYTES: more may be due now.
+    # The claim stopped at INNGEST_GATEWAY_OUTBOX_BATCH_SIZE or
+    # INNGEST_GATEWAY_OUTBOX_MAX_BATCH_BYTES: more may be due now.
     more: bool = False
 
 
@@ -184,7 +186,8 @@ class Deliverer:
 
     def _fit(self, rows: Sequence[Any]) -> tuple[list[int], bool]:
         """The ids of the longest prefix whose request body fits the byte budget (at least
-        one event), and whether a limit (the budget, or OUTBOX_BATCH_SIZE rows read) stopped it.
+        one event), and whether a limit (the budget, or INNGEST_GATEWAY_OUTBOX_BATCH_SIZE rows
+        read) stopped it.
         """
         # The body is a JSON array: `[`, then each event followed by `,` or, the last, `]`.
         budget, total, keep = self.settings.outbox_max_batch_bytes, 1, 0
@@ -280,7 +283,7 @@ class Deliverer:
         *,
         throttled: bool = False,
     ) -> None:
-        """Back off; every OUTBOX_SPLIT_AFTER failed attempts, split the batch in halves.
+        """Back off; every `outbox_split_after` failed attempts, split the batch in halves.
 
         An event that Inngest keeps failing on (5xx, a timeout) would otherwise hold back
         the rest of its batch for good: halving it on repeated failures soon leaves the bad
@@ -358,14 +361,14 @@ class Deliverer:
             self._dead(claimed.ids, f"HTTP {exc.status}: {exc.error}")
 
     def backoff(self, attempt: int) -> float:
-        """Exponential backoff with jitter, from OUTBOX_RETRY_BASE up to OUTBOX_RETRY_MAX."""
+        """Exponential backoff with jitter, from the retry base up to the retry max (seconds)."""
         ceiling: float = min(
             self.settings.outbox_retry_max, self.settings.outbox_retry_base * 2 ** (attempt - 1)
         )
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
     def housekeeping(self) -> None:
-        """Dead-letter events older than OUTBOX_MAX_AGE; forget delivered ones kept long enough."""
+        """Dead-letter events past their max age; forget delivered ones kept long enough."""
         self._last_housekeeping = time.monotonic()
         now = now_ms()
         with transaction(self.db):
@@ -375,7 +378,9 @@ class Deliverer:
                     free(now, due_only=False),
                     columns.created_at < now - int(self.settings.outbox_max_age * 1000),
                 )
-                .values(**_finished(DEAD, now, "not delivered within OUTBOX_MAX_AGE"))
+                .values(
+                    **_finished(DEAD, now, "not delivered within INNGEST_GATEWAY_OUTBOX_MAX_AGE")
+                )
                 .returning(columns.batch_seed)
             ).all()
             expired = len(seeds)
@@ -396,7 +401,9 @@ class Deliverer:
                 )
         if expired:
             metrics.events_dead(expired)
-            log.error("dead-lettered %d event(s) older than OUTBOX_MAX_AGE", expired)
+            log.error(
+                "dead-lettered %d event(s) older than INNGEST_GATEWAY_OUTBOX_MAX_AGE", expired
+            )
 
     # -- the background thread ---------------------------------------------------------
     def notify(self) -> None:
@@ -478,7 +485,7 @@ class Deliverer:
             return 0
         drain = self.settings.outbox_drain_seconds if drain_seconds is None else drain_seconds
         deadline = time.monotonic() + drain
-        # A thread in the middle of a send finishes it (within INNGEST_SEND_TIMEOUT).
+        # A thread in the middle of a send finishes it (within INNGEST_GATEWAY_SEND_TIMEOUT).
         joined = time.monotonic() + max(drain, 0.1) + self.settings.inngest_send_timeout
         for thread in threads:
             thread.join(timeout=max(joined - time.monotonic(), 0))

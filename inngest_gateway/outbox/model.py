@@ -33,7 +33,7 @@ def now_ms() -> int:
 
 
 class OutboxBase(DeclarativeBase):
-    """The outbox's own tables, in its own database (OUTBOX_DATABASE_URL), on its own engine."""
+    """The outbox's own tables, in its own database (`outbox_database_url`), on its own engine."""
 
 
 class OutboxEvent(OutboxBase):

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 COUNT_REFRESH_SECONDS = 0.25
 
 RETRY_LATER = {"Retry-After": "5"}
-# How long after OUTBOX_WRITE_TIMEOUT a commit's socket is shut down, if it is still waiting.
+# How long after INNGEST_GATEWAY_OUTBOX_WRITE_TIMEOUT a commit's socket is shut down, if it is
+# still waiting.
 CUT_GRACE_SECONDS = 0.5
 _STORED_COLUMNS = (
     "event_id",
@@ -64,7 +65,8 @@ class Writer:
     request that queued during its commit. Only one connection per process competes for the
     database's write lock, and each request still answers only after its own commit.
 
-    Each commit ends, committed or rolled back, within OUTBOX_WRITE_TIMEOUT: the wait for
+    Each commit ends, committed or rolled back, within INNGEST_GATEWAY_OUTBOX_WRITE_TIMEOUT: the
+    wait for
     the write lock and every statement are bounded by that deadline. So a request waits at
     most for the commit under way and then its own, and answers with the real outcome: a
     503 only for events that are not, and will never be, stored.
@@ -110,7 +112,9 @@ class Writer:
                     # No commit has taken it, so none ever will: the 503 is true.
                     self._queue.remove(item)
                     item.error = OutboxUnavailable(headers=RETRY_LATER)
-                    log.error("outbox write overran OUTBOX_WRITE_TIMEOUT; refusing a post")
+                    log.error(
+                        "outbox write overran INNGEST_GATEWAY_OUTBOX_WRITE_TIMEOUT; refusing a post"
+                    )
                     return
                 wake = item.wake
             if lead:
@@ -186,7 +190,8 @@ class Writer:
             # The driver's own connection: SQLAlchemy's statement layer would cost more
             # than the insert on this path. Taken before the lock, within the same
             # deadline: the pool's wait (and on PostgreSQL, opening a connection) is
-            # bounded by OUTBOX_WRITE_TIMEOUT (see db.engine_options), and what it used is
+            # bounded by INNGEST_GATEWAY_OUTBOX_WRITE_TIMEOUT (see db.engine_options), and what it
+            # used is
             # no longer left for the lock and the statements.
             connection = engine.raw_connection()
             if engine.dialect.name == "postgresql":
