@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dotenv import dotenv_values
 from limits import parse_many
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, missing, post_load, validate
 
@@ -800,13 +799,6 @@ def _first_error(messages: Any, prefix: str = "") -> str:
     if isinstance(messages, list) and messages:
         return _first_error(messages[0], prefix)
     return f"{prefix}: {messages}" if prefix else str(messages)
-
-
-def environment(dotenv_path: str | os.PathLike[str] = ".env") -> dict[str, str]:
-    """The process environment over the values of `.env`, when that file exists."""
-    values = {k: v for k, v in dotenv_values(dotenv_path).items() if v is not None}
-    values.update(os.environ)
-    return values
 
 
 def load_settings(env: Mapping[str, str]) -> Settings:

@@ -20,9 +20,10 @@ from sqlalchemy.exc import IntegrityError
 
 from inngest_gateway import InngestGateway, errors, outbox, payload
 from inngest_gateway.db import database_url
-from inngest_gateway.settings import Settings, environment, instance_secret, load_settings
+from inngest_gateway.settings import Settings, instance_secret, load_settings
 
 from . import auth, db, health, identity, logs, metrics, openapi, pages, security, users
+from .environment import environment
 from .identity import IdentitySettings
 
 

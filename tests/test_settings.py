@@ -30,12 +30,12 @@ from inngest_gateway.settings import (
     Declaration,
     Settings,
     _SettingsSchema,
-    environment,
     format_duration,
     load_settings,
     parse_duration,
 )
 from service.db import db
+from service.environment import environment
 from service.identity import _IdentitySchema
 from service.users import create_user
 from tests.conftest import PASSWORD
