@@ -13,6 +13,7 @@ import configparser
 import importlib.metadata
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -195,6 +196,7 @@ def test_the_wheel_fits_a_host_pinned_at_the_lowest_versions(tmp_path: Path) -> 
     tests = subprocess.run(
         [str(env / "bin" / "pytest"), "-c", "tests/extension/lowest.ini", "tests/extension"],
         cwd=ROOT,
+        env={**os.environ, "TEST_AGAINST_WHEEL": "1"},  # refuses the checkout's package
         capture_output=True,
         text=True,
         timeout=120,

@@ -8,10 +8,15 @@ the tests beside it, may import `service` or `tests.conftest`.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 
+import inngest_gateway
 from tests.standin import InngestStandIn
 
 
@@ -32,3 +37,15 @@ def inngest(inngest_server: InngestStandIn) -> Iterator[InngestStandIn]:
     inngest_server.reset()
     yield inngest_server
     assert inngest_server.violations == [], "requests Inngest would refuse"
+
+
+def pytest_report_header() -> str:
+    """Which inngest_gateway and Flask this run tests."""
+    return f"inngest_gateway: {inngest_gateway.__file__}; Flask {version('flask')}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under TEST_AGAINST_WHEEL (the lowest-version run), the checkout's package is refused."""
+    installed = Path(inngest_gateway.__file__).is_relative_to(sys.prefix)
+    if os.environ.get("TEST_AGAINST_WHEEL") and not installed:
+        raise pytest.UsageError(f"not the installed wheel: {inngest_gateway.__file__}")
