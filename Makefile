@@ -10,7 +10,7 @@ PORT ?= 5000
 
 NODE_TOOLS := tests/js/node_modules/.installed
 
-.PHONY: run test system-deps bench lint format clean client-size
+.PHONY: run test test-lowest system-deps bench lint format clean client-size
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,29 @@ test: $(VENV)/.dev system-deps $(NODE_TOOLS)
 	  echo "      Set it (e.g. redis://127.0.0.1:6379/1) to run them."; \
 	fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-lowest
+
+# The extension's tests (tests/extension) once more, against the built wheel installed into
+# .venv-lowest at the lowest supported versions (requirements-lowest.txt). The wheel is built
+# from a copy, so that the checkout gets no build/ or egg-info; the checkout is on that
+# environment's path after site-packages (a .pth file), for tests/ only.
+LOWEST := .venv-lowest
+
+$(LOWEST)/.installed: requirements-lowest.txt
+	rm -rf $(LOWEST)
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-lowest.txt
+	echo "$(CURDIR)" > "$$($(LOWEST)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/zz-checkout-tests.pth"
+	touch $@
+
+test-lowest: $(VENV)/.dev $(LOWEST)/.installed
+	rm -rf $(LOWEST)/src $(LOWEST)/dist
+	mkdir -p $(LOWEST)/src
+	cp -R setup.cfg pyproject.toml README.md inngest_gateway $(LOWEST)/src/
+	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation --no-index --wheel-dir $(LOWEST)/dist $(LOWEST)/src
+	$(LOWEST)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall $(LOWEST)/dist/*.whl
+	$(LOWEST)/bin/python -m pip check --disable-pip-version-check
+	TEST_AGAINST_WHEEL=1 $(LOWEST)/bin/pytest -c tests/extension/lowest.ini tests/extension
 
 # The browser client's size as README states it: minified by terser with the options of
 # tests/test_client_build.py, then gzip -9.
@@ -77,4 +100,4 @@ format: $(VENV)/.dev
 	$(BIN)/ruff format inngest_gateway service tests bench wsgi.py gunicorn.conf.py
 
 clean:
-	rm -rf $(VENV) tests/js/node_modules .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
+	rm -rf $(VENV) .venv-lowest tests/js/node_modules .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

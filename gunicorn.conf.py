@@ -42,7 +42,7 @@ def on_starting(server):  # type: ignore[no-untyped-def]
     """
     _metrics_directory()
     from inngest_gateway import ConfigError
-    from inngest_gateway.settings import environment
+    from service.environment import environment
     from service.identity import check_users_query, load_identity_settings, user_lookup
     from service.settings import load_all
 

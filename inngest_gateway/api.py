@@ -6,6 +6,7 @@ its own hooks, error handlers, rate limit and CORS, so a host app mounting it ke
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from typing import Any
@@ -226,8 +227,12 @@ def method_not_allowed(**_: Any) -> Any:
 def _before() -> None:
     """Per request of this blueprint only: its limits, ids, and a fully read body."""
     state = gateway_state()
-    request.max_content_length = state.settings.api_max_body_bytes
-    request.max_form_memory_size = state.settings.api_max_body_bytes
+    limit = state.settings.api_max_body_bytes
+    request.max_form_memory_size = limit
+    # Flask 3.1 takes a limit per request; before it, only the app's MAX_CONTENT_LENGTH, and
+    # buffer_streamed_body(limit) below refuses a body over the gateway's own.
+    with contextlib.suppress(AttributeError):
+        request.max_content_length = limit
     if "request_id" not in g:  # a host that gives requests ids of its own keeps them
         g.request_id = uuid.uuid4().hex
         g.client_request_id = client_request_id()
@@ -238,7 +243,7 @@ def _before() -> None:
         return  # the client's files: no body to read, nothing to store
     if not state.outbox_db.schema_ready and state.settings.delivery_mode == "outbox":
         state.outbox_db.ensure_schema()
-    buffer_streamed_body()
+    buffer_streamed_body(limit)
 
 
 def _after(response: Response) -> Response:

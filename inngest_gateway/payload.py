@@ -25,17 +25,21 @@ FORM_FIELDS = ("name", "next")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def buffer_streamed_body() -> None:
-    """Read a body sent without Content-Length (chunked) up to the limit, or refuse it.
+def buffer_streamed_body(limit: int | None = None) -> None:
+    """Refuse a body over the limit; read one sent without Content-Length (chunked) in full.
 
     Werkzeug would stop reading at the limit and hand on a body cut short. The limit is
-    the request's own (`request.max_content_length`), set per request by the gateway.
+    the given one (the gateway's, per request), else the request's `max_content_length`:
+    Flask before 3.1 cannot set that per request, so the gateway checks its own here.
     """
+    if limit is None:
+        limit = request.max_content_length
+    if limit is None:
+        return
+    if (request.content_length or 0) > limit:
+        raise RequestEntityTooLarge()
     environ = request.environ
     if environ.get("CONTENT_LENGTH") or not environ.get("wsgi.input_terminated"):
-        return
-    limit = request.max_content_length
-    if limit is None:
         return
     stream = environ["wsgi.input"]
     chunks: list[bytes] = []

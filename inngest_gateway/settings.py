@@ -10,7 +10,6 @@ test checks the tables of docs/settings.md and `.env.example` against them.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from dotenv import dotenv_values
 from limits import parse_many
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, missing, post_load, validate
 
@@ -649,13 +647,6 @@ def first_error(messages: Any, prefix: str = "") -> str:
     if isinstance(messages, list) and messages:
         return first_error(messages[0], prefix)
     return f"{prefix}: {messages}" if prefix else str(messages)
-
-
-def environment(dotenv_path: str | os.PathLike[str] = ".env") -> dict[str, str]:
-    """The process environment over the values of `.env`, when that file exists."""
-    values = {k: v for k, v in dotenv_values(dotenv_path).items() if v is not None}
-    values.update(os.environ)
-    return values
 
 
 def load_settings(env: Mapping[str, str]) -> Settings:

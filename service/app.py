@@ -20,10 +20,11 @@ from sqlalchemy.exc import IntegrityError
 
 from inngest_gateway import InngestGateway, errors, outbox, payload
 from inngest_gateway.db import database_url
-from inngest_gateway.settings import Settings, environment
+from inngest_gateway.settings import Settings
 
 from . import auth, db, health, identity, logs, metrics, openapi, pages, security, users
 from . import settings as service_settings
+from .environment import environment
 from .identity import IdentitySettings
 from .settings import ServiceSettings, instance_secret, load_all
 

@@ -27,13 +27,13 @@ from inngest_gateway.settings import (
     Declaration,
     Settings,
     _SettingsSchema,
-    environment,
     format_duration,
     load_settings,
     parse_duration,
 )
 from service.app import create_app
 from service.db import db
+from service.environment import environment
 from service.identity import _IdentitySchema
 from service.settings import (
     DECLARATIONS,
