@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
@@ -222,12 +222,18 @@ class Settings:
             "server. `make run` sets `1`."
         ),
     )
-    inngest_event_key: str = setting(
+    # None: not set outside dev mode, which a host app may be until it serves posts.
+    inngest_event_key: str | None = setting(
         fields.String(),
         group=INNGEST,
         doc_default=f"dev mode: `{DEV_EVENT_KEY}`",
         secret=True,
-        help="The event key. **Required outside dev mode**. Never logged or answered.",
+        help=(
+            "The event key. **Required outside dev mode**: the service refuses to start without "
+            "it; a host app mounting the extension starts, and answers posts `503 not_configured` "
+            "until it is set (unless sends are suppressed, see `SUPPRESS_SEND`). Never logged or "
+            "answered."
+        ),
     )
     inngest_event_api_base_url: str | None = setting(
         fields.String(),
@@ -254,6 +260,17 @@ class Settings:
             "Total seconds one send to Inngest may take, retries included, however slowly Inngest "
             "answers (a wall-clock budget, not a per-read timeout), connecting and the TLS "
             "handshake included; only the DNS lookup is outside it."
+        ),
+    )
+    # Unset: the app's `testing` flag, read at each post (as Flask-Mail's MAIL_SUPPRESS_SEND).
+    suppress_send: bool | None = setting(
+        _EnvBool(),
+        group=INNGEST,
+        doc_default="the app's `TESTING`",
+        help=(
+            "`true`: posts are checked, answered and recorded (`record_events`) as usual, but "
+            "nothing is sent to Inngest nor stored in the outbox, and no event key is needed. "
+            "Unset: on while the app is testing (`TESTING`), as Flask-Mail's `MAIL_SUPPRESS_SEND`."
         ),
     )
     # From INNGEST_EVENT_API_BASE_URL, INNGEST_BASE_URL or INNGEST_DEV, else the mode's own.
@@ -734,6 +751,10 @@ class _SettingsBase(Schema):
     class Meta:
         unknown = EXCLUDE
 
+    def __init__(self, *, require_event_key: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.require_event_key = require_event_key
+
     @post_load(pass_original=True)
     def _build(self, raw: dict[str, Any], original: Mapping[str, Any], **_: Any) -> Settings:
         """The rules that tie settings together: dev mode, the key, the secret, the origin."""
@@ -741,15 +762,15 @@ class _SettingsBase(Schema):
         dev = raw["INNGEST_DEV"]
         dev_url = _dev_mode(original.get("INNGEST_DEV"))[1]
         key = raw["INNGEST_EVENT_KEY"] or None
-        if key is None:
-            if not dev:
-                raise ValidationError(
-                    "is required outside dev mode (set it, or set INNGEST_DEV=1 for the "
-                    "Inngest dev server)",
-                    "INNGEST_EVENT_KEY",
-                )
+        if key is None and dev:
             key = DEV_EVENT_KEY
-        elif not re.fullmatch(r"[A-Za-z0-9_\-]+", key):
+        elif key is None and self.require_event_key:  # else checked at the first post
+            raise ValidationError(
+                "is required outside dev mode (set it, or set INNGEST_DEV=1 for the "
+                "Inngest dev server)",
+                "INNGEST_EVENT_KEY",
+            )
+        elif key is not None and not re.fullmatch(r"[A-Za-z0-9_\-]+", key):
             raise ValidationError("has characters an event key cannot have", "INNGEST_EVENT_KEY")
         secret = raw["SECRET_KEY"] or None
         if secret is None and not dev:
@@ -776,8 +797,11 @@ class _SettingsBase(Schema):
         return Settings(inngest_origin=origin, **values)
 
 
-_SettingsSchema = _SettingsBase.from_dict(
-    {d.name: d.field for d in SETTINGS if d.field is not None}, name="_SettingsSchema"
+_SettingsSchema = cast(
+    "type[_SettingsBase]",
+    _SettingsBase.from_dict(
+        {d.name: d.field for d in SETTINGS if d.field is not None}, name="_SettingsSchema"
+    ),
 )
 
 
@@ -809,14 +833,15 @@ def environment(dotenv_path: str | os.PathLike[str] = ".env") -> dict[str, str]:
     return values
 
 
-def load_settings(env: Mapping[str, str]) -> Settings:
+def load_settings(env: Mapping[str, str], *, require_event_key: bool = True) -> Settings:
     """Parse settings from a mapping of variable names to strings, or raise ConfigError.
 
-    An empty value counts as unset, as in `.env.example`.
+    An empty value counts as unset, as in `.env.example`. Without `require_event_key`, a
+    missing INNGEST_EVENT_KEY outside dev mode gives `inngest_event_key=None`.
     """
     given = {name: value for name, value in env.items() if value.strip()}
     try:
-        settings: Settings = _SettingsSchema().load(given)
+        settings: Settings = _SettingsSchema(require_event_key=require_event_key).load(given)
     except ValidationError as exc:
         raise ConfigError(_first_error(exc.messages)) from None
     return settings
