@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from inngest_gateway import InngestGateway, errors, outbox, payload
 from inngest_gateway.db import database_url
 from inngest_gateway.settings import Settings, environment, instance_secret, load_settings
+from inngest_gateway.state import gateway_state
 
 from . import auth, db, health, identity, logs, metrics, openapi, pages, security, users
 from .identity import IdentitySettings
@@ -62,8 +63,9 @@ def configure_app(app: Flask, settings: Settings) -> None:
 def configure_logger(settings: Settings, secret_key: str) -> None:
     """Log lines carry request ids, and never the event key or the session secret."""
     secrets: tuple[str, ...] = (secret_key,)
-    if settings.inngest_event_key != "NO_EVENT_KEY_SET":
-        secrets += (settings.inngest_event_key,)
+    key = settings.inngest_event_key
+    if key is not None and key != "NO_EVENT_KEY_SET":
+        secrets += (key,)
     logs.configure_logging(settings.log_level, secrets, json_lines=settings.log_format == "json")
 
 
@@ -105,6 +107,8 @@ def register_extensions(app: Flask, settings: Settings, id_settings: IdentitySet
             user_serializer=users.LoggedIn.public,
             redirect_to=_sent_page,
         )
+    # The service makes its tables at start; the extension alone waits for the first post.
+    gateway_state(app).outbox_db.ensure_schema()
     security.init_app(app)
     if id_settings.flask_session:
         identity.init_app(app, id_settings)

@@ -100,6 +100,7 @@ def host_config(inngest: InngestStandIn) -> dict[str, Any]:
         "INNGEST_SEND_TIMEOUT": 2,
         "DELIVERY_MODE": "sync",
         "OUTBOX_EMBEDDED_DELIVERER": False,
+        "SUPPRESS_SEND": False,  # these hosts test the gateway itself: real sends
     }
 
 
@@ -470,6 +471,7 @@ def test_outbox_mode_is_delivered_by_the_deliverer(
             "DELIVERY_MODE": "outbox",
             "OUTBOX_EMBEDDED_DELIVERER": True,
             "OUTBOX_POLL_SECONDS": "0.05",
+            "TESTING": False,  # a test app's outbox is a private temporary file
         }
     )
     client = app.test_client()

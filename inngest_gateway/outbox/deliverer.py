@@ -103,6 +103,8 @@ class Deliverer:
         self, *, ignore_schedule: bool = False, deadline: float | None = None
     ) -> Claimed | None:
         """Housekeeping when due, then claim and send one batch; the batch, if there was one."""
+        if not self.db.ensure_schema():  # made at the first use, not when the app is loaded
+            return None
         if time.monotonic() - self._last_housekeeping > HOUSEKEEPING_SECONDS:
             # One sender thread does it; the others go on sending.
             if self._housekeeping_lock.acquire(blocking=False):

@@ -57,6 +57,7 @@ def oldest_pending_age(database: OwnDatabase, now: int) -> float:
 
 def status(database: OwnDatabase) -> dict[str, Any]:
     """Counts by state, events in flight, and the age of the oldest pending event."""
+    database.ensure_schema()  # an outbox nobody has posted to yet: all zero
     try:
         now = now_ms()
         counts = state_counts(database)
