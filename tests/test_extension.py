@@ -724,9 +724,10 @@ def test_a_forked_worker_gets_its_own_connections_and_deliverer(
     state = gateway_state(app)
     assert outbox.status(state.outbox_db)["pending"] == 0  # the master's pool has a connection
     parents_pool = state.outbox_db.engine.pool
-    # gunicorn's master runs no deliverer (the gateway sees it is one); this test process
-    # started one when the app was built, so it stops it, as forking under a running thread
-    # would leave the child holding whatever lock that thread held.
+    parents_name = state.deliverer.name
+    # gunicorn's master serves no request, so it runs no deliverer; neither does this test
+    # process, which has served none: stopping it is a no-op kept as a guard, as forking under
+    # a running thread would leave the child holding whatever lock that thread held.
     state.delivery.stop()
 
     pid = os.fork()
@@ -742,8 +743,15 @@ def test_a_forked_worker_gets_its_own_connections_and_deliverer(
             ):
                 time.sleep(0.02)
             delivered = pending == 0
+            # Claims are leased by name: siblings forked from one master must not share one.
+            renamed = state.deliverer.name != parents_name
             # Each failure its own bit, so the parent can tell which.
-            code = (not fresh) * 4 | (answer.status_code != 202) * 8 | (not delivered) * 16
+            code = (
+                (not fresh) * 4
+                | (answer.status_code != 202) * 8
+                | (not delivered) * 16
+                | (not renamed) * 32
+            )
         finally:
             os._exit(code)
     until = time.monotonic() + 60
@@ -760,6 +768,7 @@ def test_a_forked_worker_gets_its_own_connections_and_deliverer(
         "kept the parent's pool": failed & 4,
         "post refused": failed & 8,
         "not delivered": failed & 16,
+        "kept the parent's deliverer name": failed & 32,
         "crashed": failed & 1,
     }
     assert [event["name"] for event in inngest.accepted] == ["app/child"]

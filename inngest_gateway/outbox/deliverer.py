@@ -72,6 +72,11 @@ def _finished(state: str, at: int, error: str | None) -> dict[str, Any]:
     return {"state": state, "finished_at": at, **RELEASED, "last_error": error}
 
 
+def _deliverer_name() -> str:
+    """This host, this process and a random part: claims are leased under this name."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 class Deliverer:
     """Claims, sends and settles batches of outbox events; one per process, or several."""
 
@@ -82,7 +87,7 @@ class Deliverer:
         self.settings = settings
         self.client = client
         self.db = database
-        self.name = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.name = _deliverer_name()
         self._wake = threading.Event()
         # Set while claims come back full: the senders after the first work only then.
         self._backlog = threading.Event()
@@ -417,6 +422,10 @@ class Deliverer:
                 return
             if self._stopping.is_set() and self._pid == os.getpid():
                 return
+            if self.name.rsplit(":", 2)[1] != str(os.getpid()):
+                # Forked from the process that made it (gunicorn's preloading master, say):
+                # a name of its own, so that siblings never take each other's claims.
+                self.name = _deliverer_name()
             self._pid = os.getpid()
             self._stopping = threading.Event()
             self._backlog.clear()
