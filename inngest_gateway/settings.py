@@ -468,10 +468,10 @@ class Settings:
         group=OUTBOX,
         default="2",
         help=(
-            "Batches each deliverer (a web worker's, or `flask --app wsgi outbox deliver`) sends "
-            "at once during a backlog, each from a thread of its own, so that waiting for "
-            "Inngest's answer does not hold back the rest of it; without a backlog one sender "
-            "gathers the posts into batches."
+            "Batches each deliverer (a web worker's, or `flask --app wsgi inngest-gateway outbox "
+            "deliver`) sends at once during a backlog, each from a thread of its own, so that "
+            "waiting for Inngest's answer does not hold back the rest of it; without a backlog "
+            "one sender gathers the posts into batches."
         ),
     )
     outbox_split_after: int = setting(
@@ -510,7 +510,7 @@ class Settings:
         default="true",
         help=(
             "Run a deliverer in each web worker; `false` if you run `flask --app wsgi "
-            "outbox deliver` instead."
+            "inngest-gateway outbox deliver` instead."
         ),
     )
     sqlite_synchronous: str = setting(

@@ -18,7 +18,7 @@ import click
 from flask import Flask, url_for
 from sqlalchemy.exc import IntegrityError
 
-from inngest_gateway import InngestGateway, errors, outbox, payload
+from inngest_gateway import InngestGateway, errors, payload
 from inngest_gateway.db import database_url
 from inngest_gateway.settings import Settings, environment, instance_secret, load_settings
 from inngest_gateway.state import gateway_state
@@ -132,11 +132,10 @@ def register_errorhandlers(app: Flask) -> None:
 
 
 def register_commands(app: Flask, id_settings: IdentitySettings) -> None:
-    """`flask users ...` (not beside a host: its users are its own), and `flask outbox ...`
-    (also `flask inngest-gateway outbox ...`)."""
+    """`flask users ...` (not beside a host: its users are its own); the outbox's are the
+    extension's, `flask inngest-gateway outbox ...`, as in any host."""
     if not id_settings.flask_session:
         users.init_app(app)
-    app.cli.add_command(outbox.outbox_cli)
 
 
 def create_demo_user(app: Flask) -> None:

@@ -506,7 +506,7 @@ def test_cli_group_on_the_host(hosts: Callable[..., Flask], inngest: InngestStan
     assert len(inngest.accepted) == 1
     after = runner.invoke(args=["inngest-gateway", "outbox", "status"])
     assert "pending: 0" in after.output
-    assert runner.invoke(args=["outbox", "status"]).exit_code != 0  # only the service has that
+    assert runner.invoke(args=["outbox", "status"]).exit_code != 0  # one group, one name
 
 
 # -- installed with pip, as `inngest_gateway`; the README's example --------------------------

@@ -1,4 +1,4 @@
-"""`flask outbox status|deliver|retry|purge` (also `flask inngest-gateway outbox ...`)."""
+"""`flask inngest-gateway outbox status|deliver|retry|purge`, in a host and in the service."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """Delivery: claim the oldest due events in batches, send them, record what Inngest said.
 
-Any number of deliverers (threads in gunicorn workers, `flask outbox deliver` processes,
-several hosts on PostgreSQL) can run at once, each sending OUTBOX_CONCURRENCY batches at a
-time from threads of its own: each claims a batch with a lease, and a batch keeps its events
-and its event-id seed across retries so that Inngest can deduplicate a repeat. Housekeeping
-dead-letters events too old to send and forgets delivered ones.
+Any number of deliverers (threads in gunicorn workers, `flask inngest-gateway outbox deliver`
+processes, several hosts on PostgreSQL) can run at once, each sending OUTBOX_CONCURRENCY
+batches at a time from threads of its own: each claims a batch with a lease, and a batch
+keeps its events and its event-id seed across retries so that Inngest can deduplicate a
+repeat. Housekeeping dead-letters events too old to send and forgets delivered ones.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What the outbox holds, read one way for everyone: the CLI, `/readyz`, metrics, the writer.
 
 Each question is asked by one function here; `status` puts them together for the callers
-that show the outbox's state (`flask outbox status`, `/readyz`, the metrics scrape).
+that show the outbox's state (`flask inngest-gateway outbox status`, `/readyz`, the metrics scrape).
 """
 
 from __future__ import annotations
