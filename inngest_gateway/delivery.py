@@ -85,7 +85,8 @@ class Delivery:
 
     def connect(self, app: Flask) -> None:
         """Start the deliverer at the first request the app serves in each process."""
-        request_started.connect(self._request_started, app, weak=False)
+        # Weak: the app holds this Delivery; the signal must not keep either alive.
+        request_started.connect(self._request_started, app)
 
     def record(self) -> list[dict[str, Any]]:
         """A new list that gets each accepted event, as Inngest would receive it."""

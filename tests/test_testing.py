@@ -6,6 +6,7 @@ Inngest is where a send would land, so "nothing sent" is checked where it would 
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -292,3 +294,16 @@ def test_flask_commands_need_no_key_and_write_no_file(
     assert shown in run.stdout
     assert "INNGEST_EVENT_KEY" not in run.stderr
     assert files_under(tmp_path) == before  # no instance folder, no outbox, nothing else
+
+
+def test_the_start_on_first_request_keeps_no_app_alive(tmp_path: Path) -> None:
+    """A test suite makes an app per test: once dropped, each must go, engines and all."""
+    app = make_host(tmp_path)
+    InngestGateway(app)
+    assert app.test_client().get("/").status_code == 200  # the signal has fired
+    gone = weakref.ref(app)
+
+    del app
+    gc.collect()
+
+    assert gone() is None
