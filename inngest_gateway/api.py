@@ -172,11 +172,13 @@ def _post_events_doc(settings: Settings) -> dict[str, Any]:
             "500": apidoc.UNEXPECTED,
             "502": apidoc.error("Inngest refused the events (sync mode)", "upstream_rejected"),
             "503": apidoc.error(
-                "Inngest, the outbox or the database is unavailable, or the outbox is full",
+                "Inngest, the outbox or the database is unavailable, the outbox is full, or "
+                "INNGEST_EVENT_KEY is not set",
                 "upstream_unavailable",
                 "outbox_unavailable",
                 "outbox_full",
                 "database_unavailable",
+                "not_configured",
                 retry=True,
             ),
         },
@@ -241,8 +243,6 @@ def _before() -> None:
     g.setdefault("client_request_id", None)
     if request.endpoint == SCRIPT_ENDPOINT:
         return  # the client's files: no body to read, nothing to store
-    if not state.outbox_db.schema_ready and state.settings.delivery_mode == "outbox":
-        state.outbox_db.ensure_schema()
     buffer_streamed_body(limit)
 
 

@@ -178,12 +178,21 @@ def database_url(configured: str | None, instance_path: str) -> str:
     return f"sqlite:///{os.path.join(instance_path, 'gateway.db')}"
 
 
+def _make_sqlite_folder(dialect: Any, _record: Any, cargs: Any, _cparams: Any) -> None:
+    """Make a SQLite file's folder at its first connection, not when the engine is made."""
+    path = cargs[0] if cargs else None
+    if isinstance(path, str) and path not in ("", ":memory:") and not path.startswith("file:"):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
 class OwnDatabase:
     """An engine and a thread-scoped session of our own, apart from any Flask-SQLAlchemy.
 
     A host app may have its own Flask-SQLAlchemy (one per app); this one touches nothing of
     it. Sessions are per thread: callers end theirs with `session.remove()` when done. After
-    a fork the child drops the parent's pooled connections without closing them.
+    a fork the child drops the parent's pooled connections without closing them. With
+    `make_folder`, a SQLite file's folder is made at the first connection (a folder chosen
+    by us, not one an operator configured, whose absence means the database is not there).
     """
 
     def __init__(
@@ -193,6 +202,7 @@ class OwnDatabase:
         *,
         sqlite_synchronous: str,
         write_timeout: float | None = None,
+        make_folder: bool = False,
     ) -> None:
         sqlite = url.startswith("sqlite")
         # No pre-ping: the outbox's writer cuts a hung commit's socket, and retries a
@@ -200,6 +210,8 @@ class OwnDatabase:
         self.engine = create_engine(url, **engine_options(url, write_timeout, pre_ping=False))
         if sqlite:
             event.listen(self.engine, "connect", sqlite_pragmas(sqlite_synchronous))
+            if make_folder:
+                event.listen(self.engine, "do_connect", _make_sqlite_folder)
         self.session: scoped_session[Session] = scoped_session(sessionmaker(bind=self.engine))
         self.metadata = metadata
         self.schema_ready = False

@@ -1,26 +1,23 @@
 """One way in for accepted events: stored in the outbox, or sent to Inngest before the answer.
 
 The view hands its events to `Delivery.submit` and answers with the status it returns;
-the mode switch, waking the deliverer, counting and the translation of Inngest's failures
-into the error catalogue all live here.
+the mode switch, suppressed sends (tests), the recorders, waking the deliverer, counting and
+the translation of Inngest's failures into the error catalogue all live here.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import os
-import sys
-import weakref
+import threading
 from collections.abc import Sequence
-from types import FrameType
+from typing import Any
 
-import click
-from flask.helpers import get_debug_flag
-from werkzeug.serving import is_running_from_reloader
+from flask import Flask, request_started
 
 from . import metrics
-from .errors import UpstreamRejected, UpstreamUnavailable
+from .errors import NotConfigured, UpstreamRejected, UpstreamUnavailable
 from .events import Event
 from .inngest import InngestClient, InngestRejected, InngestUnavailable
 from .outbox import Deliverer, Writer
@@ -39,41 +36,89 @@ class Delivery:
         self.client = client
         self.writer = writer
         self.deliverer = deliverer
+        self.app = deliverer.app
+        self._recorders: list[list[dict[str, Any]]] = []
+        self._recorders_lock = threading.Lock()
+        self._said_not_configured = False
 
     def submit(self, events: Sequence[Event]) -> int:
-        """Store or send the events; the success status to answer, or an APIError raised."""
-        if self.settings.delivery_mode == "outbox":
-            self.writer.store(events)
-            self.start()
-            self.deliverer.notify()
-            status = 202
-        else:
-            self._send(events)
-            status = 200
+        """Store or send the events; the success status to answer, or an APIError raised.
+
+        Suppressed (INNGEST_GATEWAY_SUPPRESS_SEND, by default while the app is testing), the
+        events are
+        checked and answered alike but neither sent nor stored; recorders see them either way.
+        """
+        outbox = self.settings.delivery_mode == "outbox"
+        if not self.suppressed():
+            self._check_configured()
+            if outbox:
+                self.writer.db.ensure_schema()  # a database still down fails the store: 503
+                self.writer.store(events)
+                self.start()
+                self.deliverer.notify()
+            else:
+                self._send(events)
+        self._record(events)
         metrics.events_accepted(len(events))
-        return status
+        return 202 if outbox else 200
+
+    def suppressed(self) -> bool:
+        """Whether posts are answered but nothing goes to Inngest (the setting, or testing)."""
+        setting = self.settings.suppress_send
+        return self.app.testing if setting is None else setting
 
     def start(self) -> None:
-        """Run this process's deliverer, if the settings want one here (fork-safe)."""
-        if self._embedded():
-            self.deliverer.ensure_running()
+        """Run this process's deliverer, if the settings want one here; restarted after a fork.
 
-    def start_when_serving(self) -> None:
-        """Start the deliverer in a process that serves the app, or after the fork that makes one.
-
-        Not in a `flask` command other than `run` (a command must exit at once), nor in the
-        `flask run` reloader's watching process. In gunicorn's master loading the app for
-        `preload_app`, a thread would be forked into every worker half-way through whatever it
-        was doing (a lock held, a SQLite call under way): the master runs none, and each
-        process forked from it starts its own.
+        Called at each post and at the first request this app serves in a process (Flask's
+        `request_started` signal), never while the app is only loaded: a `flask` command,
+        or gunicorn's master preloading the app for the workers it forks, serve no request.
         """
-        if not self._embedded() or _running_a_command():
+        if not self._embedded() or self.suppressed():
             return
-        if _in_preforking_master():
-            ref = weakref.ref(self)
-            os.register_at_fork(after_in_child=lambda: _start_in_child(ref))
+        if self.settings.inngest_event_key is None:
+            self._not_configured()
             return
+        self.deliverer.ensure_running()
+
+    def _request_started(self, _sender: Flask, **_: Any) -> None:
         self.start()
+
+    def connect(self, app: Flask) -> None:
+        """Start the deliverer at the first request the app serves in each process."""
+        # Weak: the app holds this Delivery; the signal must not keep either alive.
+        request_started.connect(self._request_started, app)
+
+    def record(self) -> list[dict[str, Any]]:
+        """A new list that gets each accepted event, as Inngest would receive it."""
+        events: list[dict[str, Any]] = []
+        with self._recorders_lock:
+            self._recorders.append(events)
+        return events
+
+    def stop_recording(self, events: list[dict[str, Any]]) -> None:
+        """Stop filling a list made by `record`."""
+        with self._recorders_lock:
+            self._recorders = [kept for kept in self._recorders if kept is not events]
+
+    def _record(self, events: Sequence[Event]) -> None:
+        with self._recorders_lock:
+            recorders = list(self._recorders)
+        for recorder in recorders:
+            recorder.extend(json.loads(event.body) for event in events)
+
+    def _check_configured(self) -> None:
+        if self.settings.inngest_event_key is None:
+            self._not_configured()
+            raise NotConfigured()
+
+    def _not_configured(self) -> None:
+        if not self._said_not_configured:
+            self._said_not_configured = True
+            log.error(
+                "INNGEST_EVENT_KEY is not set: posts are answered 503 not_configured and nothing "
+                "is delivered until it is (or set INNGEST_DEV=1 for the Inngest dev server)"
+            )
 
     def _embedded(self) -> bool:
         return self.settings.delivery_mode == "outbox" and self.settings.outbox_embedded_deliverer
@@ -93,40 +138,3 @@ class Delivery:
             log.error("Inngest refused the events: %s", exc)
             raise UpstreamRejected() from None
         metrics.events_delivered(len(events))
-
-
-def _running_a_command() -> bool:
-    """True while a `flask` command other than `run` (or `run`'s reloader watcher) loads the app."""
-    context = click.get_current_context(silent=True)
-    if context is None:
-        return False  # gunicorn, a WSGI server, a script, the tests: not a command
-    if context.command.name != "run":
-        return True
-    reload = context.params.get("reload")
-    reloading = get_debug_flag() if reload is None else bool(reload)
-    return reloading and not is_running_from_reloader()  # the watcher; its child serves
-
-
-def _in_preforking_master() -> bool:
-    """True while gunicorn's master loads the app before forking its workers (`preload_app`)."""
-    arbiter = sys.modules.get("gunicorn.arbiter")
-    setup = getattr(getattr(arbiter, "Arbiter", None), "setup", None)
-    code = getattr(setup, "__code__", None)
-    if code is None:
-        return False
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code is code:
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _start_in_child(ref: weakref.ref[Delivery]) -> None:
-    """After a fork of the master that deferred it: this child serves, so it delivers."""
-    delivery = ref()
-    if delivery is not None:
-        try:
-            delivery.start()
-        except Exception:  # a fork handler must not raise into the forking code
-            log.exception("could not start the outbox deliverer after fork")

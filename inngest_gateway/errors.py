@@ -105,6 +105,11 @@ class NotReady(APIError):
     message = "The service cannot serve requests yet."
 
 
+class NotConfigured(APIError):
+    status_code, code = 503, "not_configured"
+    message = "The gateway is not configured yet: INNGEST_EVENT_KEY is not set."
+
+
 class UpstreamUnavailable(APIError):
     status_code, code = 503, "upstream_unavailable"
     message = (

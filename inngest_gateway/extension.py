@@ -13,9 +13,14 @@ logging, headers, cookies and proxy handling are left alone.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Flask
@@ -75,11 +80,15 @@ class InngestGateway:
     def init_app(self, app: Flask) -> None:
         """Read the settings, make the sender, outbox and limiter, register the blueprint and CLI.
 
-        A missing or invalid setting raises `settings.ConfigError`. In outbox mode the
-        deliverer's senders start in a process that serves the app, so a stored backlog
-        goes out without waiting for a post; not in `flask` commands, and in gunicorn's
-        master under `preload_app` only in each worker it forks (see
-        `Delivery.start_when_serving`).
+        An invalid setting raises `settings.ConfigError`; a missing INNGEST_EVENT_KEY does
+        not (posts answer `503 not_configured` until it is set), so `flask` commands run
+        without it. Nothing is written here: the outbox (and the instance folder) is made at
+        the first post or deliverer start. In outbox mode the deliverer starts with the first
+        request a process serves (a stored backlog goes out without waiting for a post), and
+        again in a process forked after that; never in a process that only loads the app.
+        While the app is testing and INNGEST_GATEWAY_OUTBOX_DATABASE_URL is unset, the outbox
+        is a file of
+        this app's own in a temporary folder, removed at exit, not the instance folder's.
         """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError(
@@ -88,13 +97,16 @@ class InngestGateway:
             )
         rule = self.path if self.url_prefix is None else _join(self.url_prefix, self.path)
         _refuse_served_path(app, rule)
-        settings = self.settings or settings_from_config(app.config)
-        url = settings.outbox_database_url or _instance_sqlite(app.instance_path)
+        settings = self.settings or settings_from_config(app.config, require_event_key=False)
+        url = settings.outbox_database_url or (
+            _private_sqlite() if app.testing else _instance_sqlite(app.instance_path)
+        )
         outbox_db = OwnDatabase(
             database_url(url, app.instance_path),
             OutboxBase.metadata,
             sqlite_synchronous=settings.sqlite_synchronous,
             write_timeout=settings.outbox_write_timeout,
+            make_folder=settings.outbox_database_url is None,
         )
         client = InngestClient(settings)
         writer = Writer(settings, outbox_db)
@@ -111,7 +123,6 @@ class InngestGateway:
             redirect_to=self.redirect_to,
             login_url=self.login_url,
         )
-        outbox_db.ensure_schema()  # a database still down is retried by the first post
         blueprint = api.blueprint(settings, self.path)
         _exempt_from_form_csrf(app, blueprint)
         app.register_blueprint(blueprint, url_prefix=self.url_prefix)
@@ -120,7 +131,23 @@ class InngestGateway:
         app.view_functions[api.FALLBACK_ENDPOINT] = api.method_not_allowed
         app.cli.add_command(cli)
         app.add_template_global(browser.script_tag, "inngest_gateway_script")
-        app.extensions[EXTENSION_KEY].delivery.start_when_serving()
+        app.extensions[EXTENSION_KEY].delivery.connect(app)
+
+    @contextlib.contextmanager
+    def record_events(self, app: Flask | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Collect the events posted to `app` (default: the current app) within the block.
+
+        Each as Inngest receives it (`name`, `data` with `data.user`, `id`, `ts`), whether
+        sent, stored or suppressed (INNGEST_GATEWAY_SUPPRESS_SEND, on by default under
+        `TESTING`); for a
+        host's tests, as Flask-Mail's `record_messages`.
+        """
+        delivery = gateway_state(app).delivery
+        events = delivery.record()
+        try:
+            yield events
+        finally:
+            delivery.stop_recording(events)
 
     def start(self, app: Flask) -> None:
         """Start this process's deliverer senders now (outbox mode, when embedded); idempotent."""
@@ -183,5 +210,20 @@ def _join(prefix: str, path: str) -> str:
 
 
 def _instance_sqlite(instance_path: str) -> str:
-    os.makedirs(instance_path, exist_ok=True)
+    """The outbox file in the instance folder; `OwnDatabase` makes the folder when it connects."""
     return f"sqlite:///{os.path.join(instance_path, 'inngest-gateway-outbox.db')}"
+
+
+def _private_sqlite() -> str:
+    """An outbox file of its own for an app under test, in a temporary folder removed at exit.
+
+    Tests never share the dev server's outbox (its backlog, its events), nor each other's.
+    """
+    folder = os.path.join(tempfile.gettempdir(), f"inngest-gateway-test-{uuid.uuid4().hex}")
+    atexit.register(_remove_folder, folder, os.getpid())
+    return f"sqlite:///{os.path.join(folder, 'outbox.db')}"
+
+
+def _remove_folder(folder: str, pid: int) -> None:
+    if os.getpid() == pid:  # not in a forked child exiting: its parent still uses it
+        shutil.rmtree(folder, ignore_errors=True)

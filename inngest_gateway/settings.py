@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from limits import parse_many
@@ -214,13 +214,19 @@ class Settings:
             "server. `make run` sets `1`."
         ),
     )
-    inngest_event_key: str = setting(
+    # None: not set outside dev mode, which a host app may be until it serves posts.
+    inngest_event_key: str | None = setting(
         fields.String(),
         group=INNGEST,
         name="INNGEST_EVENT_KEY",
         doc_default=f"dev mode: `{DEV_EVENT_KEY}`",
         secret=True,
-        help="The event key. **Required outside dev mode**. Never logged or answered.",
+        help=(
+            "The event key. **Required outside dev mode**: the service refuses to start without "
+            "it; a host app mounting the extension starts, and answers posts `503 not_configured` "
+            "until it is set (unless sends are suppressed, see `INNGEST_GATEWAY_SUPPRESS_SEND`). "
+            "Never logged or answered."
+        ),
     )
     inngest_event_api_base_url: str | None = setting(
         fields.String(),
@@ -251,6 +257,17 @@ class Settings:
             "Total seconds one send to Inngest may take, retries included, however slowly Inngest "
             "answers (a wall-clock budget, not a per-read timeout), connecting and the TLS "
             "handshake included; only the DNS lookup is outside it."
+        ),
+    )
+    # Unset: the app's `testing` flag, read at each post (as Flask-Mail's MAIL_SUPPRESS_SEND).
+    suppress_send: bool | None = setting(
+        EnvBool(),
+        group=INNGEST,
+        doc_default="the app's `TESTING`",
+        help=(
+            "`true`: posts are checked, answered and recorded (`record_events`) as usual, but "
+            "nothing is sent to Inngest nor stored in the outbox, and no event key is needed. "
+            "Unset: on while the app is testing (`TESTING`), as Flask-Mail's `MAIL_SUPPRESS_SEND`."
         ),
     )
     # From INNGEST_EVENT_API_BASE_URL, INNGEST_BASE_URL or INNGEST_DEV, else the mode's own.
@@ -449,10 +466,10 @@ class Settings:
         group=OUTBOX,
         default="2",
         help=(
-            "Batches each deliverer (a web worker's, or `flask --app wsgi outbox deliver`) sends "
-            "at once during a backlog, each from a thread of its own, so that waiting for "
-            "Inngest's answer does not hold back the rest of it; without a backlog one sender "
-            "gathers the posts into batches."
+            "Batches each deliverer (a web worker's, or `flask --app wsgi inngest-gateway outbox "
+            "deliver`) sends at once during a backlog, each from a thread of its own, so that "
+            "waiting for Inngest's answer does not hold back the rest of it; without a backlog "
+            "one sender gathers the posts into batches."
         ),
     )
     outbox_split_after: int = setting(
@@ -491,7 +508,7 @@ class Settings:
         default="true",
         help=(
             "Run a deliverer in each web worker; `false` if you run `flask --app wsgi "
-            "outbox deliver` instead."
+            "inngest-gateway outbox deliver` instead."
         ),
     )
     sqlite_synchronous: str = setting(
@@ -581,6 +598,10 @@ class _SettingsBase(Schema):
     class Meta:
         unknown = EXCLUDE
 
+    def __init__(self, *, require_event_key: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.require_event_key = require_event_key
+
     @post_load(pass_original=True)
     def _build(self, raw: dict[str, Any], original: Mapping[str, Any], **_: Any) -> Settings:
         """The rules that tie settings together: dev mode, the key, the secret, the origin."""
@@ -588,15 +609,15 @@ class _SettingsBase(Schema):
         dev = raw["INNGEST_DEV"]
         dev_url = dev_mode(original.get("INNGEST_DEV"))[1]
         key = raw["INNGEST_EVENT_KEY"] or None
-        if key is None:
-            if not dev:
-                raise ValidationError(
-                    "is required outside dev mode (set it, or set INNGEST_DEV=1 for the "
-                    "Inngest dev server)",
-                    "INNGEST_EVENT_KEY",
-                )
+        if key is None and dev:
             key = DEV_EVENT_KEY
-        elif not re.fullmatch(r"[A-Za-z0-9_\-]+", key):
+        elif key is None and self.require_event_key:  # else checked at the first post
+            raise ValidationError(
+                "is required outside dev mode (set it, or set INNGEST_DEV=1 for the "
+                "Inngest dev server)",
+                "INNGEST_EVENT_KEY",
+            )
+        elif key is not None and not re.fullmatch(r"[A-Za-z0-9_\-]+", key):
             raise ValidationError("has characters an event key cannot have", "INNGEST_EVENT_KEY")
         # Flask's own key, read as Flask reads it: it signs the poster tag.
         if not str(original.get(SECRET_KEY) or "").strip() and not dev:
@@ -623,8 +644,11 @@ class _SettingsBase(Schema):
         return Settings(inngest_origin=origin, **values)
 
 
-_SettingsSchema = _SettingsBase.from_dict(
-    {d.name: d.field for d in SETTINGS if d.field is not None}, name="_SettingsSchema"
+_SettingsSchema = cast(
+    "type[_SettingsBase]",
+    _SettingsBase.from_dict(
+        {d.name: d.field for d in SETTINGS if d.field is not None}, name="_SettingsSchema"
+    ),
 )
 
 
@@ -649,15 +673,16 @@ def first_error(messages: Any, prefix: str = "") -> str:
     return f"{prefix}: {messages}" if prefix else str(messages)
 
 
-def load_settings(env: Mapping[str, str]) -> Settings:
+def load_settings(env: Mapping[str, str], *, require_event_key: bool = True) -> Settings:
     """Parse settings from a mapping of keys to strings (plus Flask's SECRET_KEY), or raise
     ConfigError.
 
-    An empty value counts as unset, as in `.env.example`.
+    An empty value counts as unset, as in `.env.example`. Without `require_event_key`, a
+    missing INNGEST_EVENT_KEY outside dev mode gives `inngest_event_key=None`.
     """
     given = {name: value for name, value in env.items() if value.strip()}
     try:
-        settings: Settings = _SettingsSchema().load(given)
+        settings: Settings = _SettingsSchema(require_event_key=require_event_key).load(given)
     except ValidationError as exc:
         raise ConfigError(first_error(exc.messages)) from None
     return settings
@@ -678,7 +703,7 @@ def config_text(value: Any) -> str:
     return str(value)
 
 
-def settings_from_config(config: Mapping[str, Any]) -> Settings:
+def settings_from_config(config: Mapping[str, Any], *, require_event_key: bool = True) -> Settings:
     """The extension's settings from a host's app.config, and nothing else.
 
     Only the keys of the table are read (and Flask's own SECRET_KEY); a key unset or None
@@ -690,4 +715,4 @@ def settings_from_config(config: Mapping[str, Any]) -> Settings:
         for name in (*GATEWAY_SETTINGS, SECRET_KEY)
         if config.get(name) is not None
     }
-    return load_settings(source)
+    return load_settings(source, require_event_key=require_event_key)

@@ -18,9 +18,10 @@ import click
 from flask import Flask, url_for
 from sqlalchemy.exc import IntegrityError
 
-from inngest_gateway import InngestGateway, errors, outbox, payload
+from inngest_gateway import InngestGateway, errors, payload
 from inngest_gateway.db import database_url
 from inngest_gateway.settings import Settings
+from inngest_gateway.state import gateway_state
 
 from . import auth, db, health, identity, logs, metrics, openapi, pages, security, users
 from . import settings as service_settings
@@ -69,8 +70,9 @@ def configure_app(app: Flask, settings: Settings, own: ServiceSettings) -> None:
 def configure_logger(own: ServiceSettings, settings: Settings, secret_key: str) -> None:
     """Log lines carry request ids, and never the event key or the session secret."""
     secrets: tuple[str, ...] = (secret_key,)
-    if settings.inngest_event_key != "NO_EVENT_KEY_SET":
-        secrets += (settings.inngest_event_key,)
+    key = settings.inngest_event_key
+    if key is not None and key != "NO_EVENT_KEY_SET":
+        secrets += (key,)
     logs.configure_logging(own.log_level, secrets, json_lines=own.log_format == "json")
 
 
@@ -116,6 +118,8 @@ def register_extensions(
             user_serializer=users.LoggedIn.public,
             redirect_to=_sent_page,
         )
+    # The service makes its tables at start; the extension alone waits for the first post.
+    gateway_state(app).outbox_db.ensure_schema()
     security.init_app(app)
     if id_settings.flask_session:
         identity.init_app(app, id_settings)
@@ -139,11 +143,10 @@ def register_errorhandlers(app: Flask) -> None:
 
 
 def register_commands(app: Flask, id_settings: IdentitySettings) -> None:
-    """`flask users ...` (not beside a host: its users are its own), and `flask outbox ...`
-    (also `flask inngest-gateway outbox ...`)."""
+    """`flask users ...` (not beside a host: its users are its own); the outbox's are the
+    extension's, `flask inngest-gateway outbox ...`, as in any host."""
     if not id_settings.flask_session:
         users.init_app(app)
-    app.cli.add_command(outbox.outbox_cli)
 
 
 def create_demo_user(app: Flask) -> None:

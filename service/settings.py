@@ -214,12 +214,14 @@ SERVICE_SETTINGS = declarations(ServiceSettings)
 # Every variable the service and gunicorn.conf.py read, for the docs: the extension's first.
 DECLARATIONS = SETTINGS + SERVICE_SETTINGS + PROCESS_SETTINGS
 
+# Settings added after the prefix: they never had another name.
+BORN_PREFIXED = frozenset({f"{PREFIX}SUPPRESS_SEND", f"{PREFIX}API_SESSION_ONLY"})
 # The names before the extension had a prefix of its own, and the names that replaced them.
 RENAMED = {
     **{
         name.removeprefix(PREFIX): name
         for name in (d.name for d in SETTINGS)
-        if name.startswith(PREFIX) and name != f"{PREFIX}SEND_TIMEOUT"
+        if name.startswith(PREFIX) and name != f"{PREFIX}SEND_TIMEOUT" and name not in BORN_PREFIXED
     },
     "INNGEST_SEND_TIMEOUT": f"{PREFIX}SEND_TIMEOUT",
     # Flask-Limiter's namespace: the service's login limits have their own names too.

@@ -131,6 +131,8 @@ def base_env(tmp_path: Path, inngest: InngestStandIn) -> dict[str, str]:
         # The synchronous path is the one these tests look at; test_outbox*.py set outbox.
         "INNGEST_GATEWAY_DELIVERY_MODE": "sync",
         "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": "false",
+        # make_app sets TESTING: these tests look at what reaches the stand-in Inngest.
+        "INNGEST_GATEWAY_SUPPRESS_SEND": "false",
     }
 
 

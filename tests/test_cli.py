@@ -1,4 +1,5 @@
-"""`flask users create|list|disable`, checked through the commands' output and real logins."""
+"""`flask users create|list|disable`, checked through the commands' output and real logins;
+the outbox's commands under their one name."""
 
 from __future__ import annotations
 
@@ -164,3 +165,14 @@ def test_disable_is_case_insensitive_and_stops_logins(
     assert result.exit_code == 0, result.output
     assert result.output == f"disabled user {user['id']}: ada@example.com\n"
     assert_envelope(login(client, "ada@example.com", PASSWORD), 401, "invalid_credentials")
+
+
+def test_the_outbox_commands_have_one_name(runner: Any) -> None:
+    """`flask inngest-gateway outbox ...`, as in any host app; no second `flask outbox`."""
+    status = runner.invoke(args=["inngest-gateway", "outbox", "status"])
+    alias = runner.invoke(args=["outbox", "status"])
+
+    assert status.exit_code == 0, status.output
+    assert "pending: 0" in status.output
+    assert alias.exit_code == 2
+    assert "No such command 'outbox'" in alias.output

@@ -100,6 +100,7 @@ def host_config(inngest: InngestStandIn) -> dict[str, Any]:
         "INNGEST_GATEWAY_SEND_TIMEOUT": 2,
         "INNGEST_GATEWAY_DELIVERY_MODE": "sync",
         "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": False,
+        "INNGEST_GATEWAY_SUPPRESS_SEND": False,  # these hosts test the gateway itself: real sends
     }
 
 
@@ -422,8 +423,8 @@ def test_the_process_environment_is_not_read(
     monkeypatch.setenv("INNGEST_GATEWAY_API_DEFAULT_EVENT", "app/from.environment")
     monkeypatch.setenv("INNGEST_GATEWAY_API_ALLOWED_EVENTS", "app/*,env/*")
     monkeypatch.setenv("INNGEST_GATEWAY_DELIVERY_MODE", "carrier-pigeon")
-    monkeypatch.setenv("API_REQUIRE_LOGIN", "true")
-    monkeypatch.setenv("DELIVERY_MODE", "outbox")
+    monkeypatch.setenv("INNGEST_GATEWAY_API_REQUIRE_LOGIN", "true")
+    monkeypatch.setenv("INNGEST_GATEWAY_DELIVERY_MODE", "outbox")
     app = hosts(config={"INNGEST_GATEWAY_API_DEFAULT_EVENT": "app/from.config"})
     client = app.test_client()
 
@@ -479,6 +480,7 @@ def test_outbox_mode_is_delivered_by_the_deliverer(
             "INNGEST_GATEWAY_DELIVERY_MODE": "outbox",
             "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": True,
             "INNGEST_GATEWAY_OUTBOX_POLL_SECONDS": "0.05",
+            "TESTING": False,  # a test app's outbox is a private temporary file
         }
     )
     client = app.test_client()
@@ -513,7 +515,7 @@ def test_cli_group_on_the_host(hosts: Callable[..., Flask], inngest: InngestStan
     assert len(inngest.accepted) == 1
     after = runner.invoke(args=["inngest-gateway", "outbox", "status"])
     assert "pending: 0" in after.output
-    assert runner.invoke(args=["outbox", "status"]).exit_code != 0  # only the service has that
+    assert runner.invoke(args=["outbox", "status"]).exit_code != 0  # one group, one name
 
 
 # -- installed with pip, as `inngest_gateway`; the README's example --------------------------
@@ -741,9 +743,10 @@ def test_a_forked_worker_gets_its_own_connections_and_deliverer(
     state = gateway_state(app)
     assert outbox.status(state.outbox_db)["pending"] == 0  # the master's pool has a connection
     parents_pool = state.outbox_db.engine.pool
-    # gunicorn's master runs no deliverer (the gateway sees it is one); this test process
-    # started one when the app was built, so it stops it, as forking under a running thread
-    # would leave the child holding whatever lock that thread held.
+    parents_name = state.deliverer.name
+    # gunicorn's master serves no request, so it runs no deliverer; neither does this test
+    # process, which has served none: stopping it is a no-op kept as a guard, as forking under
+    # a running thread would leave the child holding whatever lock that thread held.
     state.delivery.stop()
 
     pid = os.fork()
@@ -759,8 +762,15 @@ def test_a_forked_worker_gets_its_own_connections_and_deliverer(
             ):
                 time.sleep(0.02)
             delivered = pending == 0
+            # Claims are leased by name: siblings forked from one master must not share one.
+            renamed = state.deliverer.name != parents_name
             # Each failure its own bit, so the parent can tell which.
-            code = (not fresh) * 4 | (answer.status_code != 202) * 8 | (not delivered) * 16
+            code = (
+                (not fresh) * 4
+                | (answer.status_code != 202) * 8
+                | (not delivered) * 16
+                | (not renamed) * 32
+            )
         finally:
             os._exit(code)
     until = time.monotonic() + 60
@@ -777,6 +787,7 @@ def test_a_forked_worker_gets_its_own_connections_and_deliverer(
         "kept the parent's pool": failed & 4,
         "post refused": failed & 8,
         "not delivered": failed & 16,
+        "kept the parent's deliverer name": failed & 32,
         "crashed": failed & 1,
     }
     assert [event["name"] for event in inngest.accepted] == ["app/child"]

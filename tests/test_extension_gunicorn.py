@@ -254,7 +254,7 @@ def test_cli_group_on_the_host(
 
     after = flask_cli(env, tmp_path, "inngest-gateway", "outbox", "status")
     assert "pending: 0" in after.stdout
-    unknown = flask_cli(env, tmp_path, "outbox", "status")  # the service's group, not the host's
+    unknown = flask_cli(env, tmp_path, "outbox", "status")  # one group, one name
     assert unknown.returncode != 0
 
 

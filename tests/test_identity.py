@@ -418,7 +418,7 @@ def test_beside_a_host_the_service_has_no_pages_or_users_of_its_own(
     assert reader.get("/healthz").status_code == 200
     assert reader.get("/openapi.json").status_code == 200
     commands = reader.application.test_cli_runner().invoke(args=["--help"]).output
-    assert "outbox" in commands and "users" not in commands
+    assert "inngest-gateway" in commands and "users" not in commands
     # The service's own mode keeps them all.
     own = make_app().test_client()
     assert own.get("/auth/me").status_code in (200, 401)

@@ -44,7 +44,7 @@ def another_deliverer(app: Flask) -> outbox.Deliverer:
 
 
 def cli(app: Flask, *args: str) -> Any:
-    result = app.test_cli_runner().invoke(args=["outbox", *args])
+    result = app.test_cli_runner().invoke(args=["inngest-gateway", "outbox", *args])
     assert result.exit_code == 0, result.output
     return result
 
@@ -487,7 +487,7 @@ def test_purge_removes_old_dead_letters(app: Flask, inngest: InngestStandIn) -> 
     assert "purged 1 dead event(s)" in cli(app, "purge", "--dead").output
     assert rows(app) == []
     result = app.test_cli_runner().invoke(
-        args=["outbox", "purge", "--dead", "--older-than", "soon"]
+        args=["inngest-gateway", "outbox", "purge", "--dead", "--older-than", "soon"]
     )
     assert result.exit_code == 2
     assert "duration" in result.output

@@ -248,7 +248,8 @@ def test_sigterm_drains_the_outbox_before_exit(
 def test_outbox_deliver_command_runs_alone_and_stops_on_sigterm(
     tmp_path: Path, inngest: InngestStandIn, database_url: str
 ) -> None:
-    """`flask outbox deliver`: the deliverer as its own process, web workers without one."""
+    """`flask inngest-gateway outbox deliver`: the deliverer as its own process, web workers
+    without one."""
     env = clean_env(tmp_path) | {
         "SECRET_KEY": SECRET_KEY,
         "INNGEST_EVENT_KEY": inngest.event_key,
@@ -274,7 +275,7 @@ def test_outbox_deliver_command_runs_alone_and_stops_on_sigterm(
 
         with (tmp_path / "deliver.log").open("wb") as log:
             deliverer = subprocess.Popen(
-                [str(BIN / "flask"), "--app", "wsgi", "outbox", "deliver"],
+                [str(BIN / "flask"), "--app", "wsgi", "inngest-gateway", "outbox", "deliver"],
                 cwd=ROOT,
                 env=env,
                 stdin=subprocess.DEVNULL,

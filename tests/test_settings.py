@@ -240,6 +240,7 @@ def test_defaults_match_the_spec() -> None:
     assert settings == Settings(
         inngest_dev=True,
         inngest_event_key="NO_EVENT_KEY_SET",
+        suppress_send=None,
         inngest_origin="http://127.0.0.1:8288",
         inngest_event_api_base_url=None,
         inngest_base_url=None,

@@ -3,7 +3,7 @@
 `model` is the table and its states; `writer` commits each request's events before the
 answer (group commit); `deliverer` claims, sends and settles batches in the background;
 `queries` reads the outbox's state, one way for the CLI, `/readyz` and metrics; `cli` holds
-the `flask outbox` commands.
+the `flask inngest-gateway outbox` commands.
 """
 
 from .cli import outbox_cli

@@ -1,4 +1,4 @@
-"""`flask outbox status|deliver|retry|purge` (also `flask inngest-gateway outbox ...`)."""
+"""`flask inngest-gateway outbox status|deliver|retry|purge`, in a host and in the service."""
 
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ outbox_cli = AppGroup("outbox", help="See and act on the events waiting for deli
 
 def _database() -> OwnDatabase:
     """The outbox database of the current app's gateway, which the commands act on."""
-    return gateway_state().outbox_db
+    database = gateway_state().outbox_db
+    if not database.ensure_schema():
+        raise click.ClickException("the outbox database is unavailable")
+    return database
 
 
 def make_due(database: OwnDatabase, *, dead: bool) -> int:
@@ -60,7 +63,10 @@ def purge_dead(database: OwnDatabase, older_than_seconds: float) -> int:
 @click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
 def deliver_command(once: bool) -> None:
     """Run a deliverer in the foreground (SIGTERM or Ctrl-C drains and stops it)."""
-    worker = gateway_state().deliverer
+    state = gateway_state()
+    if state.settings.inngest_event_key is None:
+        raise click.ClickException("INNGEST_EVENT_KEY is not set: nothing can be delivered")
+    worker = state.deliverer
     if once:
         total = 0
         while (sent := worker.run_once()) > 0:

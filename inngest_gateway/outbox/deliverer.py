@@ -1,11 +1,11 @@
 """Delivery: claim the oldest due events in batches, send them, record what Inngest said.
 
-Any number of deliverers (threads in gunicorn workers, `flask outbox deliver` processes,
-several hosts on PostgreSQL) can run at once, each sending INNGEST_GATEWAY_OUTBOX_CONCURRENCY
-batches at a
-time from threads of its own: each claims a batch with a lease, and a batch keeps its events
-and its event-id seed across retries so that Inngest can deduplicate a repeat. Housekeeping
-dead-letters events too old to send and forgets delivered ones.
+Any number of deliverers (threads in gunicorn workers, `flask inngest-gateway outbox deliver`
+processes, several hosts on PostgreSQL) can run at once, each sending
+INNGEST_GATEWAY_OUTBOX_CONCURRENCY batches at a time from threads of its own: each claims a
+batch with a lease, and a batch
+keeps its events and its event-id seed across retries so that Inngest can deduplicate a
+repeat. Housekeeping dead-letters events too old to send and forgets delivered ones.
 """
 
 from __future__ import annotations
@@ -74,6 +74,11 @@ def _finished(state: str, at: int, error: str | None) -> dict[str, Any]:
     return {"state": state, "finished_at": at, **RELEASED, "last_error": error}
 
 
+def _deliverer_name() -> str:
+    """This host, this process and a random part: claims are leased under this name."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 class Deliverer:
     """Claims, sends and settles batches of outbox events; one per process, or several."""
 
@@ -84,7 +89,7 @@ class Deliverer:
         self.settings = settings
         self.client = client
         self.db = database
-        self.name = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.name = _deliverer_name()
         self._wake = threading.Event()
         # Set while claims come back full: the senders after the first work only then.
         self._backlog = threading.Event()
@@ -105,6 +110,8 @@ class Deliverer:
         self, *, ignore_schedule: bool = False, deadline: float | None = None
     ) -> Claimed | None:
         """Housekeeping when due, then claim and send one batch; the batch, if there was one."""
+        if not self.db.ensure_schema():  # made at the first use, not when the app is loaded
+            return None
         if time.monotonic() - self._last_housekeeping > HOUSEKEEPING_SECONDS:
             # One sender thread does it; the others go on sending.
             if self._housekeeping_lock.acquire(blocking=False):
@@ -422,6 +429,10 @@ class Deliverer:
                 return
             if self._stopping.is_set() and self._pid == os.getpid():
                 return
+            if self.name.rsplit(":", 2)[1] != str(os.getpid()):
+                # Forked from the process that made it (gunicorn's preloading master, say):
+                # a name of its own, so that siblings never take each other's claims.
+                self.name = _deliverer_name()
             self._pid = os.getpid()
             self._stopping = threading.Event()
             self._backlog.clear()

@@ -1,7 +1,7 @@
 """What the outbox holds, read one way for everyone: the CLI, `/readyz`, metrics, the writer.
 
 Each question is asked by one function here; `status` puts them together for the callers
-that show the outbox's state (`flask outbox status`, `/readyz`, the metrics scrape).
+that show the outbox's state (`flask inngest-gateway outbox status`, `/readyz`, the metrics scrape).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def oldest_pending_age(database: OwnDatabase, now: int) -> float:
 
 def status(database: OwnDatabase) -> dict[str, Any]:
     """Counts by state, events in flight, and the age of the oldest pending event."""
+    database.ensure_schema()  # an outbox nobody has posted to yet: all zero
     try:
         now = now_ms()
         counts = state_counts(database)

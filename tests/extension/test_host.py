@@ -120,7 +120,11 @@ def test_anonymous_form_post_is_sent_without_a_user(
 def test_outbox_mode_on_sqlite_is_delivered_by_the_deliverer(
     host: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    app = host(INNGEST_GATEWAY_DELIVERY_MODE="outbox", INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER=True, INNGEST_GATEWAY_OUTBOX_POLL_SECONDS="0.05")
+    app = host(
+        INNGEST_GATEWAY_DELIVERY_MODE="outbox",
+        INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER=True,
+        INNGEST_GATEWAY_OUTBOX_POLL_SECONDS="0.05",
+    )
     client = app.test_client()
     log_in(client, "7")
 
