@@ -70,7 +70,7 @@ def test_under_testing_posts_are_answered_and_recorded_but_not_sent(
     mode: str,
     status: int,
 ) -> None:
-    app = testing_hosts(DELIVERY_MODE=mode)
+    app = testing_hosts(INNGEST_GATEWAY_DELIVERY_MODE=mode)
     gateway: InngestGateway = app.extensions["test_gateway"]
     client = app.test_client()
     log_in(client, "7")
@@ -101,9 +101,9 @@ def test_under_testing_posts_are_answered_and_recorded_but_not_sent(
 def test_with_a_key_under_testing_still_nothing_is_sent_unless_asked(
     testing_hosts: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
-    key = {"INNGEST_EVENT_KEY": inngest.event_key, "DELIVERY_MODE": "sync"}
+    key = {"INNGEST_EVENT_KEY": inngest.event_key, "INNGEST_GATEWAY_DELIVERY_MODE": "sync"}
     suppressed = testing_hosts(**key)
-    sending = testing_hosts(**key, SUPPRESS_SEND=False)
+    sending = testing_hosts(**key, INNGEST_GATEWAY_SUPPRESS_SEND=False)
     gateway: InngestGateway = sending.extensions["test_gateway"]
 
     assert suppressed.test_client().post("/api", json={"data": {"n": 1}}).status_code == 200
@@ -121,9 +121,9 @@ def test_a_sending_test_app_keeps_its_outbox_to_itself(
     testing_hosts: Callable[..., Flask], inngest: InngestStandIn, tmp_path: Path
 ) -> None:
     """Not the instance folder's file, which the dev server uses, nor another test app's."""
-    config = {"INNGEST_EVENT_KEY": inngest.event_key, "SUPPRESS_SEND": False}
-    first = testing_hosts(**config, OUTBOX_EMBEDDED_DELIVERER=False)
-    second = testing_hosts(**config, OUTBOX_EMBEDDED_DELIVERER=False)
+    config = {"INNGEST_EVENT_KEY": inngest.event_key, "INNGEST_GATEWAY_SUPPRESS_SEND": False}
+    first = testing_hosts(**config, INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER=False)
+    second = testing_hosts(**config, INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER=False)
 
     assert first.test_client().post("/api", json={"data": {}}).status_code == 202
 
@@ -172,10 +172,10 @@ def test_the_deliverer_starts_with_the_first_request_of_any_kind(
     config = {
         "TESTING": False,
         "INNGEST_EVENT_KEY": inngest.event_key,
-        "OUTBOX_DATABASE_URL": f"sqlite:///{tmp_path / 'outbox.db'}",
-        "OUTBOX_POLL_SECONDS": "0.05",
+        "INNGEST_GATEWAY_OUTBOX_DATABASE_URL": f"sqlite:///{tmp_path / 'outbox.db'}",
+        "INNGEST_GATEWAY_OUTBOX_POLL_SECONDS": "0.05",
     }
-    stored = testing_hosts(**config, OUTBOX_EMBEDDED_DELIVERER=False)
+    stored = testing_hosts(**config, INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER=False)
     assert stored.test_client().post("/api", json={"name": "app/backlog"}).status_code == 202
 
     serving = testing_hosts(**config)

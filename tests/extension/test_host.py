@@ -52,6 +52,8 @@ def host(tmp_path: Path, inngest: InngestStandIn) -> Iterator[Callable[..., Flas
             INNGEST_GATEWAY_SEND_TIMEOUT=2,
             INNGEST_GATEWAY_DELIVERY_MODE="sync",
             INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER=False,
+            # These hosts test the gateway itself: real sends to the stand-in.
+            INNGEST_GATEWAY_SUPPRESS_SEND=False,
         )
         app.config.update(config)
         login_manager = LoginManager(app)
@@ -124,6 +126,7 @@ def test_outbox_mode_on_sqlite_is_delivered_by_the_deliverer(
         INNGEST_GATEWAY_DELIVERY_MODE="outbox",
         INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER=True,
         INNGEST_GATEWAY_OUTBOX_POLL_SECONDS="0.05",
+        TESTING=False,  # a testing app's outbox is a private temporary file
     )
     client = app.test_client()
     log_in(client, "7")
