@@ -8,6 +8,7 @@ import hmac
 import secrets
 from typing import Any
 
+import sqlalchemy
 from flask import current_app, g, request, session
 from flask_login import current_user
 
@@ -22,9 +23,35 @@ POSTER_HEADER = "X-Inngest-Poster"
 _USER = "_inngest_gateway_user"
 
 
+def _json_key(value: Any) -> Any:
+    """A key as JSON carries it: an int or a string stays one, anything else (a UUID) is text."""
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        return value
+    return str(value)
+
+
+def user_key(user: Any) -> Any:
+    """The user's lasting identity: the model's primary key, else `id`, else `get_id()`.
+
+    Not `get_id()` first: that is what Flask-Login keeps in the session, which some hosts
+    replace to log a user out everywhere (Flask-Security-Too's `fs_uniquifier` changes with
+    every password change). The key keeps its type (an integer key stays an integer); a
+    composite primary key is a list.
+    """
+    state = sqlalchemy.inspect(user, raiseerr=False)
+    identity = getattr(state, "identity", None)
+    if identity:
+        keys = [_json_key(value) for value in identity]
+        return keys[0] if len(keys) == 1 else keys
+    value = getattr(user, "id", None)
+    if value is not None and not callable(value):
+        return _json_key(value)
+    return _json_key(user.get_id())
+
+
 def default_user_serializer(user: Any) -> dict[str, Any]:
-    """`data.user` for a Flask-Login user: `get_id()`, plus `email` and `name` when it has them."""
-    serialized: dict[str, Any] = {"id": user.get_id()}
+    """`data.user` for a Flask-Login user: `user_key`, plus `email` and `name` if it has them."""
+    serialized: dict[str, Any] = {"id": user_key(user)}
     for attribute in ("email", "name"):
         value = getattr(user, attribute, None)
         if isinstance(value, (str, int, float, bool)):

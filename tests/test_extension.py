@@ -164,7 +164,7 @@ def test_logged_in_post_carries_the_hosts_user(
     assert response.get_json() == {"status": "ok", "ids": [event["id"]]}
     assert event["name"] == "app/report.run"
     assert event["data"]["report"] == 3
-    # The default serializer: get_id(), email and name; nothing else of the host's model.
+    # The default serializer: the id (no model: `user.id`), email and name; nothing else.
     assert event["data"]["user"] == {
         "id": "7",
         "email": "grace@example.com",
