@@ -69,11 +69,42 @@ def current_poster() -> dict[str, Any] | None:
         return cached
     serialized: dict[str, Any] | None = None
     if hasattr(current_app, "login_manager") and current_user.is_authenticated:
-        serialized = gateway_state().user_serializer(current_user._get_current_object())
+        user = current_user._get_current_object()
+        if gateway_state().settings.api_session_only and not _from_session(user):
+            user = None
+    else:
+        user = None
+    if user is not None:
+        serialized = gateway_state().user_serializer(user)
         if not isinstance(serialized, dict) or serialized.get("id") in (None, ""):
             raise TypeError("user_serializer must return a dict with a non-empty 'id'")
     setattr(g, _USER, serialized)
     return serialized
+
+
+def _from_session(user: Any) -> bool:
+    """Whether Flask-Login took the user from the session (or the remember cookie, which it
+    copies into the session) rather than from the host's `request_loader`."""
+    return session.get("_user_id") is not None and session.get("_user_id") == user.get_id()
+
+
+def carries_credentials() -> bool:
+    """Whether the request names a user by credentials of its own, for the host's loader.
+
+    Only where the host's LoginManager has a `request_loader` (else such headers are not
+    credentials for it: a site behind a proxy's HTTP Basic login, say): an `Authorization`
+    header, or Flask-Security-Too's token header or query argument, under the names it is
+    configured with (`SECURITY_TOKEN_AUTHENTICATION_HEADER`, `..._KEY`; read, never set).
+    """
+    manager = getattr(current_app, "login_manager", None)
+    if manager is None or getattr(manager, "_request_callback", None) is None:
+        return False
+    config = current_app.config
+    header = config.get("SECURITY_TOKEN_AUTHENTICATION_HEADER") or "Authentication-Token"
+    argument = config.get("SECURITY_TOKEN_AUTHENTICATION_KEY") or "auth_token"
+    return (
+        "Authorization" in request.headers or header in request.headers or argument in request.args
+    )
 
 
 def poster_scope(user: dict[str, Any] | None) -> str:

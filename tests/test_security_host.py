@@ -237,6 +237,71 @@ def test_a_password_change_keeps_the_users_id_event_ids_rate_limit_and_tag(
     Draft202012Validator(user_schema).validate(expected)
 
 
+def test_a_token_the_host_accepts_names_the_user_and_one_it_refuses_is_a_401(
+    security_host: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = security_host()
+    token = log_in(app.test_client())
+    with app.app_context():
+        ada_id = db.session.scalar(db.select(User.id).filter_by(email="ada@example.com"))
+
+    fresh = app.test_client()  # no session: the token alone
+    named = fresh.post("/api", json={"name": "app/t"}, headers={"Authentication-Token": token})
+    assert named.status_code == 200, named.get_data(as_text=True)
+    by_arg = fresh.post(f"/api?auth_token={token}", json={"name": "app/t"})
+    assert by_arg.status_code == 200, by_arg.get_data(as_text=True)
+    basic = fresh.post("/api", json={"name": "app/t"}, auth=("ada@example.com", PASSWORD))
+    assert basic.status_code == 200, basic.get_data(as_text=True)
+    assert [user["id"] for user in posted_users(inngest)] == [ada_id, ada_id, ada_id]
+
+    refused = [
+        fresh.post("/api", json={"name": "app/t"}, headers={"Authentication-Token": "forged"}),
+        fresh.post("/api?auth_token=forged", json={"name": "app/t"}),
+        fresh.post("/api", json={"name": "app/t"}, auth=("ada@example.com", "wrong")),
+        fresh.post("/api", json={"name": "app/t"}, headers={"Authorization": "Bearer nope"}),
+    ]
+    for response in refused:
+        assert_envelope(response, 401, "login_required")
+    assert len(inngest.accepted) == 3  # nothing of the refused posts went out
+
+    # Without credentials the post is anonymous, as before.
+    anonymous = fresh.post("/api", json={"name": "app/t"})
+    assert anonymous.status_code == 200
+    assert posted_users(inngest)[-1] is None
+
+
+def test_a_password_change_revokes_the_old_token(
+    security_host: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = security_host()
+    client = app.test_client()
+    old_token = log_in(client)
+    assert client.post("/change-password", json={"password": NEW_PASSWORD}).status_code == 200
+
+    stale = app.test_client().post(
+        "/api", json={"name": "app/t"}, headers={"Authentication-Token": old_token}
+    )
+
+    assert_envelope(stale, 401, "login_required")
+    assert inngest.accepted == []
+
+
+def test_session_only_ignores_the_request_loader_on_the_api(
+    security_host: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    app = security_host({"API_SESSION_ONLY": True})
+    client = app.test_client()
+    token = log_in(client)
+
+    tokened = app.test_client().post(
+        "/api", json={"name": "app/t"}, headers={"Authentication-Token": token}
+    )
+    assert_envelope(tokened, 401, "login_required")
+    # The browser's session still names the user.
+    assert client.post("/api", json={"name": "app/t"}).status_code == 200
+    assert len(inngest.accepted) == 1 and inngest.accepted[0]["data"]["user"]["email"]
+
+
 def test_a_serializer_for_a_model_with_username_and_roles(
     security_host: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
