@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 from typing import Any
 
@@ -107,22 +108,48 @@ def carries_credentials() -> bool:
     )
 
 
+def _page_scope() -> str | None:
+    """The anonymous scope a page gave its events, from its tag in `X-Inngest-Poster`."""
+    match = _ANONYMOUS_PAGE_TAG.fullmatch(request.headers.get(POSTER_HEADER, ""))
+    return match[1] if match else None
+
+
 def poster_scope(user: dict[str, Any] | None) -> str:
     """Who is posting, as the namespace of their event ids: the user, else this browser.
 
-    A user's scope is their serialized `id`, stable across logins. An anonymous poster gets
-    a random id kept in the session cookie, made on first need; a client that does not keep
-    the cookie gets a new one with every post.
+    A user's scope is their serialized `id`, stable across logins. An anonymous poster's is
+    the random id in their page's tag (`page_tag`), which the browser client keeps with each
+    queued event, so a retry whose first answer was lost keeps its ids; without one (curl, a
+    plain form), a random id kept in the session cookie, made by the first post that needs
+    it: a client that does not keep the cookie gets a new one with every post.
     """
     if user is not None:
         return f"user:{user['id']}"
-    anonymous = session.get(ANONYMOUS_SCOPE_KEY)
+    anonymous = _page_scope()
+    if anonymous is None:
+        anonymous = session.get(ANONYMOUS_SCOPE_KEY)
     if not isinstance(anonymous, str):
         anonymous = session[ANONYMOUS_SCOPE_KEY] = secrets.token_urlsafe(16)
     return f"anonymous:{anonymous}"
 
 
 ANONYMOUS_TAG = "anonymous"
+# An anonymous page's tag: `anonymous.` and its scope, 16 random bytes (no newline, see
+# `events.scoped_id`). A bare `anonymous` is the tag of pages of earlier versions.
+_ANONYMOUS_PAGE_TAG = re.compile(r"anonymous\.([A-Za-z0-9_-]{22})")
+
+
+def page_tag(user: dict[str, Any] | None) -> str:
+    """The tag a page's script carries: the user's `poster_tag`, else `anonymous.<scope>`.
+
+    An anonymous page's scope is new with each page and kept by the page alone: the page
+    sets no cookie and reads no session, so it stays cacheable as the host made it (a copy
+    from a shared cache gives its viewers one scope; the client's keys are random, so their
+    events still never collide).
+    """
+    if user is not None:
+        return poster_tag(user)
+    return f"{ANONYMOUS_TAG}.{secrets.token_urlsafe(16)}"
 
 
 def poster_tag(user: dict[str, Any] | None) -> str:
@@ -131,9 +158,10 @@ def poster_tag(user: dict[str, Any] | None) -> str:
     A page gets it in its script tag; the client stores it with each event and sends it back
     in `X-Inngest-Poster`, and a post whose tag is not the current poster's is refused
     (`409`): events queued by one user are never sent as another who logs in later on the
-    same browser. A user's tag is a keyed hash of their scope, so it names nobody; every
-    anonymous visitor shares `anonymous` (their session cookie, and so their scope, may end
-    with the browser while their queue lives on; their events are still nobody's).
+    same browser. A user's tag is a keyed hash of their scope, so it names nobody; anonymous
+    tags (`anonymous`, or a page's `anonymous.<scope>`) are accepted for every anonymous
+    visitor (their session cookie may end with the browser while their queue lives on;
+    their events are still nobody's).
     """
     if user is None:
         return ANONYMOUS_TAG
@@ -148,6 +176,10 @@ def check_poster(user: dict[str, Any] | None) -> None:
     """Refuse (`409`) a post whose `X-Inngest-Poster` names another poster than the current one."""
     claimed = request.headers.get(POSTER_HEADER)
     if claimed is None:
+        return
+    if user is None:
+        if claimed != ANONYMOUS_TAG and _page_scope() is None:
+            raise PosterChanged()
         return
     # As bytes: a header may hold any Latin-1 text, which compare_digest takes only as bytes.
     if not hmac.compare_digest(

@@ -338,6 +338,38 @@ def test_hosts_routes_keep_their_pages_headers_and_cookies(hosts: Callable[..., 
             assert ours not in response.headers
 
 
+@pytest.mark.parametrize("logged_in", [False, True], ids=["anonymous", "logged-in"])
+def test_the_script_tag_helper_changes_neither_cookies_nor_caching_of_its_page(
+    hosts: Callable[..., Flask], inngest: InngestStandIn, logged_in: bool
+) -> None:
+    app = hosts()
+
+    @app.get("/page/<int:script>")
+    def page(script: int) -> str:
+        tag = "{{ inngest_gateway_script() }}" if script else ""
+        return render_template_string(f"<main>page</main>{tag}")
+
+    client = app.test_client()
+    if logged_in:
+        log_in(client, "7")
+        client.get("/page/0")  # Flask-Login's first load marks the session: not our doing
+    without, with_script = client.get("/page/0"), client.get("/page/1")
+
+    assert "data-poster=" in with_script.get_data(as_text=True)
+    ignored = {"Content-Length"}
+    assert [h for h in with_script.headers if h[0] not in ignored] == [
+        h for h in without.headers if h[0] not in ignored
+    ]
+    # The anonymous scope is made by the first post, not the page.
+    if not logged_in:
+        assert client.get_cookie("session") is None
+        tag = re.search(r'data-poster="([^"]+)"', with_script.get_data(as_text=True))
+        assert tag is not None
+        first = client.post("/api", json={"id": "k-1"}, headers={"X-Inngest-Poster": tag[1]})
+        assert first.status_code == 200, first.get_data(as_text=True)
+    assert len(inngest.accepted) == (0 if logged_in else 1)
+
+
 def test_hosts_own_form_parsing_is_left_alone(hosts: Callable[..., Flask]) -> None:
     """Our strict form parser is for our requests only: the host's stay lenient."""
     malformed = {
@@ -805,14 +837,17 @@ def test_the_script_tag_helper_configures_the_client_for_this_app(
             "{{ inngest_gateway_script(nonce=n, data_budget='5000') }}", n='a"b'
         )
 
-    assert plain == (
+    tag = r'data-poster="anonymous\.[A-Za-z0-9_-]{22}"'
+    assert re.fullmatch(
         '<script src="/hooks/inngest-gateway.js" data-endpoint="/hooks/api" '
-        'data-max-batch="25" data-poster="anonymous" defer></script>'
+        f'data-max-batch="25" {tag} defer></script>',
+        plain,
     )
-    assert with_nonce == (
+    assert re.fullmatch(
         '<script src="/hooks/inngest-gateway.js" data-endpoint="/hooks/api" '
-        'data-max-batch="25" data-poster="anonymous" nonce="a&#34;b" data-budget="5000" '
-        "defer></script>"
+        f'data-max-batch="25" {tag} nonce="a&#34;b" data-budget="5000" '
+        "defer></script>",
+        with_nonce,
     )
 
 
