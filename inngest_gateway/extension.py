@@ -70,10 +70,10 @@ class InngestGateway:
     the user's primary key, `poster.user_key`, plus `email` and `name` when present); its
     `id` also names the poster, so it must be stable per user. `url_prefix` and `path` place
     the endpoint; `redirect_to` (a path, or a function returning one) is where a form post
-    lands when it names no page to go back to. `login_url` (a path or an http(s) URL), when
-    set, is where a form post that needs a login (API_REQUIRE_LOGIN) is sent, with `next`;
-    other posts get the 401. `settings`, already loaded, replaces app.config and the
-    environment (the standalone service passes its own).
+    lands when it names no page to go back to. `login_url` (a path or an http(s) URL), else
+    the host's Flask-Login `login_view`, is where a form post that needs a login
+    (API_REQUIRE_LOGIN) is sent, with `next`; other posts get the 401. `settings`, already
+    loaded, replaces app.config and the environment (the standalone service passes its own).
     """
 
     def __init__(

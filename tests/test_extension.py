@@ -189,6 +189,43 @@ def test_login_can_be_required(hosts: Callable[..., Flask], inngest: InngestStan
     assert only_event(inngest)["data"]["user"]["id"] == "8"
 
 
+@pytest.mark.parametrize(
+    ("login_view", "login_url", "expected"),
+    [
+        ("sign_in", None, "/sign-in?next=%2Freports"),
+        ("sign_in", "/elsewhere", "/elsewhere?next=%2Freports"),  # login_url= wins
+        ("/account/login", None, "/account/login?next=%2Freports"),  # a path, as Flask-Login
+    ],
+)
+def test_a_form_post_that_needs_a_login_goes_to_flask_logins_login_view(
+    hosts: Callable[..., Flask], login_view: str, login_url: str | None, expected: str
+) -> None:
+    app = hosts(mount=False, config={"API_REQUIRE_LOGIN": True})
+    app.add_url_rule("/sign-in", "sign_in", lambda: "sign in")
+    app.login_manager.login_view = login_view  # type: ignore[attr-defined]
+    InngestGateway(app, login_url=login_url)
+    client = app.test_client()
+
+    form = client.post(
+        "/api", data={"name": "app/x"}, headers={"Referer": "http://localhost/reports"}
+    )
+    as_json = client.post("/api", json={"name": "app/x"})
+
+    assert form.status_code == 303, form.get_data(as_text=True)
+    assert form.headers["Location"] == expected
+    assert_gateway_envelope(as_json, 401, "login_required")
+
+
+def test_without_a_login_view_a_form_post_that_needs_a_login_gets_the_401(
+    hosts: Callable[..., Flask],
+) -> None:
+    client = hosts(config={"API_REQUIRE_LOGIN": True}).test_client()
+
+    form = client.post("/api", data={"name": "app/x"})
+
+    assert_gateway_envelope(form, 401, "login_required")
+
+
 def test_idempotency_key_is_scoped_to_the_hosts_user(
     hosts: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
