@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, send_from_directory, url_for
+from flask import Blueprint, Response, request, send_from_directory, url_for
 from markupsafe import Markup, escape
 
 from . import apidoc
@@ -58,8 +58,9 @@ def script_tag(**attributes: str) -> Markup:
     data-poster=... defer>` (see `poster.page_tag`). It changes nothing of the page it is on:
     no cookie, no session, no caching header; what posting needs is made by the first post.
 
-    Extra keyword arguments become attributes (`nonce="..."` for a strict CSP, say);
-    `_` in a name is written as `-`.
+    It carries the page's CSP nonce when the host's CSP made one (`request.csp_nonce`, as
+    Flask-Talisman sets it). Extra keyword arguments become attributes (`nonce="..."` for
+    another CSP's nonce, say); `_` in a name is written as `-`.
     """
     settings = gateway_state().settings
     values = {
@@ -69,6 +70,10 @@ def script_tag(**attributes: str) -> Markup:
         # Binds what this page queues to its viewer, and an anonymous viewer's event ids.
         "data-poster": page_tag(current_poster()),
     }
+    # The page's CSP nonce, where the host's CSP makes one (Flask-Talisman's `csp_nonce`).
+    nonce = getattr(request, "csp_nonce", None)
+    if isinstance(nonce, str) and nonce:
+        values["nonce"] = nonce
     values.update({name.replace("_", "-"): value for name, value in attributes.items()})
     rendered = " ".join(f'{name}="{escape(value)}"' for name, value in values.items())
     return Markup(f"<script {rendered} defer></script>")
