@@ -34,7 +34,14 @@ from .payload import (
     same_origin_path,
     wants_json,
 )
-from .poster import POSTER_HEADER, check_poster, current_poster, poster_key, poster_scope
+from .poster import (
+    POSTER_HEADER,
+    carries_credentials,
+    check_poster,
+    current_poster,
+    poster_key,
+    poster_scope,
+)
 from .requestids import client_request_id
 from .schemas import MAX_ID_LENGTH
 from .settings import Settings
@@ -146,7 +153,9 @@ def _post_events_doc(settings: Settings) -> dict[str, Any]:
                 "bad_request",
             ),
             "401": apidoc.error(
-                "INNGEST_GATEWAY_API_REQUIRE_LOGIN is set and nobody is logged in", "login_required"
+                "INNGEST_GATEWAY_API_REQUIRE_LOGIN is set and nobody is logged in, or the request "
+                "carries credentials (a token, HTTP Basic) that the app does not accept",
+                "login_required",
             ),
             "403": apidoc.error(
                 "A cross-site request, or an event name that is not allowed",
@@ -197,6 +206,8 @@ def post_events() -> Any:
     state = gateway_state()
     settings = state.settings
     user = current_poster()
+    if user is None and carries_credentials():
+        raise errors.CredentialsRefused()  # as the host's own views would: never anonymous
     if user is None and settings.api_require_login:
         return login_required(state.login_url)  # 401, or a form post to the login page
     check_poster(user)

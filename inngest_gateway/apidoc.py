@@ -73,11 +73,19 @@ class OkSchema(Schema):
 
 
 class UserSchema(Schema):
-    """A user as events (`data.user`) and `/auth/me` show them."""
+    """A user as events (`data.user`) and `/auth/me` show them, in every mode."""
 
-    id = fields.Integer(required=True)
-    email = fields.String(required=True)
-    name = fields.String(required=True)
+    id = fields.Raw(
+        required=True,
+        metadata={
+            "type": ["integer", "string"],
+            "description": "The user's primary key as the model has it: an integer key is "
+            "an integer, any other (text, UUID) a string. It survives password changes; it "
+            "is never the session's login id.",
+        },
+    )
+    email = fields.String(metadata={"description": "When the user has one."})
+    name = fields.String(metadata={"description": "When the user has one."})
 
 
 class LoggedInSchema(OkSchema):

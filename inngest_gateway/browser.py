@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, after_this_request, send_from_directory, session, url_for
+from flask import Blueprint, Response, request, send_from_directory, url_for
 from markupsafe import Markup, escape
 
 from . import apidoc
-from .poster import ANONYMOUS_SCOPE_KEY, current_poster, poster_scope, poster_tag
+from .poster import current_poster, page_tag
 from .state import BLUEPRINT, POST_ENDPOINT, gateway_state
 
 FOLDER = Path(__file__).resolve().parent / "js"
@@ -53,34 +53,27 @@ def serve(filename: str) -> Response:
     return send_from_directory(FOLDER, filename, mimetype=FILES[filename], max_age=0)
 
 
-def _private(response: Response) -> Response:
-    """The page sets the visitor's session cookie: no shared cache may keep it."""
-    response.headers["Cache-Control"] = "no-store"
-    response.vary.add("Cookie")
-    return response
-
-
 def script_tag(**attributes: str) -> Markup:
     """`<script src=".../inngest-gateway.js" data-endpoint=... data-max-batch=...
-    data-poster=... defer>` (see `poster.poster_tag`). For an anonymous visitor it starts the
-    session that keeps their event-id scope (see `poster.poster_scope`).
+    data-poster=... defer>` (see `poster.page_tag`). It changes nothing of the page it is on:
+    no cookie, no session, no caching header; what posting needs is made by the first post.
 
-    Extra keyword arguments become attributes (`nonce="..."` for a strict CSP, say);
-    `_` in a name is written as `-`.
+    It carries the page's CSP nonce when the host's CSP made one (`request.csp_nonce`, as
+    Flask-Talisman sets it). Extra keyword arguments become attributes (`nonce="..."` for
+    another CSP's nonce, say); `_` in a name is written as `-`.
     """
     settings = gateway_state().settings
     values = {
         "src": url_for(f"{BLUEPRINT}.{ENDPOINT}", filename="inngest-gateway.js"),
         "data-endpoint": url_for(POST_ENDPOINT),
         "data-max-batch": str(settings.api_max_batch),
+        # Binds what this page queues to its viewer, and an anonymous viewer's event ids.
+        "data-poster": page_tag(current_poster()),
     }
-    user = current_poster()
-    if user is None and ANONYMOUS_SCOPE_KEY not in session:
-        # The anonymous visitor's event-id scope, made now rather than by the first post, so
-        # that a retry of that post (its answer, and the cookie in it, lost) keeps its ids.
-        poster_scope(None)
-        after_this_request(_private)
-    values["data-poster"] = poster_tag(user)  # binds what this page queues to its viewer
+    # The page's CSP nonce, where the host's CSP makes one (Flask-Talisman's `csp_nonce`).
+    nonce = getattr(request, "csp_nonce", None)
+    if isinstance(nonce, str) and nonce:
+        values["nonce"] = nonce
     values.update({name.replace("_", "-"): value for name, value in attributes.items()})
     rendered = " ".join(f'{name}="{escape(value)}"' for name, value in values.items())
     return Markup(f"<script {rendered} defer></script>")

@@ -52,6 +52,12 @@ class LoginRequired(APIError):
     message = "Log in first."
 
 
+class CredentialsRefused(LoginRequired):
+    """Credentials the host's Flask-Login did not accept: never an anonymous post instead."""
+
+    message = "The request's credentials were not accepted; log in again."
+
+
 class InvalidCredentials(APIError):
     status_code, code = 401, "invalid_credentials"
     message = "The e-mail or password is incorrect."

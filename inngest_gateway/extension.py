@@ -46,15 +46,15 @@ class InngestGateway:
     """Serves `POST /api` (events to Inngest) in the app it is bound to.
 
     `user_serializer(user)` turns the host's Flask-Login user into `data.user` (default:
-    `get_id()`, plus `email` and `name` when present); its `id` also names the poster, so
-    it must be stable per user. `url_prefix` and `path` place the endpoint; `redirect_to`
-    (a path, or a function returning one) is where a form post lands when it names no page
-    to go back to. `login_url` (a path or an http(s) URL), when set, is where a form post
-    that needs a login (INNGEST_GATEWAY_API_REQUIRE_LOGIN) is sent, with `next`; other posts get
-    the 401.
+    the user's primary key, `poster.user_key`, plus `email` and `name` when present); its
+    `id` also names the poster, so it must be stable per user. `url_prefix` and `path` place
+    the endpoint; `redirect_to` (a path, or a function returning one) is where a form post
+    lands when it names no page to go back to. `login_url` (a path or an http(s) URL), else
+    the host's Flask-Login `login_view`, is where a form post that needs a login
+    (INNGEST_GATEWAY_API_REQUIRE_LOGIN) is sent, with `next`; other posts get the 401.
+    `settings`, already loaded, replaces app.config (the standalone service passes its own).
     Settings come from app.config only (`INNGEST_GATEWAY_...` keys, the Inngest SDK's names,
-    Flask's `SECRET_KEY`; docs/settings.md), never from the process environment;
-    `settings`, already loaded, replaces them (the standalone service passes its own).
+    Flask's `SECRET_KEY`; docs/settings.md), never from the process environment.
     """
 
     def __init__(

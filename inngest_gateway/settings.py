@@ -295,6 +295,17 @@ class Settings:
         default="false",
         help="`true`: anonymous posts get `401`. `false`: they are sent with `data.user: null`.",
     )
+    api_session_only: bool = setting(
+        EnvBool(),
+        group=API,
+        default="false",
+        help=(
+            "`true`: only the session cookie (and Flask-Login's remember cookie) names the "
+            "poster; the host's `request_loader` (tokens, HTTP Basic) is not honoured on "
+            "`/api`, and a post carrying such credentials gets `401`. For hosts that want only "
+            "browsers there."
+        ),
+    )
     api_max_event_bytes: int = setting(
         fields.Integer(validate=validate.Range(min=1024, max=3 * 1024 * 1024)),
         group=API,

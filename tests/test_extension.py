@@ -165,7 +165,7 @@ def test_logged_in_post_carries_the_hosts_user(
     assert response.get_json() == {"status": "ok", "ids": [event["id"]]}
     assert event["name"] == "app/report.run"
     assert event["data"]["report"] == 3
-    # The default serializer: get_id(), email and name; nothing else of the host's model.
+    # The default serializer: the id (no model: `user.id`), email and name; nothing else.
     assert event["data"]["user"] == {
         "id": "7",
         "email": "grace@example.com",
@@ -188,6 +188,43 @@ def test_login_can_be_required(hosts: Callable[..., Flask], inngest: InngestStan
     log_in(client, "8")
     assert client.post("/api", json={"data": {}}).status_code == 200
     assert only_event(inngest)["data"]["user"]["id"] == "8"
+
+
+@pytest.mark.parametrize(
+    ("login_view", "login_url", "expected"),
+    [
+        ("sign_in", None, "/sign-in?next=%2Freports"),
+        ("sign_in", "/elsewhere", "/elsewhere?next=%2Freports"),  # login_url= wins
+        ("/account/login", None, "/account/login?next=%2Freports"),  # a path, as Flask-Login
+    ],
+)
+def test_a_form_post_that_needs_a_login_goes_to_flask_logins_login_view(
+    hosts: Callable[..., Flask], login_view: str, login_url: str | None, expected: str
+) -> None:
+    app = hosts(mount=False, config={"INNGEST_GATEWAY_API_REQUIRE_LOGIN": True})
+    app.add_url_rule("/sign-in", "sign_in", lambda: "sign in")
+    app.login_manager.login_view = login_view  # type: ignore[attr-defined]
+    InngestGateway(app, login_url=login_url)
+    client = app.test_client()
+
+    form = client.post(
+        "/api", data={"name": "app/x"}, headers={"Referer": "http://localhost/reports"}
+    )
+    as_json = client.post("/api", json={"name": "app/x"})
+
+    assert form.status_code == 303, form.get_data(as_text=True)
+    assert form.headers["Location"] == expected
+    assert_gateway_envelope(as_json, 401, "login_required")
+
+
+def test_without_a_login_view_a_form_post_that_needs_a_login_gets_the_401(
+    hosts: Callable[..., Flask],
+) -> None:
+    client = hosts(config={"INNGEST_GATEWAY_API_REQUIRE_LOGIN": True}).test_client()
+
+    form = client.post("/api", data={"name": "app/x"})
+
+    assert_gateway_envelope(form, 401, "login_required")
 
 
 def test_idempotency_key_is_scoped_to_the_hosts_user(
@@ -337,6 +374,38 @@ def test_hosts_routes_keep_their_pages_headers_and_cookies(hosts: Callable[..., 
         assert any("host_pref=dark" in c for c in response.headers.getlist("Set-Cookie"))
         for ours in ("X-Request-ID", "Content-Security-Policy", "X-Frame-Options"):
             assert ours not in response.headers
+
+
+@pytest.mark.parametrize("logged_in", [False, True], ids=["anonymous", "logged-in"])
+def test_the_script_tag_helper_changes_neither_cookies_nor_caching_of_its_page(
+    hosts: Callable[..., Flask], inngest: InngestStandIn, logged_in: bool
+) -> None:
+    app = hosts()
+
+    @app.get("/page/<int:script>")
+    def page(script: int) -> str:
+        tag = "{{ inngest_gateway_script() }}" if script else ""
+        return render_template_string(f"<main>page</main>{tag}")
+
+    client = app.test_client()
+    if logged_in:
+        log_in(client, "7")
+        client.get("/page/0")  # Flask-Login's first load marks the session: not our doing
+    without, with_script = client.get("/page/0"), client.get("/page/1")
+
+    assert "data-poster=" in with_script.get_data(as_text=True)
+    ignored = {"Content-Length"}
+    assert [h for h in with_script.headers if h[0] not in ignored] == [
+        h for h in without.headers if h[0] not in ignored
+    ]
+    # The anonymous scope is made by the first post, not the page.
+    if not logged_in:
+        assert client.get_cookie("session") is None
+        tag = re.search(r'data-poster="([^"]+)"', with_script.get_data(as_text=True))
+        assert tag is not None
+        first = client.post("/api", json={"id": "k-1"}, headers={"X-Inngest-Poster": tag[1]})
+        assert first.status_code == 200, first.get_data(as_text=True)
+    assert len(inngest.accepted) == (0 if logged_in else 1)
 
 
 def test_hosts_own_form_parsing_is_left_alone(hosts: Callable[..., Flask]) -> None:
@@ -835,14 +904,17 @@ def test_the_script_tag_helper_configures_the_client_for_this_app(
             "{{ inngest_gateway_script(nonce=n, data_budget='5000') }}", n='a"b'
         )
 
-    assert plain == (
+    tag = r'data-poster="anonymous\.[A-Za-z0-9_-]{22}"'
+    assert re.fullmatch(
         '<script src="/hooks/inngest-gateway.js" data-endpoint="/hooks/api" '
-        'data-max-batch="25" data-poster="anonymous" defer></script>'
+        f'data-max-batch="25" {tag} defer></script>',
+        plain,
     )
-    assert with_nonce == (
+    assert re.fullmatch(
         '<script src="/hooks/inngest-gateway.js" data-endpoint="/hooks/api" '
-        'data-max-batch="25" data-poster="anonymous" nonce="a&#34;b" data-budget="5000" '
-        "defer></script>"
+        f'data-max-batch="25" {tag} nonce="a&#34;b" data-budget="5000" '
+        "defer></script>",
+        with_nonce,
     )
 
 

@@ -6,12 +6,18 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from cachelib import FileSystemCache
 from flask import Flask, render_template_string
+from flask_cors import CORS
 from flask_login import LoginManager, UserMixin, login_user
+from flask_session import Session
+from flask_talisman import Talisman
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFProtect
+from playwright.sync_api import Page, Route
 from wtforms import StringField
 
 from inngest_gateway import InngestGateway
@@ -283,6 +289,138 @@ def test_flask_limiter_turned_off_by_its_own_setting_leaves_the_gateways_limits_
         gateway_state(app).outbox_db.dispose()
 
 
+# -- Flask-Talisman, Flask-CORS and Flask-Session, each as its docs set it up --------------------
+
+
+def test_talismans_csp_nonce_is_on_the_script_tag(
+    tmp_path: Path, host_config: dict[str, Any]
+) -> None:
+    app = plain_host(tmp_path, host_config)
+    Talisman(
+        app,
+        force_https=False,
+        content_security_policy={"default-src": "'self'", "script-src": "'self'"},
+        content_security_policy_nonce_in=["script-src"],
+    )
+    InngestGateway(app, url_prefix="/events")
+    app.add_url_rule(
+        "/page",
+        "page",
+        lambda: render_template_string("<main>page</main>{{ inngest_gateway_script() }}"),
+    )
+    app.add_url_rule(
+        "/explicit",
+        "explicit",
+        lambda: render_template_string("{{ inngest_gateway_script(nonce=csp_nonce()) }}"),
+    )
+    client = app.test_client()
+    try:
+        for path in ("/page", "/explicit"):
+            response = client.get(path)
+            policy = response.headers["Content-Security-Policy"]
+            header_nonce = re.search(r"script-src [^;]*'nonce-([^']+)'", policy)
+            assert header_nonce, policy
+            tags = re.findall(r"<script [^>]*>", response.get_data(as_text=True))
+            assert len(tags) == 1 and tags[0].count("nonce=") == 1, tags
+            assert f'nonce="{header_nonce[1]}"' in tags[0]
+            assert 'src="/events/inngest-gateway.js"' in tags[0]  # 'self' allows it too
+        # Each page its own nonce.
+        policies = {client.get("/page").headers["Content-Security-Policy"] for _ in range(2)}
+        assert len(policies) == 2
+    finally:
+        gateway_state(app).outbox_db.dispose()
+
+
+def test_a_page_without_a_csp_nonce_gets_a_tag_without_one(
+    tmp_path: Path, host_config: dict[str, Any]
+) -> None:
+    app = plain_host(tmp_path, host_config)
+    InngestGateway(app)
+    try:
+        with app.test_request_context("/"):
+            tag = render_template_string("{{ inngest_gateway_script() }}")
+        assert "nonce" not in tag
+    finally:
+        gateway_state(app).outbox_db.dispose()
+
+
+@pytest.mark.parametrize("cors_first", [True, False], ids=["cors-first", "gateway-first"])
+def test_flask_cors_app_wide_leaves_the_gateways_own_cors_rules_on_its_path(
+    tmp_path: Path, host_config: dict[str, Any], inngest: InngestStandIn, cors_first: bool
+) -> None:
+    app = plain_host(
+        tmp_path, {**host_config, "INNGEST_GATEWAY_TRUSTED_ORIGINS": "https://app.example"}
+    )
+    app.add_url_rule("/things", "things", lambda: {"things": []})
+    if cors_first:
+        CORS(app)
+    InngestGateway(app)
+    if not cors_first:
+        CORS(app)
+    client = app.test_client()
+    try:
+        trusted = client.post(
+            "/api", json={"name": "app/x"}, headers={"Origin": "https://app.example"}
+        )
+        assert trusted.status_code == 200, trusted.get_data(as_text=True)
+        assert trusted.headers.getlist("Access-Control-Allow-Origin") == ["https://app.example"]
+        assert trusted.headers["Access-Control-Allow-Credentials"] == "true"
+
+        # Another origin: the gateway's own check refuses it, whatever CORS(app) allows; the
+        # answer never lets a page read it with the user's cookies.
+        evil = {"Origin": "https://evil.example"}
+        refused = client.post("/api", json={"name": "app/x"}, headers=evil)
+        assert_envelope(refused, 403, "cross_site_request")
+        assert "Access-Control-Allow-Credentials" not in refused.headers
+        preflight = client.options(
+            "/api", headers={**evil, "Access-Control-Request-Method": "POST"}
+        )
+        assert "Access-Control-Allow-Credentials" not in preflight.headers
+        assert len(inngest.accepted) == 1
+
+        # The host's own routes get CORS(app) as the host configured it.
+        things = client.get("/things", headers=evil)
+        assert things.headers["Access-Control-Allow-Origin"] in ("*", "https://evil.example")
+    finally:
+        gateway_state(app).outbox_db.dispose()
+
+
+def test_flask_session_server_side_sessions_name_the_user(
+    tmp_path: Path, host_config: dict[str, Any], inngest: InngestStandIn
+) -> None:
+    app = plain_host(
+        tmp_path,
+        {
+            **host_config,
+            "SESSION_TYPE": "cachelib",
+            "SESSION_CACHELIB": FileSystemCache(str(tmp_path / "sessions"), threshold=100),
+        },
+    )
+    Session(app)
+    login = LoginManager(app)
+    login.user_loader(MEMBERS.get)
+    app.add_url_rule(
+        "/login/<user_id>", "log_in", lambda user_id: str(login_user(MEMBERS[user_id]))
+    )
+    InngestGateway(app)
+    client = app.test_client()
+    try:
+        assert client.get("/login/3").status_code == 200
+        cookie = client.get_cookie("session")
+        assert cookie is not None and "_user_id" not in cookie.value  # an id, not the data
+
+        logged_in = client.post("/api", json={"name": "app/x", "id": "k-1"})
+        again = client.post("/api", json={"name": "app/x", "id": "k-1"})
+        anonymous = app.test_client().post("/api", json={"name": "app/x"})
+
+        assert logged_in.status_code == again.status_code == anonymous.status_code == 200
+        assert logged_in.get_json()["ids"] == again.get_json()["ids"]
+        users = [event["data"]["user"] for event in inngest.accepted]
+        assert users == [{"id": "3", "email": "ada@example.com"}] * 2 + [None]
+    finally:
+        gateway_state(app).outbox_db.dispose()
+
+
 def test_flask_limiter_and_the_gateway_count_each_their_own(
     tmp_path: Path, host_config: dict[str, Any], inngest: InngestStandIn
 ) -> None:
@@ -314,3 +452,43 @@ def test_flask_limiter_and_the_gateway_count_each_their_own(
         assert _post_events(exempted, 4) == [200, 200, 200, 200]
     finally:
         gateway_state(exempted).outbox_db.dispose()
+
+
+def test_the_script_loads_in_chromium_under_talismans_nonce_only_csp(
+    tmp_path: Path, host_config: dict[str, Any], page: Page
+) -> None:
+    """A CSP whose script-src allows no host, only the page's nonce: the tag's nonce is what
+    lets the client load (a tag without it is blocked)."""
+    app = plain_host(tmp_path, host_config)
+    Talisman(
+        app,
+        force_https=False,
+        content_security_policy={"default-src": "'self'", "script-src": "https://cdn.invalid"},
+        content_security_policy_nonce_in=["script-src"],
+    )
+    InngestGateway(app)
+    app.add_url_rule(
+        "/page", "page", lambda: render_template_string("{{ inngest_gateway_script() }}")
+    )
+    app.add_url_rule(
+        "/no-nonce", "no_nonce", lambda: '<script src="/inngest-gateway.js" defer></script>'
+    )
+    client = app.test_client()
+
+    def from_app(route: Route) -> None:
+        url = urlsplit(route.request.url)
+        answer = client.get(url.path)
+        body = answer.get_data()
+        answer.close()  # the client's file is streamed
+        route.fulfill(status=answer.status_code, headers=dict(answer.headers), body=body)
+
+    page.context.route("http://talisman.test/**", from_app)
+    try:
+        page.goto("http://talisman.test/page")
+        page.wait_for_load_state("load")  # after deferred scripts have run
+        assert page.evaluate("typeof InngestGateway") == "object"
+        page.goto("http://talisman.test/no-nonce")
+        page.wait_for_load_state("load")
+        assert page.evaluate("typeof InngestGateway") == "undefined"
+    finally:
+        gateway_state(app).outbox_db.dispose()

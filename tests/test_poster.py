@@ -36,33 +36,39 @@ def post(client: FlaskClient, tag: str | None) -> Any:
     return client.post("/api", json=EVENT, headers=headers)
 
 
-def test_an_anonymous_visitor_gets_the_anonymous_tag_and_a_scope_with_the_page(
+def test_an_anonymous_visitor_gets_an_anonymous_tag_and_the_page_sets_nothing(
     client: FlaskClient,
 ) -> None:
+    first, second = tag_on_page(client), tag_on_page(client)
     response = client.get("/")
 
-    assert tag_on_page(client) == "anonymous"
-    # The page started the session that keeps the visitor's event-id scope.
-    assert any(c.startswith("session=") for c in response.headers.getlist("Set-Cookie"))
-    assert response.headers["Cache-Control"] == "no-store"
+    assert first is not None and re.fullmatch(r"anonymous\.[A-Za-z0-9_-]{22}", first)
+    assert first != second  # each page its own scope: a shared cache's copy names nobody
+    # The page neither starts a session nor changes its caching: the first post does.
+    assert response.headers.getlist("Set-Cookie") == []
+    assert client.get_cookie("session") is None
+    assert "no-store" not in response.headers.get("Cache-Control", "")
 
 
 def test_a_retry_whose_first_answer_was_lost_keeps_the_anonymous_ids(
     app: Flask, client: FlaskClient, inngest: InngestStandIn
 ) -> None:
-    """The first post's answer (and the cookie it may set) never arrives; the retry carries
-    the cookie the page set, so the service derives the same id and Inngest drops it."""
-    client.get("/")
-    cookie = client.get_cookie("session")
-    assert cookie is not None
-    first = client.post("/api", json=EVENT, headers={"X-Inngest-Poster": "anonymous"})
-    retry_client = app.test_client()
-    retry_client.set_cookie("session", cookie.value)
+    """The first post's answer (and the cookie it sets) never arrives; the retry carries the
+    page's tag, the scope of its events, so the service derives the same id and Inngest
+    drops it."""
+    tag = tag_on_page(client)
+    assert tag is not None
+    first = client.post("/api", json=EVENT, headers={"X-Inngest-Poster": tag})
+    retry_client = app.test_client()  # without the cookie the lost answer set
 
-    retry = retry_client.post("/api", json=EVENT, headers={"X-Inngest-Poster": "anonymous"})
+    retry = retry_client.post("/api", json=EVENT, headers={"X-Inngest-Poster": tag})
+    other_page = retry_client.post(
+        "/api", json=EVENT, headers={"X-Inngest-Poster": tag_on_page(retry_client) or ""}
+    )
 
-    assert first.status_code == retry.status_code == 200
+    assert first.status_code == retry.status_code == other_page.status_code == 200
     assert first.get_json()["ids"] == retry.get_json()["ids"]
+    assert other_page.get_json()["ids"] != first.get_json()["ids"]  # another page, another poster
 
 
 def test_a_users_tag_is_accepted_and_another_is_refused(
@@ -114,11 +120,14 @@ def test_anonymous_events_go_as_anyone_anonymous_but_never_as_a_user(
 ) -> None:
     """A browser restart ends the anonymous session (and scope) but not the queue: its
     events are still nobody's. Once someone logs in they are not sent as that user."""
-    assert tag_on_page(client) == "anonymous"
+    anonymous = tag_on_page(client)
+    assert anonymous is not None and anonymous.startswith("anonymous.")
     restarted = app.test_client()  # no cookie: another anonymous scope
 
-    assert post(restarted, "anonymous").status_code == 200
+    assert post(restarted, anonymous).status_code == 200
+    assert post(restarted, "anonymous").status_code == 200  # as pages of earlier versions
     auth.login()
+    assert_envelope(post(client, anonymous), 409, "poster_changed")
     assert_envelope(post(client, "anonymous"), 409, "poster_changed")
     users = tag_on_page(client)
     auth.logout()
@@ -146,4 +155,12 @@ def test_odd_tags_are_refused_not_errors(
     client: FlaskClient, auth: AuthActions, user: dict[str, Any], tag: str
 ) -> None:
     auth.login()
+    assert_envelope(post(client, tag), 409, "poster_changed")
+
+
+@pytest.mark.parametrize(
+    "tag",
+    ["", "x", "anonymous.", "anonymous.short", "anonymous." + "a" * 23, "anonymous:" + "a" * 22],
+)
+def test_odd_anonymous_tags_are_refused_not_errors(client: FlaskClient, tag: str) -> None:
     assert_envelope(post(client, tag), 409, "poster_changed")

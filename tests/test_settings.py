@@ -249,6 +249,7 @@ def test_defaults_match_the_spec() -> None:
         api_allowed_events=("app/*",),
         api_default_event="app/api.posted",
         api_require_login=False,
+        api_session_only=False,
         api_max_event_bytes=262144,
         api_max_body_bytes=1048576,
         api_max_batch=100,
