@@ -193,7 +193,7 @@ def test_logged_in_post_to_the_hosts_api_reaches_inngest_as_the_hosts_user(
         assert event["name"] == "app/host.report"
         assert event["data"]["report"] == 7
         assert event["data"]["user"] == {
-            "id": ada,
+            "id": int(ada),  # the model's primary key, as the model has it
             "email": "ada@example.com",
             "name": "Ada Lovelace",
         }
