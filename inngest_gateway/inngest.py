@@ -144,7 +144,7 @@ def lease_deadline(
 _sending = threading.local()
 
 
-def _arm(sock: socket.socket) -> None:
+def _arm(sock: Any) -> None:  # a socket of the sender's pool
     deadline: float | None = getattr(_sending, "deadline", None)
     if deadline is None:
         return
@@ -154,46 +154,38 @@ def _arm(sock: socket.socket) -> None:
     sock.settimeout(left)
 
 
-class _DeadlineSocket(socket.socket):
-    """A TCP socket whose every send and receive ends by the sending thread's deadline."""
+class _Deadline:
+    """Every send and receive of a socket ends by the sending thread's deadline.
+
+    A mixin of no state (`__slots__ = ()`), so a live socket can take the subclass as it is;
+    TLS sockets get it too (their sendall loops over send, their recv_into over read).
+    """
 
     __slots__ = ()
 
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+    def recv(self, *args: Any, **kwargs: Any) -> Any:
         _arm(self)
-        return super().recv(bufsize, flags)
+        return super().recv(*args, **kwargs)  # type: ignore[misc]
 
-    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+    def recv_into(self, *args: Any, **kwargs: Any) -> Any:
         _arm(self)
-        return super().recv_into(buffer, nbytes, flags)
+        return super().recv_into(*args, **kwargs)  # type: ignore[misc]
 
-    def send(self, data: Any, flags: int = 0) -> int:
+    def send(self, *args: Any, **kwargs: Any) -> Any:
         _arm(self)
-        return super().send(data, flags)
+        return super().send(*args, **kwargs)  # type: ignore[misc]
 
-    def sendall(self, data: Any, flags: int = 0) -> None:
+    def sendall(self, *args: Any, **kwargs: Any) -> Any:
         _arm(self)
-        super().sendall(data, flags)
+        return super().sendall(*args, **kwargs)  # type: ignore[misc]
 
 
-class _DeadlineSSLSocket(ssl.SSLSocket):
-    """The same for a TLS socket (its sendall loops over send, its recv_into over read)."""
+class _DeadlineSocket(_Deadline, socket.socket):
+    __slots__ = ()
 
-    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
-        _arm(self)
-        return super().recv(buflen, flags)
 
-    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
-        _arm(self)
-        return super().recv_into(buffer, nbytes, flags)
-
-    def send(self, data: Any, flags: int = 0) -> int:
-        _arm(self)
-        return super().send(data, flags)
-
-    def sendall(self, data: Any, flags: int = 0) -> None:
-        _arm(self)
-        super().sendall(data, flags)
+class _DeadlineSSLSocket(_Deadline, ssl.SSLSocket):
+    __slots__ = ()
 
 
 def _bind_deadline(sock: Any) -> None:

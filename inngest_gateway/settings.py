@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
@@ -655,11 +655,25 @@ class _SettingsBase(Schema):
         return Settings(inngest_origin=origin, **values)
 
 
+def table_schema(base: type[Schema], table: Sequence[Declaration], name: str) -> type[Schema]:
+    """`base` with a field for each setting of `table` that has one, named by its key."""
+    return base.from_dict({d.name: d.field for d in table if d.field is not None}, name=name)
+
+
+def load_table(schema: Schema, env: Mapping[str, str]) -> Any:
+    """What `schema` (from `table_schema`) loads from `env`, or ConfigError in one line.
+
+    An empty value counts as unset, as in `.env.example`.
+    """
+    given = {name: value for name, value in env.items() if value.strip()}
+    try:
+        return schema.load(given)
+    except ValidationError as exc:
+        raise ConfigError(first_error(exc.messages)) from None
+
+
 _SettingsSchema = cast(
-    "type[_SettingsBase]",
-    _SettingsBase.from_dict(
-        {d.name: d.field for d in SETTINGS if d.field is not None}, name="_SettingsSchema"
-    ),
+    "type[_SettingsBase]", table_schema(_SettingsBase, SETTINGS, "_SettingsSchema")
 )
 
 
@@ -688,14 +702,10 @@ def load_settings(env: Mapping[str, str], *, require_event_key: bool = True) -> 
     """Parse settings from a mapping of keys to strings (plus Flask's SECRET_KEY), or raise
     ConfigError.
 
-    An empty value counts as unset, as in `.env.example`. Without `require_event_key`, a
+    An empty value counts as unset. Without `require_event_key`, a
     missing INNGEST_EVENT_KEY outside dev mode gives `inngest_event_key=None`.
     """
-    given = {name: value for name, value in env.items() if value.strip()}
-    try:
-        settings: Settings = _SettingsSchema(require_event_key=require_event_key).load(given)
-    except ValidationError as exc:
-        raise ConfigError(first_error(exc.messages)) from None
+    settings: Settings = load_table(_SettingsSchema(require_event_key=require_event_key), env)
     return settings
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
+from marshmallow import EXCLUDE, Schema, fields, post_load, validate
 
 from inngest_gateway.settings import GROUPS as GATEWAY_GROUPS
 from inngest_gateway.settings import (
@@ -33,9 +33,10 @@ from inngest_gateway.settings import (
     check_limits,
     declarations,
     dev_mode,
-    first_error,
     load_settings,
+    load_table,
     setting,
+    table_schema,
 )
 
 IDENTITY = "Identity & sessions"
@@ -256,19 +257,14 @@ class _ServiceSettingsBase(Schema):
         return ServiceSettings(**values)
 
 
-_ServiceSettingsSchema = _ServiceSettingsBase.from_dict(
-    {d.name: d.field for d in SERVICE_SETTINGS if d.field is not None},
-    name="_ServiceSettingsSchema",
+_ServiceSettingsSchema = table_schema(
+    _ServiceSettingsBase, SERVICE_SETTINGS, "_ServiceSettingsSchema"
 )
 
 
 def load_service_settings(env: Mapping[str, str]) -> ServiceSettings:
     """The service's own settings from its environment, or ConfigError."""
-    given = {name: value for name, value in env.items() if value.strip()}
-    try:
-        loaded: ServiceSettings = _ServiceSettingsSchema().load(given)
-    except ValidationError as exc:
-        raise ConfigError(first_error(exc.messages)) from None
+    loaded: ServiceSettings = load_table(_ServiceSettingsSchema(), env)
     return loaded
 
 

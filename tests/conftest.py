@@ -20,11 +20,16 @@ from inngest_gateway.state import gateway_state
 from service.app import create_app
 from service.db import db
 from service.users import LOGIN_READS, create_user
+from tests import standin
 from tests.browsers import browser, new_context, page, shot  # noqa: F401 (fixtures for all)
 from tests.standin import InngestStandIn
 
 if TYPE_CHECKING:
     import time_machine
+
+# The stand-in's fixtures, shared with the other conftest.
+inngest_server = standin.inngest_server
+inngest = standin.inngest
 
 PASSWORD = "correct horse battery staple"
 SECRET_KEY = "test-session-secret-0123456789abcdef"
@@ -62,25 +67,6 @@ def pytest_make_collect_report(
     return report
 
 
-@pytest.fixture(scope="session")
-def inngest_server() -> Iterator[InngestStandIn]:
-    standin = InngestStandIn().start()
-    yield standin
-    standin.stop()
-
-
-@pytest.fixture
-def inngest(inngest_server: InngestStandIn) -> Iterator[InngestStandIn]:
-    """Inngest's event API, served for real on a loopback port, fresh for each test.
-
-    Afterwards, no request of the test may have broken the contract (wrong Content-Type or
-    seed header, a field of the wrong type): the service must always send them right.
-    """
-    inngest_server.reset()
-    yield inngest_server
-    assert inngest_server.violations == [], "requests Inngest would refuse"
-
-
 def reset_postgres(url: str) -> None:
     """Drop the service's tables, so each test starts from an empty database."""
     engine = create_engine(normalize_url(url, ""))
@@ -91,16 +77,28 @@ def reset_postgres(url: str) -> None:
     engine.dispose()
 
 
+def postgres_from_env() -> str:
+    """TEST_DATABASE_URL, or the calling test is skipped (a failure under REQUIRE_SERVICES)."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("TEST_DATABASE_URL is not set: the PostgreSQL variant is skipped")
+    return url
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The PostgreSQL of TEST_DATABASE_URL, emptied of the service's tables."""
+    url = postgres_from_env()
+    reset_postgres(url)
+    return url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The database under test: SQLite always, PostgreSQL when TEST_DATABASE_URL names one."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'outbox.db'}"
-    url = os.environ.get("TEST_DATABASE_URL")
-    if not url:
-        pytest.skip("TEST_DATABASE_URL is not set: the PostgreSQL variant is skipped")
-    reset_postgres(url)
-    return url
+    return request.getfixturevalue("postgres_url")  # type: ignore[no-any-return]
 
 
 @pytest.fixture

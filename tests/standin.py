@@ -25,10 +25,12 @@ import socket
 import ssl
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -363,6 +365,26 @@ class InngestStandIn:
     def _internal_id(seed: str | None, index: int) -> str:
         """Derived from the seed header and the index, as the server does."""
         return hashlib.sha1(f"{seed}:{index}".encode()).hexdigest()[:26].upper()
+
+
+@pytest.fixture(scope="session")
+def inngest_server() -> Iterator[InngestStandIn]:
+    """One stand-in for the whole run (both conftests import these two fixtures)."""
+    standin = InngestStandIn().start()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture
+def inngest(inngest_server: InngestStandIn) -> Iterator[InngestStandIn]:
+    """Inngest's event API, served for real on a loopback port, fresh for each test.
+
+    Afterwards, no request of the test may have broken the contract (wrong Content-Type or
+    seed header, a field of the wrong type): the gateway must always send them right.
+    """
+    inngest_server.reset()
+    yield inngest_server
+    assert inngest_server.violations == [], "requests Inngest would refuse"
 
 
 def main() -> None:

@@ -7,7 +7,6 @@ ones, and forwards nothing, as a stalled network path does. Logged-in posts read
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -19,22 +18,13 @@ from werkzeug.test import TestResponse
 
 from service.db import db
 from service.users import create_user
-from tests.conftest import PASSWORD, assert_envelope, reset_postgres
+from tests.conftest import PASSWORD, assert_envelope
 from tests.proxy import FreezableProxy, freezable_proxy, through
 
 WRITE_TIMEOUT = 1.0
 # The longest a post may take with the link frozen: the login read (one timeout), then the
 # outbox's write (the commit under way, then its own: twice the timeout, plus a second).
 BOUND = WRITE_TIMEOUT + 2 * WRITE_TIMEOUT + 1.0 + 1.0
-
-
-@pytest.fixture
-def postgres_url() -> str:
-    url = os.environ.get("TEST_DATABASE_URL")
-    if not url:
-        pytest.skip("TEST_DATABASE_URL is not set: the PostgreSQL variant is skipped")
-    reset_postgres(url)
-    return url
 
 
 def _post(client: FlaskClient, label: str) -> tuple[TestResponse, float]:

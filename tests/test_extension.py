@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from flask_login import LoginManager, UserMixin
 
 from inngest_gateway import InngestGateway, outbox
 from inngest_gateway.state import gateway_state
+from tests.packaging import build_wheel, pip
 from tests.standin import InngestStandIn
 from tests.test_csrf import CORS_REQUESTS, TRUSTED, assert_cors_answer, cors_request
 
@@ -626,35 +626,9 @@ print(json.dumps({
 def test_pip_installs_inngest_gateway_and_the_readme_example_runs(
     tmp_path: Path, inngest: InngestStandIn
 ) -> None:
-    source = tmp_path / "checkout"  # a copy: building writes build/ and egg-info into it
-    source.mkdir()
-    for name in ("setup.cfg", "pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, source / name)
-    for package in ("inngest_gateway", "service"):  # the service too: it must stay out
-        shutil.copytree(
-            ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
     target = tmp_path / "site"
-    build = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(target),
-            str(source),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert build.returncode == 0, build.stdout + build.stderr
+    pip(Path(sys.executable), "install", "--quiet", "--no-deps", "--no-index",
+        "--target", str(target), str(build_wheel(tmp_path)))  # fmt: skip
     installed = target / "inngest_gateway"
     assert (installed / "extension.py").is_file()
     assert (installed / "outbox" / "deliverer.py").is_file()

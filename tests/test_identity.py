@@ -6,7 +6,6 @@ import base64
 import json
 import logging
 import math
-import os
 import re
 import sqlite3
 import threading
@@ -41,7 +40,7 @@ from service.identity import (
     load_identity_settings,
     remembered_user_id,
 )
-from tests.conftest import PASSWORD, SECRET_KEY, assert_envelope
+from tests.conftest import PASSWORD, SECRET_KEY, assert_envelope, postgres_from_env
 from tests.hostapp import (
     add_user,
     beside_site,
@@ -72,9 +71,7 @@ def host_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The host's users database: SQLite always, PostgreSQL when TEST_DATABASE_URL names one."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'host.db'}"
-    url = os.environ.get("TEST_DATABASE_URL")
-    if not url:
-        pytest.skip("TEST_DATABASE_URL is not set: the PostgreSQL variant is skipped")
+    url = postgres_from_env()
     drop_tables(url)
     return url
 
@@ -86,9 +83,7 @@ def sqlite_host_db(tmp_path: Path) -> str:
 
 @pytest.fixture
 def postgres_host_db() -> str:
-    url = os.environ.get("TEST_DATABASE_URL")
-    if not url:
-        pytest.skip("TEST_DATABASE_URL is not set: the PostgreSQL variant is skipped")
+    url = postgres_from_env()
     drop_tables(url)
     return url
 

@@ -10,33 +10,17 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
 import inngest_gateway
-from tests.standin import InngestStandIn
+from tests import standin
 
-
-@pytest.fixture(scope="session")
-def inngest_server() -> Iterator[InngestStandIn]:
-    standin = InngestStandIn().start()
-    yield standin
-    standin.stop()
-
-
-@pytest.fixture
-def inngest(inngest_server: InngestStandIn) -> Iterator[InngestStandIn]:
-    """Inngest's event API, served for real on a loopback port, fresh for each test.
-
-    Afterwards, no request of the test may have broken the contract (wrong Content-Type or
-    seed header, a field of the wrong type): the gateway must always send them right.
-    """
-    inngest_server.reset()
-    yield inngest_server
-    assert inngest_server.violations == [], "requests Inngest would refuse"
+# The stand-in's fixtures, shared with the other conftest.
+inngest_server = standin.inngest_server
+inngest = standin.inngest
 
 
 def pytest_report_header() -> str:
