@@ -11,10 +11,21 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
+def _dotenv(name: str) -> str:
+    """A setting the service reads from `.env` too (the environment wins, as in the service)."""
+    from service.environment import environment
+
+    return environment().get(name) or ""
+
+
 bind = _env("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(_env("GUNICORN_WORKERS", str(multiprocessing.cpu_count() * 2 + 1)))
 worker_class = "gthread"
-threads = int(_env("GUNICORN_THREADS", "4"))
+# In sync mode each post waits for Inngest (tens of milliseconds away in production): a waiting
+# thread costs memory, not CPU, so each worker keeps more of them (see bench/README.md).
+SYNC_THREADS = 32
+_sync = _env("INNGEST_GATEWAY_DELIVERY_MODE", _dotenv("INNGEST_GATEWAY_DELIVERY_MODE"))
+threads = int(_env("GUNICORN_THREADS", str(SYNC_THREADS if _sync.strip() == "sync" else 4)))
 # A request may wait INNGEST_GATEWAY_SEND_TIMEOUT (10 s by default) for Inngest.
 timeout = int(_env("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = int(_env("GUNICORN_GRACEFUL_TIMEOUT", "30"))

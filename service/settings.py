@@ -186,7 +186,15 @@ PROCESS_SETTINGS = (
         doc_default="`2 × cores + 1`",
         help="Worker processes.",
     ),
-    Declaration("GUNICORN_THREADS", SERVER, default="4", help="Threads per worker (gthread)."),
+    Declaration(
+        "GUNICORN_THREADS",
+        SERVER,
+        doc_default="`4` (`32` in sync mode)",
+        help=(
+            "Threads per worker (gthread). In sync mode each post waits for Inngest on its "
+            "thread, so a worker keeps more of them."
+        ),
+    ),
     Declaration(
         "GUNICORN_TIMEOUT",
         SERVER,

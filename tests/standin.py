@@ -9,7 +9,8 @@ also checks what the SDKs always send (`Content-Type: application/json` and a we
 server, so that a gateway bug shows. Every 400 the service should never cause (anything but
 a size or count limit) is kept in `violations`, which the tests' fixture checks after each test.
 
-Tests can make it fail for a while, answer slowly, answer a 2xx that is not Inngest's JSON,
+It counts the requests it is handling at once (`most_in_flight`). Tests can make it fail for
+a while, answer slowly, answer a 2xx that is not Inngest's JSON,
 accept the events and then hold the answer past the sender's budget (`stall_next`) or send it
 a byte at a time (`trickle_next`), or stop and start on the same port.
 """
@@ -156,6 +157,9 @@ class InngestStandIn:
         self.violations: list[str] = []
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
+        # Requests being handled right now, and the most there were at once since reset().
+        self.in_flight = 0
+        self.most_in_flight = 0
         # Set by reset(): stalled and trickling answers of an earlier test end at once, and
         # what they saw is not recorded into the next test.
         self._released = threading.Event()
@@ -184,6 +188,7 @@ class InngestStandIn:
             self.accepted.clear()
             self.violations.clear()
             self._faults.clear()
+            self.most_in_flight = self.in_flight
         self.delay = 0.0
         self.fail_ratio = 0.0
         self.event_key = self.default_key
@@ -256,6 +261,16 @@ class InngestStandIn:
         return response
 
     def _handle(self, request: Request) -> Response:
+        with self._lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return self._handle_counted(request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _handle_counted(self, request: Request) -> Response:
         released = self._released
         if self.delay:
             released.wait(self.delay)

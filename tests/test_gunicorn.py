@@ -251,6 +251,42 @@ def test_concurrent_posts_all_arrive(gunicorn: Server, inngest: InngestStandIn) 
     assert sorted(inngest.accepted_ids()) == sorted(expected)
 
 
+def test_sync_mode_keeps_many_sends_in_flight_at_once(
+    gunicorn: Server, inngest: InngestStandIn
+) -> None:
+    """Sync mode's default threads (gunicorn.conf.py): a post waiting for Inngest holds a
+    thread, not a worker, so 32 posts against a slow Inngest are all there at once, however
+    gunicorn's 2 workers share the connections (with 4 threads each, as before, at most 8
+    were)."""
+    posts = 32
+    inngest.delay = 2.0
+    statuses: list[int] = []
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+
+    def one(n: int) -> None:
+        try:
+            status, _, _ = post(f"{gunicorn.url}/api", json={"name": "app/wide", "id": f"w-{n}"})
+            with lock:
+                statuses.append(status)
+        except BaseException as exc:  # reported below, in the test's thread
+            with lock:
+                failures.append(exc)
+
+    pool = [threading.Thread(target=one, args=(n,)) for n in range(posts)]
+    for thread in pool:
+        thread.start()
+    deadline = time.monotonic() + 30  # for all of them: each waits 2 s at the stand-in
+    for thread in pool:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+    assert failures == []
+    assert statuses == [200] * posts
+    assert len(set(inngest.accepted_ids())) == posts
+    # Counted at the stand-in, not timed: every post's send was there together.
+    assert inngest.most_in_flight == posts
+
+
 @pytest.mark.parametrize(
     ("path", "header", "value"),
     [
