@@ -188,6 +188,21 @@ class Delivery:
         return self.pending_at_ready / self.seconds
 
 
+@dataclass
+class Steady:
+    """A target at a fixed offered rate (bench/paced.py), below saturation: cost, not queueing."""
+
+    target: Target
+    delay_ms: float | None  # None: the target never calls Inngest
+    offered: float  # req/s asked for
+    achieved: float  # req/s served
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    requests: int
+    errors: int  # non-2xx answers and requests that got no answer
+
+
 # -- processes -------------------------------------------------------------------------------
 
 
@@ -318,8 +333,8 @@ def service_env(
             "CREATE_DEMO_USER": "false",
             "GUNICORN_BIND": f"127.0.0.1:{port}",
             "GUNICORN_WORKERS": str(args.workers),
-            "GUNICORN_THREADS": str(args.threads),
         }
+        | ({"GUNICORN_THREADS": str(args.threads)} if args.threads else {})
         | dict(args.set)
     )
 
@@ -568,6 +583,28 @@ def run_wrk(
     return summary
 
 
+def run_paced(
+    url: str, offered: float, seconds: float, cookie: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """bench/paced.py: POSTs at `offered` req/s, evenly spaced; its JSON summary."""
+    command = [str(BIN / "python"), str(Path(__file__).resolve().parent / "paced.py"), url]
+    command += ["--rate", f"{offered:g}", "--seconds", f"{seconds:g}", "--body", BODY]
+    command += ["--cookie", cookie, "--connections", str(args.steady_connections)]
+    command += ["--timeout", f"{args.timeout:g}"]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=seconds + args.timeout + 30
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(
+            f"paced.py did not finish within {seconds + args.timeout + 30:g}s"
+        ) from None
+    if done.returncode != 0 or not done.stdout.strip():
+        raise BenchError(f"paced.py failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    summary: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return summary
+
+
 def rate(summary: dict[str, Any]) -> float:
     return float(summary["requests"]) / (float(summary["duration_us"]) / 1e6)
 
@@ -746,9 +783,18 @@ def delivery(wrk: str, database: str, database_url: str, args: argparse.Namespac
 
 
 def measure_target(
-    wrk: str, target: Target, delay_ms: float, inngest_url: str, args: argparse.Namespace
-) -> tuple[list[Result], Memory]:
-    """Start the target, log in, then per connection mode: warm up and measure the rounds."""
+    wrk: str,
+    target: Target,
+    delay_ms: float,
+    inngest_url: str,
+    args: argparse.Namespace,
+) -> tuple[list[Result], Memory, Steady | None]:
+    """Start the target, log in, then per connection mode: warm up and measure the rounds.
+
+    Then the steady load: `--steady-share` of the floor's keep-alive rate of this run (the
+    floor runs first), offered for `--steady-seconds`.
+    """
+    steady: Steady | None = None
     with tempfile.TemporaryDirectory(prefix="inngest-gateway-bench-") as tmp:
         workdir = Path(tmp)
         port = free_port()
@@ -778,6 +824,22 @@ def measure_target(
                         print(profile_report(args.profile, name), flush=True)
                 delay = delay_ms if target.calls_inngest else None
                 results.append(summarise(target, mode, delay, rounds))
+            if target is FLOOR and args.steady_rate is None:
+                args.steady_rate = args.steady_share * results[0].requests_per_second
+            if args.steady_seconds > 0 and args.steady_rate:
+                offered = float(args.steady_rate)
+                paced = run_paced(url + target.path, offered, args.steady_seconds, cookie, args)
+                steady = Steady(
+                    target=target,
+                    delay_ms=delay_ms if target.calls_inngest else None,
+                    offered=offered,
+                    achieved=float(paced["served"]),
+                    p50_ms=float(paced["p50_ms"]),
+                    p99_ms=float(paced["p99_ms"]),
+                    p999_ms=float(paced["p999_ms"]),
+                    requests=int(paced["requests"]),
+                    errors=int(paced["errors"]),
+                )
             if target.delivery_mode == "outbox" and target.app == "wsgi:app":
                 began = time.monotonic()
                 while outbox_pending(url) and time.monotonic() - began < args.drain_timeout:
@@ -787,7 +849,7 @@ def measure_target(
                     results[-1].notes.append(f"{left} events not drained after the load")
             end_rss = worker_rss(master.pid)
         label = f"{target.name}" + (f", Inngest {delay_ms:g} ms" if target.calls_inngest else "")
-        return results, Memory(label, start_rss, end_rss)
+        return results, Memory(label, start_rss, end_rss), steady
 
 
 def soak(wrk: str, args: argparse.Namespace) -> Memory:
@@ -852,8 +914,36 @@ class Report:
         memory: list[Memory],
         deliveries: list[Delivery],
         args: argparse.Namespace,
+        steadies: list[Steady] | None = None,
     ) -> None:
         self.results, self.memory, self.deliveries, self.args = results, memory, deliveries, args
+        self.steadies = steadies or []
+
+    def steady(self, name: str, delay: float | None) -> Steady | None:
+        return next(
+            (s for s in self.steadies if s.target.name == name and s.delay_ms == delay), None
+        )
+
+    def steady_table(self) -> str:
+        rows: list[tuple[str, ...]] = [
+            ("scenario", "Inngest", "offered req/s", "served req/s", "p50 ms", "p99 ms")
+            + ("p99.9 ms", "requests", "errors")
+        ]
+        for st in self.steadies:
+            rows.append(
+                (
+                    st.target.name,
+                    "-" if st.delay_ms is None else f"{st.delay_ms:g} ms",
+                    f"{st.offered:.0f}",
+                    f"{st.achieved:.0f}",
+                    f"{st.p50_ms:.1f}",
+                    f"{st.p99_ms:.1f}",
+                    f"{st.p999_ms:.1f}",
+                    str(st.requests),
+                    str(st.errors),
+                )
+            )
+        return render(rows, left=2)
 
     def find(self, name: str, mode: str, delay: float | None) -> Result | None:
         return next(
@@ -901,7 +991,8 @@ class Report:
         return render(rows, left=3)
 
     def goals(self) -> str:
-        args, slow = self.args, self.args.delay_ms
+        """The goals of the per-request cost work, each beside its figure of this run."""
+        slow = self.args.delay_ms
         rows: list[tuple[str, ...]] = [("goal", "figure", "result")]
 
         def add(goal: str, value: float | None, text: str, met: bool | None) -> None:
@@ -912,6 +1003,15 @@ class Report:
             return "-" if value is None else format(value, spec)
 
         for mode in MODES:
+            for delay, times in ((slow, 13.0), (0.0, 1.0)):
+                value = self.ratio("sync", mode, delay, "sdk")
+                add(
+                    f"sync >= {times:g} x sdk, Inngest {delay:g} ms, {mode}",
+                    value,
+                    fig(value),
+                    None if value is None else value >= times,
+                )
+        for mode in MODES:
             for delay in (0.0, slow):
                 value = self.ratio("outbox", mode, delay, "floor")
                 add(
@@ -920,34 +1020,19 @@ class Report:
                     fig(value),
                     None if value is None else value >= 0.5,
                 )
-            fast, slowed = self.find("outbox", mode, 0.0), self.find("outbox", mode, slow)
-            flat = (
-                slowed.requests_per_second / fast.requests_per_second
-                if fast and slowed and fast.requests_per_second > 0
-                else None
-            )
-            add(
-                f"outbox flat: {slow:g} ms / 0 ms >= 0.90, {mode}",
-                flat,
-                fig(flat),
-                None if flat is None else flat >= 0.9,
-            )
-            for delay in (0.0, slow):
-                r = self.find("outbox", mode, delay)
+        floor = self.steady("floor", None)
+        for delay in (0.0, slow):
+            for name, allowed in (("outbox", 0.0), ("sync", delay)):
+                st = self.steady(name, delay)
+                bound = None if floor is None else allowed + 2 * floor.p99_ms
+                extra = f"{delay:g} ms + " if allowed else ""
                 add(
-                    f"outbox p99 < 50 ms at {args.connections} conns, {delay:g} ms, {mode}",
-                    None if r is None else r.p99_ms,
-                    "-" if r is None else f"{r.p99_ms:.1f} ms",
-                    None if r is None else r.p99_ms < 50,
+                    f"steady load: {name} p99 <= {extra}2 x floor p99, Inngest {delay:g} ms",
+                    None if st is None or bound is None else st.p99_ms,
+                    "-" if st is None or bound is None else f"{st.p99_ms:.1f} / {bound:.1f} ms",
+                    None if st is None or bound is None else st.p99_ms <= bound,
                 )
-            for delay, target in ((0.0, 1.0), (slow, 3.0)):
-                value = self.ratio("sync", mode, delay, "sdk")
-                add(
-                    f"sync >= {target:g} x sdk, Inngest {delay:g} ms, {mode}",
-                    value,
-                    fig(value),
-                    None if value is None else value >= target,
-                )
+        unloaded = self.find("outbox", "keep-alive", slow)
         for d in self.deliveries:
             add(
                 f"drain >= 5000 events/s to a {slow:g} ms Inngest, {d.database}"
@@ -956,13 +1041,23 @@ class Report:
                 f"{fig(d.rate, '.0f')} events/s",
                 None if d.rate is None else d.rate >= 5000,
             )
-            if d.posts is not None:
+            if d.posts is None:
+                continue
+            if unloaded is not None and unloaded.requests_per_second > 0:
+                share = d.posts.requests_per_second / unloaded.requests_per_second
                 add(
-                    f"posts accepted during the drain, {d.database}",
-                    d.posts.requests_per_second,
-                    f"{d.posts.requests_per_second:.0f} req/s, {d.posts.errors} errors",
-                    d.posts.errors == 0 and d.posts.requests > 0,
+                    f"posts during the drain >= 0.50 x outbox without a backlog, {d.database}",
+                    share,
+                    f"{d.posts.requests_per_second:.0f} / "
+                    f"{unloaded.requests_per_second:.0f} req/s = {share:.2f}",
+                    share >= 0.5,
                 )
+            add(
+                f"posts during the drain: p99 < 200 ms, {d.database}",
+                d.posts.p99_ms,
+                f"{d.posts.p99_ms:.1f} ms",
+                d.posts.p99_ms < 200,
+            )
         for m in self.memory:
             growth = m.growth
             add(
@@ -973,14 +1068,16 @@ class Report:
             )
         errors = sum(r.errors for r in self.results)
         errors += sum(d.posts.errors for d in self.deliveries if d.posts is not None)
+        errors += sum(st.errors for st in self.steadies)
         add("every answer 2xx, no socket errors", float(errors), str(errors), errors == 0)
         return render(rows)
 
     def text(self) -> str:
         args = self.args
         lines = [
-            f"gunicorn: {args.workers} workers for every target; the service gthread x"
-            f" {args.threads} threads (gunicorn.conf.py), floor and sdk gunicorn's default sync"
+            f"gunicorn: {args.workers} workers for every target; the service gthread,"
+            f" {args.threads or 'gunicorn.conf.py default'} threads per worker, floor and sdk"
+            " gunicorn's default sync"
             f" workers (bench/floor.conf.py, no keep-alive); wrk: {args.connections} connections,"
             f" {args.wrk_threads} threads,"
             f" {args.duration:g}s x {args.rounds} round(s) (median) after {args.warmup:g}s"
@@ -997,6 +1094,15 @@ class Report:
             self.scenarios() if self.results else "(no load scenario run)",
             "",
         ]
+        if self.steadies:
+            lines += [
+                f"steady load: a fixed offered rate ({args.steady_share:g} x the floor's"
+                f" keep-alive req/s unless --steady-rate), evenly spaced by bench/paced.py over"
+                f" up to {args.steady_connections} keep-alive connections, latency from each"
+                f" request's due time, {args.steady_seconds:g}s per target:",
+                self.steady_table(),
+                "",
+            ]
         for r in self.results:
             lines += [f"note for {r.label}: {note}" for note in r.notes]
             if r.errors:
@@ -1050,7 +1156,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--timeout", type=float, default=5, help="wrk request timeout, seconds")
     parser.add_argument("--workers", type=int, default=2, help="GUNICORN_WORKERS")
-    parser.add_argument("--threads", type=int, default=4, help="GUNICORN_THREADS")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="GUNICORN_THREADS (unset: gunicorn.conf.py's default for the delivery mode)",
+    )
+    parser.add_argument(
+        "--steady-seconds",
+        type=float,
+        default=20,
+        help="seconds of the steady load per target and delay (0: none)",
+    )
+    parser.add_argument(
+        "--steady-share",
+        type=float,
+        default=0.4,
+        help="the steady load's offered rate, as a share of the floor's keep-alive req/s",
+    )
+    parser.add_argument(
+        "--steady-rate", type=float, help="the steady load's offered rate in req/s (else a share)"
+    )
+    parser.add_argument(
+        "--steady-connections",
+        type=int,
+        default=128,
+        help="the steady load's most keep-alive connections open at once (bench/paced.py)",
+    )
     parser.add_argument(
         "--delay-ms", type=float, default=50, help="the slow stand-in's delay per request"
     )
@@ -1111,6 +1242,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     memory: list[Memory] = []
     deliveries: list[Delivery] = []
+    steadies: list[Steady] = []
     try:
         for delay in (0.0, args.delay_ms):
             with tempfile.TemporaryDirectory(prefix="inngest-gateway-bench-") as tmp:
@@ -1119,7 +1251,7 @@ def main(argv: list[str] | None = None) -> int:
                         if target.name not in wanted or (delay and not target.calls_inngest):
                             continue
                         print(f"running {target.name} (Inngest {delay:g} ms) ...", flush=True)
-                        found, rss = measure_target(wrk, target, delay, inngest_url, args)
+                        found, rss, steady = measure_target(wrk, target, delay, inngest_url, args)
                         for r in found:
                             print(
                                 f"  {r.mode}: {r.requests_per_second:.0f} req/s,"
@@ -1127,6 +1259,15 @@ def main(argv: list[str] | None = None) -> int:
                                 f" {r.cpu_ms_per_request:.2f} CPU ms/req, {r.errors} error(s)",
                                 flush=True,
                             )
+                        if steady is not None:
+                            print(
+                                f"  steady: {steady.offered:.0f} req/s offered,"
+                                f" {steady.achieved:.0f} served, p50 {steady.p50_ms:.1f} ms,"
+                                f" p99 {steady.p99_ms:.1f} ms, p99.9 {steady.p999_ms:.1f} ms,"
+                                f" {steady.errors} error(s)",
+                                flush=True,
+                            )
+                            steadies.append(steady)
                         results += found
                         memory.append(rss)
         if "delivery" in wanted:
@@ -1145,7 +1286,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: failed: {exc}", file=sys.stderr)
         return 1
     print()
-    print(Report(results, memory, deliveries, args).text())
+    print(Report(results, memory, deliveries, args, steadies).text())
     return 0
 
 
