@@ -654,6 +654,64 @@ def test_without_a_backlog_one_sender_gathers_the_posts(
     assert [event["id"] for r in inngest.received for event in r.events] == second
 
 
+def test_while_posts_arrive_one_sender_drains_a_backlog_in_smaller_batches(
+    make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    """The site first: while posts keep arriving, a backlog is drained by one sender of the
+    process in batches of at most 250 events; once they stop, by every sender in full ones."""
+    app = make_outbox_app(
+        INNGEST_GATEWAY_OUTBOX_BATCH_SIZE="1000",
+        INNGEST_GATEWAY_OUTBOX_CONCURRENCY="2",
+        INNGEST_GATEWAY_OUTBOX_POLL_SECONDS="0.05",
+        INNGEST_GATEWAY_SEND_TIMEOUT="10",
+        INNGEST_GATEWAY_OUTBOX_LEASE_SECONDS="30",
+    )
+    client = app.test_client()
+    backlog: list[str] = []
+    for n in range(30):
+        posted = client.post("/api", json=[{"id": f"b{n}-{i}"} for i in range(100)])
+        backlog += posted.get_json()["ids"]
+    inngest.delay = 0.1  # a batch is in flight for a while: two senders would overlap
+    stop = threading.Event()
+    trickle: list[str] = []
+
+    def keep_posting() -> None:
+        poster = app.test_client()
+        for n in range(1000):  # 20 s at the most
+            if stop.wait(0.02):
+                return
+            trickle.extend(poster.post("/api", json={"id": f"t{n}"}).get_json()["ids"])
+
+    thread = threading.Thread(target=keep_posting)
+    thread.start()
+    deliverer = gateway_state(app).deliverer
+    try:
+        time.sleep(0.1)  # posts are arriving when the deliverer starts
+        deliverer.ensure_running()
+        deadline = time.monotonic() + 10
+        while len(inngest.received) < 4:
+            assert time.monotonic() < deadline, "the backlog was not drained while posting"
+            time.sleep(0.02)
+        while_posting = list(inngest.received)
+        at_once_while_posting = inngest.most_in_flight
+        stop.set()
+        thread.join(10)
+        deadline = time.monotonic() + 20
+        while rows(app):
+            assert time.monotonic() < deadline, len(rows(app))
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        deliverer.stop(drain_seconds=0)
+
+    assert not thread.is_alive()
+    assert max(len(r.events) for r in while_posting) <= 250
+    assert at_once_while_posting == 1
+    after = inngest.received[len(while_posting) :]
+    assert max(len(r.events) for r in after) > 250  # full batches once the posts stopped
+    assert sorted(inngest.accepted_ids()) == sorted(backlog + trickle)
+
+
 def test_a_failed_batch_goes_behind_events_due_before_its_retry(
     make_outbox_app: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:

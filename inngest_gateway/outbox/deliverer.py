@@ -54,6 +54,13 @@ log = logging.getLogger(__name__)
 
 HOUSEKEEPING_SECONDS = 5.0
 BATCH_GATHER_SECONDS = 0.1
+# While posts keep arriving, a backlog is drained with at most this share of a core (the
+# sender's own CPU time, measured per batch), by one sender of the process: the site stays
+# fast while it catches up. Posts count as arriving for a while after the last one.
+DRAIN_SHARE_WHILE_POSTING = 0.5
+POSTS_ACTIVE_SECONDS = 0.25
+# ... and in smaller batches, so that no claim or delete holds the posts' writes up for long.
+BATCH_WHILE_POSTING = 250
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,7 @@ class Deliverer:
         self._lock = threading.Lock()
         self._housekeeping_lock = threading.Lock()
         self._last_housekeeping = 0.0
+        self._last_post = float("-inf")
 
     # -- one step ----------------------------------------------------------------------
     def run_once(self, *, ignore_schedule: bool = False, deadline: float | None = None) -> int:
@@ -151,14 +159,17 @@ class Deliverer:
                 # A fresh batch: sized before the seed is written, so that the seed only
                 # ever names the events it is first sent with.
                 self._read_in_index_order()
+                size = self.settings.outbox_batch_size
+                if self._posting():
+                    size = min(size, BATCH_WHILE_POSTING)
                 fresh = self.db.session.execute(
                     select(columns.id, columns.size)
                     .where(claimable, columns.batch_seed.is_(None))
                     .order_by(*DUE_ORDER)
-                    .limit(self.settings.outbox_batch_size)
+                    .limit(size)
                     .with_for_update(skip_locked=True)
                 ).all()
-                ids, more = self._fit(fresh)
+                ids, more = self._fit(fresh, size)
                 if not ids:
                     return None
                 # Read under lock (PostgreSQL: FOR UPDATE; SQLite: the write lock every
@@ -191,10 +202,9 @@ class Deliverer:
         if self.db.engine.dialect.name == "postgresql":
             self.db.session.execute(text("SET LOCAL enable_sort = off"))
 
-    def _fit(self, rows: Sequence[Any]) -> tuple[list[int], bool]:
+    def _fit(self, rows: Sequence[Any], size: int) -> tuple[list[int], bool]:
         """The ids of the longest prefix whose request body fits the byte budget (at least
-        one event), and whether a limit (the budget, or INNGEST_GATEWAY_OUTBOX_BATCH_SIZE rows
-        read) stopped it.
+        one event), and whether a limit (the budget, or the `size` rows asked for) stopped it.
         """
         # The body is a JSON array: `[`, then each event followed by `,` or, the last, `]`.
         budget, total, keep = self.settings.outbox_max_batch_bytes, 1, 0
@@ -203,7 +213,7 @@ class Deliverer:
                 break
             total += row.size + 1
             keep += 1
-        full = keep < len(rows) or len(rows) >= self.settings.outbox_batch_size
+        full = keep < len(rows) or len(rows) >= size
         return [row.id for row in rows[:keep]], full
 
     def deliver(self, claimed: Claimed, *, deadline: float | None = None) -> None:
@@ -415,7 +425,18 @@ class Deliverer:
     # -- the background thread ---------------------------------------------------------
     def notify(self) -> None:
         """New events were stored: look now rather than at the next poll."""
+        self._last_post = time.monotonic()
         self._wake.set()
+
+    def _posting(self) -> bool:
+        """Whether this process stored posted events just now (its requests come first)."""
+        return time.monotonic() - self._last_post < POSTS_ACTIVE_SECONDS
+
+    def _yield_to_posts(self, cpu_seconds: float) -> None:
+        """After a backlog batch: while posts arrive, rest so the batch's CPU is its share."""
+        if cpu_seconds > 0 and self._posting():
+            rest = cpu_seconds * (1 / DRAIN_SHARE_WHILE_POSTING - 1)
+            self._stopping.wait(min(rest, 1.0))
 
     def _running(self) -> bool:
         return self._pid == os.getpid() and any(thread.is_alive() for thread in self._threads)
@@ -455,7 +476,9 @@ class Deliverer:
         """One sender thread: claim, send, settle, as long as events are due; then wait.
 
         The first sender of a process works whenever events are due; the others only while
-        there is a backlog (a claim came back full). Under a steady trickle of posts one
+        there is a backlog (a claim came back full) and no posts are arriving. While posts
+        arrive, the first sender drains a backlog with at most DRAIN_SHARE_WHILE_POSTING of
+        a core, so that the posts keep most of the CPU. Under a steady trickle of posts one
         sender gathers them into batches, instead of several senders each paying for a
         claim, a request and a delete per handful of events.
         """
@@ -464,6 +487,10 @@ class Deliverer:
             if not first and not self._backlog.is_set():
                 self._backlog.wait(self.settings.outbox_poll_seconds)
                 continue
+            if not first and self._posting():
+                stopping.wait(POSTS_ACTIVE_SECONDS)  # one sender drains while posts arrive
+                continue
+            cpu = time.thread_time()
             try:
                 with self.app.app_context():
                     claimed = self._step()
@@ -473,6 +500,7 @@ class Deliverer:
                     self.db.session.rollback()
                 claimed = None
             if claimed is not None and claimed.more:
+                self._yield_to_posts(time.thread_time() - cpu)
                 continue  # a backlog: keep going
             if claimed is not None:
                 # Let a few more events arrive, so batches grow under load instead of
