@@ -7,7 +7,8 @@
 -- `Connection: close`, as nginx does to its upstream by default), optionally a JSON
 -- body (sent with Content-Type: application/json; empty for none) and a Cookie header (the
 -- session of one login, made once by bench.py and sent with every request). Every answer's status is counted, and done() prints
--- one line `BENCH_JSON {...}` with the totals, the latency percentiles (microseconds) and
+-- one line `BENCH_JSON {...}` with the totals, the latency percentiles (microseconds; also
+-- every tenth of a percent, `quantiles_us`) and
 -- the count of each status code, so that no non-2xx answer goes unseen.
 
 local threads = {}
@@ -47,15 +48,23 @@ function done(summary, latency, requests)
   for status, count in pairs(counts) do
     table.insert(parts, string.format('"%d":%d', status, count))
   end
+  -- The latency at every tenth of a percent, so that rounds can be merged into one
+  -- distribution (bench.py: the posts of several rounds during a drain).
+  local quantiles = {}
+  for i = 1, 1000 do
+    table.insert(quantiles, string.format("%d", latency:percentile(i / 10)))
+  end
   local e = summary.errors
   io.write(string.format(
     'BENCH_JSON {"duration_us":%d,"requests":%d,"bytes":%d,' ..
     '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
     '"latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d,"mean":%.1f},' ..
+    '"quantiles_us":[%s],' ..
     '"statuses":{%s}}\n',
     summary.duration, summary.requests, summary.bytes,
     e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
     latency.max, latency.mean,
+    table.concat(quantiles, ","),
     table.concat(parts, ",")))
 end
