@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event, exc, make_url
+from sqlalchemy import Engine, MetaData, create_engine, event, exc, inspect, make_url
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -203,6 +203,7 @@ class OwnDatabase:
         sqlite_synchronous: str,
         write_timeout: float | None = None,
         make_folder: bool = False,
+        create_tables: bool = True,
     ) -> None:
         sqlite = url.startswith("sqlite")
         # No pre-ping: the outbox's writer cuts a hung commit's socket, and retries a
@@ -214,7 +215,9 @@ class OwnDatabase:
                 event.listen(self.engine, "do_connect", _make_sqlite_folder)
         self.session: scoped_session[Session] = scoped_session(sessionmaker(bind=self.engine))
         self.metadata = metadata
+        self.create_tables = create_tables
         self.schema_ready = False
+        self._said_missing = False
         _forked.add(self)
 
     def ensure_schema(self) -> bool:
@@ -222,12 +225,35 @@ class OwnDatabase:
         if self.schema_ready:
             return True
         try:
+            if not self.create_tables:
+                return self._tables_exist()
             try:
                 self.metadata.create_all(self.engine)
             except (exc.IntegrityError, exc.ProgrammingError):
                 self.metadata.create_all(self.engine)  # another process was creating them too
         except exc.SQLAlchemyError as error:
             log.warning("database unavailable, schema not checked yet: %s", type(error).__name__)
+            return False
+        self.schema_ready = True
+        return True
+
+    def create_all(self) -> None:
+        """Create the tables that are missing (`flask inngest-gateway outbox create`)."""
+        self.metadata.create_all(self.engine)
+        self.schema_ready = True
+
+    def _tables_exist(self) -> bool:
+        """In a database whose tables someone else makes (the app's migrations): are they there?"""
+        names = set(inspect(self.engine).get_table_names())
+        missing = sorted(name for name in self.metadata.tables if name not in names)
+        if missing:
+            if not self._said_missing:
+                self._said_missing = True
+                log.error(
+                    "the app's database has no %s table: run the app's migrations (it is in "
+                    "db.metadata) or `flask inngest-gateway outbox create`",
+                    ", ".join(missing),
+                )
             return False
         self.schema_ready = True
         return True

@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import Flask, request_started
 
-from . import metrics
+from . import metrics, sends
 from .errors import NotConfigured, UpstreamRejected, UpstreamUnavailable
 from .events import Event
 from .inngest import InngestClient, InngestRejected, InngestUnavailable
@@ -30,7 +30,13 @@ class Delivery:
     """Outbox mode: commit, wake the deliverer, answer 202. Sync mode: send, answer 200."""
 
     def __init__(
-        self, settings: Settings, client: InngestClient, writer: Writer, deliverer: Deliverer
+        self,
+        settings: Settings,
+        client: InngestClient,
+        writer: Writer,
+        deliverer: Deliverer,
+        *,
+        in_app_database: bool = False,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -40,6 +46,8 @@ class Delivery:
         self._recorders: list[list[dict[str, Any]]] = []
         self._recorders_lock = threading.Lock()
         self._said_not_configured = False
+        # Events are (or may be) written in a host's transactions: deliver them in sync mode too.
+        self._staged = in_app_database
 
     def submit(self, events: Sequence[Event]) -> int:
         """Store or send the events; the success status to answer, or an APIError raised.
@@ -61,6 +69,32 @@ class Delivery:
         self._record(events)
         metrics.events_accepted(len(events))
         return 202 if outbox else 200
+
+    def submit_in(self, target: sends.Target, events: Sequence[Event]) -> None:
+        """Write the events in the host's transaction on `target`; the rest after its commit.
+
+        Once it commits they are recorded, counted, and the deliverer is started and woken
+        (in sync mode too: these events are in the outbox); if it rolls back, none of that.
+        Suppressed, nothing is written and the recorders see the events at the commit.
+        """
+        if self.suppressed():
+            sends.after_commit(target, lambda: self._record(events))
+            return
+        self._check_configured()
+        sends.stage(
+            target,
+            events,
+            lambda: self._committed(events),
+            most_events=self.settings.outbox_batch_size,
+            most_bytes=self.settings.outbox_max_batch_bytes,
+        )
+
+    def _committed(self, events: Sequence[Event]) -> None:
+        self._staged = True
+        self._record(events)
+        metrics.events_accepted(len(events))
+        self.start()
+        self.deliverer.notify()
 
     def suppressed(self) -> bool:
         """Whether posts are answered but nothing goes to Inngest (the setting, or testing)."""
@@ -121,7 +155,8 @@ class Delivery:
             )
 
     def _embedded(self) -> bool:
-        return self.settings.delivery_mode == "outbox" and self.settings.outbox_embedded_deliverer
+        outbox = self.settings.delivery_mode == "outbox" or self._staged
+        return outbox and self.settings.outbox_embedded_deliverer
 
     def stop(self) -> int:
         """Stop this process's deliverer, draining within INNGEST_GATEWAY_OUTBOX_DRAIN_SECONDS."""

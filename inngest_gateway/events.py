@@ -55,14 +55,19 @@ def build_events(
     batch: bool,
     settings: Settings,
     user: dict[str, Any] | None,
-    request_meta: dict[str, Any],
+    request_meta: dict[str, Any] | None,
     scope: Callable[[], str],
     idempotency_key: str | None = None,
+    received_at: int | None = None,
 ) -> list[Event]:
     """Validate items and turn them into events, or raise the error that explains why not.
 
     `scope` names the poster (see `scoped_id`); it is asked for only when a client key is used.
+    `request_meta` becomes `data.request`; `received_at` (epoch ms, default the meta's) is
+    the server's time of the events, their `ts` unless given and the middle of its window.
     """
+    if received_at is None:
+        received_at = int(request_meta["received_at"]) if request_meta else 0
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_ID_LENGTH - 8:
         raise ValidationFailed(
             errors={"Idempotency-Key": [f"Must have 1 to {MAX_ID_LENGTH - 8} characters."]}
@@ -72,7 +77,7 @@ def build_events(
     except ValidationError as exc:
         messages = exc.messages if isinstance(exc.messages, dict) else {0: exc.messages}
         raise ValidationFailed(errors=_errors(messages, batch)) from None
-    _check_ts(loaded, batch, settings, request_meta["received_at"])
+    _check_ts(loaded, batch, settings, received_at)
 
     refused = {
         index: {"name": [f"Event name {item['name']!r} is not allowed."]}
@@ -92,7 +97,7 @@ def build_events(
             "name": item.get("name") or settings.api_default_event,
             "data": {**item["data"], "user": user, "request": request_meta},
             "id": event_id,
-            "ts": item.get("ts") or request_meta["received_at"],
+            "ts": item.get("ts") or received_at,
         }
         if "v" in item:
             event["v"] = item["v"]

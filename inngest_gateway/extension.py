@@ -20,13 +20,13 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from flask import Blueprint, Flask
 from flask.cli import AppGroup
 
-from . import api, browser, outbox, poster
+from . import api, browser, outbox, poster, sends
 from .db import OwnDatabase, database_url
 from .delivery import Delivery
 from .inngest import InngestClient
@@ -55,6 +55,10 @@ class InngestGateway:
     `settings`, already loaded, replaces app.config (the standalone service passes its own).
     Settings come from app.config only (`INNGEST_GATEWAY_...` keys, the Inngest SDK's names,
     Flask's `SECRET_KEY`; docs/settings.md), never from the process environment.
+
+    `db`, the host's Flask-SQLAlchemy object, puts the outbox in the app's own database
+    (unless INNGEST_GATEWAY_OUTBOX_DATABASE_URL names another): its table joins `db.metadata`
+    for the host's migrations, and `send` writes in `db.session`'s transaction.
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class InngestGateway:
         redirect_to: str | Callable[[], str] = "/",
         login_url: str | None = None,
         settings: Settings | None = None,
+        db: Any = None,
     ) -> None:
         self.user_serializer = user_serializer or poster.default_user_serializer
         self.url_prefix = url_prefix
@@ -74,6 +79,9 @@ class InngestGateway:
         self.redirect_to = redirect_to
         self.login_url = check_login_url(login_url) if login_url else None
         self.settings = settings
+        self.db = db
+        if db is not None:
+            sends.outbox_table(db.metadata)  # for the host's migrations and db.create_all()
         if app is not None:
             self.init_app(app)
 
@@ -98,15 +106,22 @@ class InngestGateway:
         rule = self.path if self.url_prefix is None else _join(self.url_prefix, self.path)
         _refuse_served_path(app, rule)
         settings = self.settings or settings_from_config(app.config, require_event_key=False)
+        in_app = self.db is not None and settings.outbox_database_url is None
         url = settings.outbox_database_url or (
-            _private_sqlite() if app.testing else _instance_sqlite(app.instance_path)
+            self._app_database_url(app)
+            if in_app
+            else _private_sqlite()
+            if app.testing
+            else _instance_sqlite(app.instance_path)
         )
         outbox_db = OwnDatabase(
             database_url(url, app.instance_path),
             OutboxBase.metadata,
             sqlite_synchronous=settings.sqlite_synchronous,
             write_timeout=settings.outbox_write_timeout,
-            make_folder=settings.outbox_database_url is None,
+            make_folder=settings.outbox_database_url is None and not in_app,
+            # In the app's database the app's migrations (or `outbox create`) make the table.
+            create_tables=not in_app,
         )
         client = InngestClient(settings)
         writer = Writer(settings, outbox_db)
@@ -117,7 +132,9 @@ class InngestGateway:
             outbox_db=outbox_db,
             writer=writer,
             deliverer=deliverer,
-            delivery=Delivery(settings, client, writer, deliverer),
+            delivery=Delivery(
+                settings, client, writer, deliverer, in_app_database=self.db is not None
+            ),
             limiter=RateLimiter(settings),
             user_serializer=self.user_serializer,
             redirect_to=self.redirect_to,
@@ -132,6 +149,44 @@ class InngestGateway:
         app.cli.add_command(cli)
         app.add_template_global(browser.script_tag, "inngest_gateway_script")
         app.extensions[EXTENSION_KEY].delivery.connect(app)
+
+    def _app_database_url(self, app: Flask) -> str:
+        """The URL of the host's Flask-SQLAlchemy engine, password included (never logged)."""
+        with app.app_context():
+            url: str = self.db.engine.url.render_as_string(hide_password=False)
+        return url
+
+    def send(
+        self,
+        events: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        user: Any = sends.CURRENT_USER,
+        session: sends.Target | None = None,
+    ) -> list[str]:
+        """Send one event (a dict: `name`, `data`, optional `id`, `ts`, `v`) or a list of them.
+
+        Checked as posted events are (names, sizes, INNGEST_GATEWAY_EVENT_SCHEMAS, `ts`); an
+        invalid one raises the `errors.APIError` a post would get (`ValidationFailed`, ...)
+        before anything is written. `data.user` is `user`: by default the logged-in user in
+        a request, nobody outside one; a user object (serialized as for posts), a dict, or
+        None. A given `id` is scoped to the app (the same `id` gives the same event id, so
+        Inngest deduplicates a repeat), never to a poster.
+
+        In a transaction: `session` (an SQLAlchemy Session or Connection on the outbox's
+        database), else `db.session` when the gateway was given `db`. The events are written
+        in it and delivered after it commits; a rollback leaves nothing. Otherwise they are
+        stored (sync mode: sent to Inngest) before this returns, or the APIError is raised.
+        Needs an app context. Returns the events' ids.
+        """
+        state = gateway_state()
+        built = sends.build(state, events, user)
+        target = session if session is not None else self.db.session if self.db else None
+        if target is None:
+            state.delivery.submit(built)
+        else:
+            _check_outbox_database(target, state.outbox_db)
+            state.delivery.submit_in(target, built)
+        return [item.id for item in built]
 
     @contextlib.contextmanager
     def record_events(self, app: Flask | None = None) -> Iterator[list[dict[str, Any]]]:
@@ -192,6 +247,16 @@ def _exempt_from_form_csrf(app: Flask, blueprint: Blueprint) -> None:
         nonlocal done
         if not done:
             done = exempt()
+
+
+def _check_outbox_database(target: sends.Target, database: OwnDatabase) -> None:
+    """Refuse to write events where no deliverer looks: the session must be the outbox's."""
+    if not sends.same_database(sends.bind_url(target), database.engine.url):
+        raise RuntimeError(
+            "send(session=...): the session's database is not the outbox's; pass db= to "
+            "InngestGateway (the outbox then lives in the app's database) or set "
+            "INNGEST_GATEWAY_OUTBOX_DATABASE_URL to the session's database"
+        )
 
 
 def _refuse_served_path(app: Flask, path: str) -> None:

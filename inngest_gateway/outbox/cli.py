@@ -1,4 +1,4 @@
-"""`flask inngest-gateway outbox status|deliver|retry|purge`, in a host and in the service."""
+"""`flask inngest-gateway outbox create|status|deliver|retry|purge`, in a host and the service."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import threading
 import click
 from flask.cli import AppGroup
 from sqlalchemy import delete, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..db import OwnDatabase
 from ..settings import parse_duration
@@ -81,6 +82,18 @@ def deliver_command(once: bool) -> None:
     while not stop.wait(1.0):
         pass
     worker.stop()
+
+
+@outbox_cli.command("create")
+def create_command() -> None:
+    """Create the outbox table in the outbox's database, for an app without migrations."""
+    database = gateway_state().outbox_db
+    try:
+        database.create_all()
+    except SQLAlchemyError as exc:
+        message = f"could not create the outbox table: {type(exc).__name__}"
+        raise click.ClickException(message) from None
+    click.echo(f"the outbox table is in {database.engine.url.render_as_string()}")
 
 
 @outbox_cli.command("status")

@@ -528,6 +528,8 @@ class Deliverer:
         joined = time.monotonic() + max(drain, 0.1) + self.settings.inngest_send_timeout
         for thread in threads:
             thread.join(timeout=max(joined - time.monotonic(), 0))
+        if not self.db.schema_ready:
+            return 0  # never reached its table (still to be made): nothing claimed, nothing to send
         delivered = 0
         with self.app.app_context():
             try:

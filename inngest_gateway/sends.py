@@ -1,0 +1,259 @@
+"""Events from the host's own code: `InngestGateway.send`, in its database transaction or not.
+
+In a transaction (an SQLAlchemy `Session` or `Connection`, or Flask-SQLAlchemy's `db.session`
+when the gateway was given `db=`), the events are rows of the outbox table written in that
+transaction: they exist once it commits and never if it rolls back, and the deliverer is
+woken after the commit. Outside one, they are committed to the outbox (or, in sync mode,
+sent) before `send` returns, as a post's are.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from flask import current_app, g, has_request_context, request
+from flask_login import current_user
+from sqlalchemy import Connection, MetaData, Table, event, insert
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session, scoped_session
+
+from .events import Event, build_events
+from .inngest import id_seed
+from .outbox.model import PENDING, now_ms, table
+from .state import GatewayState
+
+log = logging.getLogger(__name__)
+
+# A host event's `id` is scoped to the app, never to a poster: no browser can post an id
+# that makes the app's own event a duplicate (posters' scopes are `user:` and `anonymous:`).
+APP_SCOPE = "app"
+# Where a Session keeps what to run when its current transaction commits, and the batch its
+# events are written into, until the transaction ends.
+_STAGED = "inngest_gateway_staged"
+_BATCH = "inngest_gateway_batch"
+# The same for a Connection, by the transaction object (a Connection's `info` outlives it).
+_CONNECTION_BATCHES: weakref.WeakKeyDictionary[Any, _Batch] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class _Batch:
+    """The batch one transaction's events go into: one seed, so one request to Inngest."""
+
+    seed: str
+    events: int = 0
+    body_bytes: int = 1  # the request body's `[`
+
+
+class _Current:
+    def __repr__(self) -> str:
+        return "CURRENT_USER"
+
+
+CURRENT_USER: Any = _Current()
+
+Target = Session | scoped_session[Session] | Connection
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    """The outbox table in the host's `metadata`, so that its migrations create it.
+
+    Flask-Migrate and Alembic's autogenerate then add it like one of the host's own tables.
+    The same name, columns and indexes as the gateway's own outbox table; called again, the
+    table already there is returned.
+    """
+    found = metadata.tables.get(table.name)
+    return found if found is not None else table.to_metadata(metadata)
+
+
+def user_of(state: GatewayState, user: Any) -> dict[str, Any] | None:
+    """`data.user` for a host event: the current user in a request, else the one given.
+
+    A dict is taken as it is (it needs an `id`); any other object is a user for the
+    gateway's `user_serializer`; None is nobody.
+    """
+    if user is CURRENT_USER:
+        user = _logged_in_user()
+    if user is None:
+        return None
+    serialized = dict(user) if isinstance(user, Mapping) else state.user_serializer(user)
+    if serialized.get("id") in (None, ""):
+        raise TypeError("the user of an event must have a non-empty 'id'")
+    return serialized
+
+
+def _logged_in_user() -> Any:
+    """The host's Flask-Login user in a request (by any loader the host has), else None."""
+    if not has_request_context() or not hasattr(current_app, "login_manager"):
+        return None
+    return current_user._get_current_object() if current_user.is_authenticated else None
+
+
+def _request_meta(received_at: int) -> dict[str, Any] | None:
+    """What the request the code runs in knows (`data.request`); None outside a request."""
+    if not has_request_context():
+        return None
+    return {
+        "id": g.get("request_id"),
+        "client_request_id": g.get("client_request_id"),
+        "received_at": received_at,
+        "ip": request.remote_addr,
+        "user_agent": request.user_agent.string or None,
+    }
+
+
+def build(state: GatewayState, events: Mapping[str, Any] | Sequence[Any], user: Any) -> list[Event]:
+    """Check host events as posted ones are checked, and build them; or raise the APIError."""
+    single = isinstance(events, Mapping)
+    items = [dict(events)] if single else [item for item in events]
+    received_at = now_ms()
+    return build_events(
+        items,
+        batch=not single,
+        settings=state.settings,
+        user=user_of(state, user),
+        request_meta=_request_meta(received_at),
+        scope=lambda: APP_SCOPE,
+        received_at=received_at,
+    )
+
+
+def stage(
+    target: Target,
+    events: Sequence[Event],
+    committed: Callable[[], None],
+    *,
+    most_events: int,
+    most_bytes: int,
+) -> None:
+    """Write the events as outbox rows in `target`'s current transaction.
+
+    The events of one transaction share a batch seed, so the deliverer claims and sends them
+    together, in the order written, and retries them together (the same seed, the same
+    internal ids); when they would pass a batch's limits (`most_events`, `most_bytes` of
+    request body), the rest start another batch. `committed` runs once that transaction has
+    committed; never if it rolls back.
+    """
+    now = now_ms()
+    rows = []
+    for item in events:
+        batch = _batch_of(target, len(item.body), most_events, most_bytes)
+        rows.append(
+            {
+                "event_id": item.id,
+                "name": item.name,
+                "body": item.body.decode(),
+                "size": len(item.body),
+                "state": PENDING,
+                "created_at": now,
+                "next_attempt_at": now,
+                "attempts": 0,
+                "batch_seed": batch.seed,
+            }
+        )
+    target.execute(insert(table), rows)
+    after_commit(target, committed)
+
+
+def _batch_of(target: Target, size: int, most_events: int, most_bytes: int) -> _Batch:
+    """The batch of `target`'s transaction that an event of `size` bytes joins (counted in)."""
+    if isinstance(target, scoped_session):
+        target = target()
+    if isinstance(target, Session):
+        batch = target.info.get(_BATCH)
+    else:
+        transaction = target.get_transaction()
+        batch = _CONNECTION_BATCHES.get(transaction) if transaction is not None else None
+    full = batch is not None and (
+        batch.events + 1 > most_events or batch.body_bytes + size + 1 > most_bytes
+    )
+    if batch is None or full:
+        batch = _Batch(seed=id_seed())
+        if isinstance(target, Session):
+            target.info[_BATCH] = batch
+        elif (transaction := target.get_transaction()) is not None:
+            _CONNECTION_BATCHES[transaction] = batch
+    batch.events += 1
+    batch.body_bytes += size + 1
+    return batch
+
+
+def after_commit(target: Target, committed: Callable[[], None]) -> None:
+    """Run `committed` when the transaction `target` is in commits (dropped on rollback)."""
+    if isinstance(target, scoped_session):
+        target = target()
+    if isinstance(target, Session):
+        target.info.setdefault(_STAGED, []).append(committed)
+        return
+    done = False
+
+    def on_commit(_connection: Connection) -> None:
+        nonlocal done
+        if not done:
+            done = True
+            _run(committed)
+
+    def on_rollback(_connection: Connection) -> None:
+        nonlocal done
+        done = True
+
+    # Connection events: "commit" runs as the COMMIT is issued, once per transaction.
+    event.listen(target, "commit", on_commit, once=True)
+    event.listen(target, "rollback", on_rollback, once=True)
+
+
+def _run(committed: Callable[[], None]) -> None:
+    """After the host's commit: its data and the events are stored whatever happens here, so
+    a failure (starting the deliverer, say) is logged, never raised into the host's commit;
+    the deliverer's poll sends the events anyway."""
+    try:
+        committed()
+    except Exception:
+        log.exception("after a commit with events: the deliverer was not woken")
+
+
+@event.listens_for(Session, "after_commit")
+def _session_committed(session: Session) -> None:
+    for committed in session.info.pop(_STAGED, ()):
+        _run(committed)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _session_transaction_ended(session: Session, transaction: Any) -> None:
+    # The outermost transaction ended: after a commit the list was already taken; after a
+    # rollback (or a close) its events were never stored, and nothing may run for them.
+    if transaction.parent is None:
+        session.info.pop(_STAGED, None)
+        session.info.pop(_BATCH, None)
+
+
+def bind_url(target: Target) -> URL:
+    """The database URL `target` writes to."""
+    if isinstance(target, scoped_session):
+        target = target()
+    bind = target.get_bind() if isinstance(target, Session) else target
+    return bind.engine.url if hasattr(bind, "engine") else bind.url  # type: ignore[union-attr]
+
+
+def same_database(one: URL, other: URL) -> bool:
+    """Whether two URLs name the same database, whatever driver or password they use."""
+    if one.get_backend_name() != other.get_backend_name():
+        return False
+    if one.get_backend_name() == "sqlite":
+        return _sqlite_path(one) == _sqlite_path(other)
+    return (one.host or "localhost", one.port, one.database) == (
+        other.host or "localhost",
+        other.port,
+        other.database,
+    )
+
+
+def _sqlite_path(url: URL) -> str:
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return database
+    return os.path.realpath(database)
