@@ -431,6 +431,18 @@ def test_without_migrations_the_create_command_makes_the_table(
     )
 
 
+def test_a_deliverer_that_never_found_its_table_stops_cleanly(
+    shops: ShopFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before the app's migrations ran: the deliverer starts, finds no table, and its stop
+    (at a worker's exit) neither drains nor hands back claims in a table that is not there."""
+    app = shops(create=False)
+    gateway.start(app)
+    time.sleep(0.2)  # a few polls: each finds no table
+    assert gateway.stop(app) == 0
+    assert "outbox create" in caplog.text
+
+
 # -- modes and tests -----------------------------------------------------------------------
 
 
