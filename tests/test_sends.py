@@ -185,6 +185,30 @@ def test_events_of_one_transaction_arrive_in_order_with_the_same_ids_on_a_retry(
     assert [e["data"].get("line") for e in inngest.accepted] == [None, 0, 1, 2]
 
 
+def test_a_connections_transaction_commits_or_rolls_back_its_events(
+    shops: ShopFactory, inngest: InngestStandIn
+) -> None:
+    """`session=` an SQLAlchemy Connection (Core, no ORM): the same in its transaction."""
+    app = shops()
+    orders = Order.__table__
+    with app.app_context(), db.engine.connect() as connection:
+        with connection.begin() as transaction:
+            connection.execute(orders.insert().values(user_id=1, item="dropped"))
+            gateway.send({"name": "shop/core", "data": {"item": "dropped"}}, session=connection)
+            transaction.rollback()
+        with connection.begin():
+            connection.execute(orders.insert().values(user_id=1, item="kept"))
+            ids = gateway.send(
+                [{"name": "shop/core", "data": {"item": "kept", "n": n}} for n in range(2)],
+                session=connection,
+            )
+    wait_until(lambda: len(inngest.accepted) == 2)
+    assert inngest.accepted_ids() == ids
+    assert [len(r.events) for r in inngest.received] == [2]  # one transaction, one batch
+    assert count(app, Order) == 1
+    wait_until(lambda: count(app) == 0)
+
+
 def test_a_transaction_past_a_batch_goes_in_consecutive_batches_in_order(
     shops: ShopFactory, inngest: InngestStandIn
 ) -> None:
