@@ -389,7 +389,8 @@ class Settings:
         secret=True,
         help=(
             "The outbox's database (SQLAlchemy URL, PostgreSQL as for `DATABASE_URL`), on an "
-            "engine of its own. In a host app mounting the extension: a SQLite file "
+            "engine of its own. In a host app mounting the extension: the app's own database "
+            "when it is given Flask-SQLAlchemy's `db`, else a SQLite file "
             "`inngest-gateway-outbox.db` in the app's instance folder."
         ),
     )
