@@ -138,6 +138,8 @@ def stage(
     request body), the rest start another batch. `committed` runs once that transaction has
     committed; never if it rolls back.
     """
+    if isinstance(target, scoped_session):
+        target = target()  # this thread's session, once for every event
     now = now_ms()
     rows = []
     for item in events:
@@ -159,10 +161,8 @@ def stage(
     after_commit(target, committed)
 
 
-def _batch_of(target: Target, size: int, most_events: int, most_bytes: int) -> _Batch:
+def _batch_of(target: Session | Connection, size: int, most_events: int, most_bytes: int) -> _Batch:
     """The batch of `target`'s transaction that an event of `size` bytes joins (counted in)."""
-    if isinstance(target, scoped_session):
-        target = target()
     if isinstance(target, Session):
         batch = target.info.get(_BATCH)
     else:
@@ -236,7 +236,7 @@ def bind_url(target: Target) -> URL:
     if isinstance(target, scoped_session):
         target = target()
     bind = target.get_bind() if isinstance(target, Session) else target
-    return bind.engine.url if hasattr(bind, "engine") else bind.url  # type: ignore[union-attr]
+    return bind.engine.url
 
 
 def same_database(one: URL, other: URL) -> bool:

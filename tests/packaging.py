@@ -1,11 +1,14 @@
-"""Building the distribution's wheel from a copy of the checkout, and pip in any environment."""
+"""The distribution's wheel from a copy of the checkout, pip, and examples run as a user would."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,3 +41,22 @@ def build_wheel(tmp_path: Path) -> Path:
         "--no-index", "--wheel-dir", str(out), str(source), timeout=120)  # fmt: skip
     [wheel] = out.glob("inngest_gateway-*.whl")
     return wheel
+
+
+def run_example(
+    python: Path | str, code: str, *, cwd: Path, env: Mapping[str, str], timeout: float
+) -> dict[str, Any]:
+    """Run `code` (a README example and what follows it) in a process of its own; the JSON
+    object its last line prints, or the test fails with its output."""
+    run = subprocess.run(
+        [str(python), "-c", code],
+        cwd=cwd,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    result: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+    return result

@@ -7,12 +7,10 @@ Inngest, with the outbox in a real SQLite file.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +25,7 @@ from flask_login import LoginManager, UserMixin
 
 from inngest_gateway import InngestGateway, outbox
 from inngest_gateway.state import gateway_state
-from tests.packaging import build_wheel, pip
+from tests.packaging import build_wheel, pip, run_example
 from tests.standin import InngestStandIn
 from tests.test_csrf import CORS_REQUESTS, TRUSTED, assert_cors_answer, cors_request
 
@@ -648,18 +646,9 @@ def test_pip_installs_inngest_gateway_and_the_readme_example_runs(
         "INNGEST_BASE_URL": inngest.url,
         "INNGEST_GATEWAY_OUTBOX_POLL_SECONDS": "0.05",
     }
-    run = subprocess.run(
-        [sys.executable, "-c", readme_example() + AFTER_EXAMPLE],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    code = readme_example() + AFTER_EXAMPLE
+    result = run_example(sys.executable, code, cwd=workdir, env=env, timeout=30)
 
-    assert run.returncode == 0, run.stdout + run.stderr
-    result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["module"].startswith(str(installed))  # not the checkout's
     assert result["service"] is False  # the standalone service is not in the distribution
     assert result["status"] == 202

@@ -61,6 +61,30 @@ def post(url: str, **kwargs: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
         return response.status_code, response.json(), dict(response.headers)
 
 
+def on_threads(
+    target: Callable[[int], None], count: int, *, seconds: float
+) -> tuple[list[BaseException], list[threading.Thread]]:
+    """Run target(0..count-1) on a thread each, joined within `seconds` for all of them; the
+    exceptions they raised (reported in the test's thread) and the threads."""
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+
+    def guarded(n: int) -> None:
+        try:
+            target(n)
+        except BaseException as exc:
+            with lock:
+                failures.append(exc)
+
+    pool = [threading.Thread(target=guarded, args=(n,)) for n in range(count)]
+    for thread in pool:
+        thread.start()
+    deadline = time.monotonic() + seconds
+    for thread in pool:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return failures, pool
+
+
 # -- requests through gunicorn -----------------------------------------------------------
 
 
@@ -217,30 +241,20 @@ def test_chunked_body_within_the_limit_arrives_whole(
 def test_concurrent_posts_all_arrive(gunicorn: Server, inngest: InngestStandIn) -> None:
     threads, per_thread = 4, 5
     results: list[tuple[int, dict[str, Any]]] = []
-    failures: list[BaseException] = []
     lock = threading.Lock()
 
     def worker(n: int) -> None:
-        try:
-            with requests.Session() as session:
-                for i in range(per_thread):
-                    with session.post(
-                        f"{gunicorn.url}/api",
-                        json={"name": "app/concurrent", "id": f"c-{n}-{i}"},
-                        timeout=15,
-                    ) as response:
-                        with lock:
-                            results.append((response.status_code, response.json()))
-        except BaseException as exc:  # reported below, in the test's thread
-            with lock:
-                failures.append(exc)
+        with requests.Session() as session:
+            for i in range(per_thread):
+                with session.post(
+                    f"{gunicorn.url}/api",
+                    json={"name": "app/concurrent", "id": f"c-{n}-{i}"},
+                    timeout=15,
+                ) as response:
+                    with lock:
+                        results.append((response.status_code, response.json()))
 
-    pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
-    for thread in pool:
-        thread.start()
-    deadline = time.monotonic() + 30  # for all of them, not 30 s each
-    for thread in pool:
-        thread.join(max(0.0, deadline - time.monotonic()))
+    failures, pool = on_threads(worker, threads, seconds=30)
 
     assert failures == []
     assert not any(thread.is_alive() for thread in pool)
@@ -261,24 +275,15 @@ def test_sync_mode_keeps_many_sends_in_flight_at_once(
     posts = 32
     inngest.delay = 2.0
     statuses: list[int] = []
-    failures: list[BaseException] = []
     lock = threading.Lock()
 
     def one(n: int) -> None:
-        try:
-            status, _, _ = post(f"{gunicorn.url}/api", json={"name": "app/wide", "id": f"w-{n}"})
-            with lock:
-                statuses.append(status)
-        except BaseException as exc:  # reported below, in the test's thread
-            with lock:
-                failures.append(exc)
+        status, _, _ = post(f"{gunicorn.url}/api", json={"name": "app/wide", "id": f"w-{n}"})
+        with lock:
+            statuses.append(status)
 
-    pool = [threading.Thread(target=one, args=(n,)) for n in range(posts)]
-    for thread in pool:
-        thread.start()
-    deadline = time.monotonic() + 30  # for all of them: each waits 2 s at the stand-in
-    for thread in pool:
-        thread.join(max(0.0, deadline - time.monotonic()))
+    # 30 s for all of them: each waits 2 s at the stand-in.
+    failures, _ = on_threads(one, posts, seconds=30)
 
     assert failures == []
     assert statuses == [200] * posts

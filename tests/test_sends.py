@@ -33,6 +33,7 @@ from inngest_gateway.db import database_url as normalize_url
 from inngest_gateway.errors import EventNotAllowed, UpstreamUnavailable, ValidationFailed
 from inngest_gateway.state import gateway_state
 from tests.conftest import SECRET_KEY
+from tests.packaging import run_example
 from tests.processes import BIN, ROOT, clean_env
 from tests.shop import SHOP_TABLES, Order, User, create_shop, db, gateway
 from tests.standin import InngestStandIn
@@ -571,17 +572,8 @@ def test_the_readme_send_example_delivers_the_order_event(
         "INNGEST_GATEWAY_OUTBOX_POLL_SECONDS": "0.05",
         "PYTHONPATH": str(ROOT),
     }
-    run = subprocess.run(
-        [str(BIN / "python"), "-c", readme_send_example() + AFTER_SEND_EXAMPLE],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    code = readme_send_example() + AFTER_SEND_EXAMPLE
+    result = run_example(BIN / "python", code, cwd=tmp_path, env=env, timeout=60)
     assert result["status"] == 200
     [event] = inngest.accepted
     assert event["id"] == result["body"]["ids"][0]
