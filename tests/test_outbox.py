@@ -6,6 +6,7 @@ Each test runs on SQLite, and on PostgreSQL when TEST_DATABASE_URL is set.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sqlite3
 import threading
@@ -21,6 +22,7 @@ from sqlalchemy import make_url
 
 from inngest_gateway import outbox
 from inngest_gateway.outbox import DEAD, DELIVERED, PENDING
+from inngest_gateway.outbox.deliverer import POSTS_ACTIVE_SECONDS
 from inngest_gateway.state import gateway_state
 from tests.conftest import assert_envelope
 from tests.outboxes import FAST, deliver_until, outbox_app_factory, rows, run_once
@@ -674,6 +676,7 @@ def test_while_posts_arrive_one_sender_drains_a_backlog_in_smaller_batches(
     inngest.delay = 0.1  # a batch is in flight for a while: two senders would overlap
     stop = threading.Event()
     trickle: list[str] = []
+    stored_at: list[float] = []  # when each trickle post was answered
 
     def keep_posting() -> None:
         poster = app.test_client()
@@ -681,12 +684,17 @@ def test_while_posts_arrive_one_sender_drains_a_backlog_in_smaller_batches(
             if stop.wait(0.02):
                 return
             trickle.extend(poster.post("/api", json={"id": f"t{n}"}).get_json()["ids"])
+            stored_at.append(time.monotonic())
 
     thread = threading.Thread(target=keep_posting)
     thread.start()
     deliverer = gateway_state(app).deliverer
     try:
-        time.sleep(0.1)  # posts are arriving when the deliverer starts
+        deadline = time.monotonic() + 10
+        while len(stored_at) < 3:  # posts are arriving when the deliverer starts
+            assert time.monotonic() < deadline, "the trickle of posts did not start"
+            time.sleep(0.01)
+        started = time.monotonic()
         deliverer.ensure_running()
         deadline = time.monotonic() + 10
         while len(inngest.received) < 4:
@@ -694,6 +702,7 @@ def test_while_posts_arrive_one_sender_drains_a_backlog_in_smaller_batches(
             time.sleep(0.02)
         while_posting = list(inngest.received)
         at_once_while_posting = inngest.most_in_flight
+        measured = time.monotonic()
         stop.set()
         thread.join(10)
         deadline = time.monotonic() + 20
@@ -706,7 +715,13 @@ def test_while_posts_arrive_one_sender_drains_a_backlog_in_smaller_batches(
 
     assert not thread.is_alive()
     assert max(len(r.events) for r in while_posting) <= 250
-    assert at_once_while_posting == 1
+    # "While posts arrive" is the deliverer's own measure: a post stored within the last
+    # POSTS_ACTIVE_SECONDS. A machine too busy to run the trickle for that long has
+    # stopped posting by that measure, and a second sender may rightly join.
+    times = [t for t in stored_at if t < measured] + [measured]
+    times = times[sum(t <= started for t in times) - 1 :]  # from the last post before the start
+    longest_gap = max(b - a for a, b in itertools.pairwise(times))
+    assert at_once_while_posting == 1 or longest_gap > POSTS_ACTIVE_SECONDS, longest_gap
     after = inngest.received[len(while_posting) :]
     assert max(len(r.events) for r in after) > 250  # full batches once the posts stopped
     assert sorted(inngest.accepted_ids()) == sorted(backlog + trickle)
