@@ -1,30 +1,58 @@
-"""A TCP proxy on 127.0.0.1 that can be frozen: a link that holds its connections and forwards
-nothing, as a stalled network path or a hung middlebox does.
+"""A userspace TCP proxy standing for a network link that can misbehave: it adds latency,
+drops connections, or freezes (holds its connections and forwards nothing, as a stalled
+network path or a hung middlebox does).
 
 While frozen it keeps every connection open, accepts new ones and forwards no byte either
 way; its own kernel still acknowledges what a client sends, so neither TCP keepalives nor
-`tcp_user_timeout` on the client notice anything. Thawed, it forwards again.
+`tcp_user_timeout` on the client notice anything. Thawed, it forwards again. A dropped
+connection is reset (RST) in both directions at a random moment of its first seconds, as
+a broken path or a restarted middlebox does. Delay holds each chunk for that long before
+it goes on, in order.
+
+These machines have no `tc netem` and no iptables: this proxy is how the tests put faults
+on a link, in the root network namespace, listening on loopback or on the address of a
+veth link the test made.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
+import random
 import selectors
 import socket
+import struct
 import threading
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
+# A dropped connection is cut within this long of its accept.
+DROP_WITHIN_SECONDS = 2.0
 
-class FreezableProxy:
-    """Forwards 127.0.0.1:`port` to `target_port`; `freeze()` and `thaw()` stop and restart it."""
 
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+class LinkProxy:
+    """Forwards `listen_host`:`port` to `target`; faults: `freeze()`, `delay`, `drop_ratio`."""
+
+    def __init__(
+        self,
+        target_port: int,
+        target_host: str = "127.0.0.1",
+        *,
+        listen_host: str = "127.0.0.1",
+        seed: int = 1,
+    ) -> None:
         self.target = (target_host, target_port)
+        self.listen_host = listen_host
+        self.delay = 0.0  # seconds each chunk waits before it goes on
+        self.drop_ratio = 0.0  # the share of new connections cut soon after they are made
+        self.dropped = 0  # connections cut so far
+        self._random = random.Random(seed)
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(64)
+        self._listener.bind((listen_host, 0))
+        self._listener.listen(128)
         self._listener.setblocking(False)
         self.port: int = self._listener.getsockname()[1]
         self._frozen = threading.Event()
@@ -32,15 +60,19 @@ class FreezableProxy:
         self._selector = selectors.DefaultSelector()
         self._peers: dict[socket.socket, socket.socket] = {}
         self._held: list[socket.socket] = []  # accepted while frozen: never connected onwards
+        # (due, order, socket, data): chunks held back by the delay, sent in order when due.
+        self._queue: list[tuple[float, int, socket.socket, bytes]] = []
+        self._cuts: list[tuple[float, int, socket.socket]] = []  # (due, order, client) to drop
+        self._order = itertools.count()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._serve, name="freezable-proxy", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="link-proxy", daemon=True)
 
     @property
     def url_netloc(self) -> str:
-        """`127.0.0.1:port`, for a database URL through the proxy."""
-        return f"127.0.0.1:{self.port}"
+        """`host:port`, for a URL through the proxy."""
+        return f"{self.listen_host}:{self.port}"
 
-    def start(self) -> FreezableProxy:
+    def start(self) -> LinkProxy:
         self._selector.register(self._listener, selectors.EVENT_READ)
         self._thread.start()
         return self
@@ -52,6 +84,10 @@ class FreezableProxy:
     def thaw(self) -> None:
         """Forward again (connections accepted while frozen stay dead ends)."""
         self._frozen.clear()
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen.is_set()
 
     @property
     def connections(self) -> int:
@@ -66,21 +102,32 @@ class FreezableProxy:
             for sock in [*self._peers, *self._held, self._listener]:
                 with contextlib.suppress(OSError):
                     sock.close()
+            self._peers.clear()
+            self._held.clear()
         self._selector.close()
 
+    # -- the one thread ----------------------------------------------------------------
     def _serve(self) -> None:
         while not self._stopped.is_set():
             if self._frozen.is_set():
                 self._accept_and_hold()
                 self._stopped.wait(0.02)
                 continue
-            for key, _ in self._selector.select(timeout=0.05):
+            self._send_due()
+            self._cut_due()
+            for key, _ in self._selector.select(timeout=self._next_wait()):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
                 if sock is self._listener:
                     self._accept()
                 else:
                     self._forward(sock)
+
+    def _next_wait(self) -> float:
+        dues = [heap[0][0] for heap in (self._queue, self._cuts) if heap]
+        if not dues:
+            return 0.05
+        return max(0.0, min(0.05, min(dues) - time.monotonic()))
 
     def _accept_and_hold(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -103,6 +150,9 @@ class FreezableProxy:
             with self._lock:
                 self._peers[client] = upstream
                 self._peers[upstream] = client
+            if self.drop_ratio and self._random.random() < self.drop_ratio:
+                due = time.monotonic() + self._random.uniform(0, DROP_WITHIN_SECONDS)
+                heapq.heappush(self._cuts, (due, next(self._order), client))
 
     def _forward(self, sock: socket.socket) -> None:
         peer = self._peers.get(sock)
@@ -114,15 +164,48 @@ class FreezableProxy:
             return
         except OSError:
             data = b""
+        if self.delay:
+            # An end of stream waits its turn too, behind the data before it.
+            due = time.monotonic() + self.delay
+            heapq.heappush(self._queue, (due, next(self._order), peer, data))
+            if not data:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._selector.unregister(sock)
+            return
+        self._send(sock, peer, data)
+
+    def _send(self, sock: socket.socket, peer: socket.socket, data: bytes) -> None:
         if not data:
             self._drop(sock, peer)
             return
         try:
             peer.setblocking(True)
+            peer.settimeout(5)
             peer.sendall(data)
             peer.setblocking(False)
         except OSError:
             self._drop(sock, peer)
+
+    def _send_due(self) -> None:
+        now = time.monotonic()
+        while self._queue and self._queue[0][0] <= now:
+            _, _, peer, data = heapq.heappop(self._queue)
+            sock = self._peers.get(peer)
+            if sock is not None:  # not dropped meanwhile
+                self._send(sock, peer, data)
+
+    def _cut_due(self) -> None:
+        now = time.monotonic()
+        while self._cuts and self._cuts[0][0] <= now:
+            _, _, client = heapq.heappop(self._cuts)
+            peer = self._peers.get(client)
+            if peer is None:
+                continue  # closed already
+            for sock in (client, peer):  # RST, not FIN: a broken path, not a goodbye
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.dropped += 1
+            self._drop(client, peer)
 
     def _drop(self, sock: socket.socket, peer: socket.socket) -> None:
         with self._lock:
@@ -133,7 +216,7 @@ class FreezableProxy:
                 one.close()
 
 
-def through(proxy: FreezableProxy, url: str) -> str:
+def through(proxy: LinkProxy, url: str) -> str:
     """The database URL `url`, reached through `proxy` (its user and password kept)."""
     parts = urlsplit(url)
     user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
@@ -141,9 +224,9 @@ def through(proxy: FreezableProxy, url: str) -> str:
 
 
 @contextlib.contextmanager
-def freezable_proxy(target_port: int) -> Iterator[FreezableProxy]:
+def freezable_proxy(target_port: int) -> Iterator[LinkProxy]:
     """A started proxy to `target_port` on 127.0.0.1, closed afterwards."""
-    proxy = FreezableProxy(target_port).start()
+    proxy = LinkProxy(target_port).start()
     try:
         yield proxy
     finally:

@@ -247,9 +247,18 @@ class InngestStandIn:
         with self._lock:
             self._faults.extend(fault for _ in range(count))
 
+    def clear_faults(self) -> None:
+        """Drop the faults still queued: Inngest recovers, what it received is kept."""
+        with self._lock:
+            self._faults.clear()
+
     def accepted_ids(self) -> list[str]:
         with self._lock:
             return [event.get("id") for event in self.accepted]
+
+    def accepted_events(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.accepted)
 
     # -- the event API ---------------------------------------------------------------
     def _answer(

@@ -19,7 +19,7 @@ from werkzeug.test import TestResponse
 from service.db import db
 from service.users import create_user
 from tests.conftest import PASSWORD, assert_envelope
-from tests.proxy import FreezableProxy, freezable_proxy, through
+from tests.proxy import LinkProxy, freezable_proxy, through
 
 WRITE_TIMEOUT = 1.0
 # The longest a post may take with the link frozen: the login read (one timeout), then the
@@ -41,7 +41,7 @@ def _assert_503(response: TestResponse, seconds: float) -> None:
     assert seconds < BOUND, f"{seconds:.1f}s"
 
 
-def _service(make_app: Callable[..., Flask], proxy: FreezableProxy, url: str) -> Flask:
+def _service(make_app: Callable[..., Flask], proxy: LinkProxy, url: str) -> Flask:
     app = make_app(
         DATABASE_URL=through(proxy, url),
         INNGEST_GATEWAY_DELIVERY_MODE="outbox",

@@ -1,0 +1,542 @@
+"""Several gateway hosts on one machine, a real network between them, faults on its links.
+
+`Cluster` builds, for one run:
+
+- a network namespace per host (`tests.netns`), joined to the root namespace by a veth link;
+- in each host, the standalone service under gunicorn (2 workers, outbox mode, the
+  production settings but for the timings a test can wait for), listening on the host's
+  own address;
+- on the root side of each link, one `LinkProxy` to PostgreSQL and one to the stand-in
+  Inngest: the host reaches either only through them, so a test can delay, drop or freeze
+  one host's link to one of them;
+- nginx on 127.0.0.1, balancing over the hosts (deploy/nginx.conf with three upstream
+  servers), answering each request's upstream in `X-Upstream`;
+- the stand-in Inngest on 127.0.0.1.
+
+With PostgreSQL every host shares one database, made for the run and dropped after it;
+with SQLite (`shared_nothing=True`) each host has its own file under the run's directory.
+`Load` posts through nginx at a fixed rate, logged in, and records every answer.
+
+Everything the run made (namespaces, links, processes, the database) is removed when the
+`Cluster` context ends, a failed run included; `tests.netns.leftovers()` tells what any run
+left behind. Needs root and nginx.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import requests
+
+from tests.conftest import PASSWORD, SECRET_KEY
+from tests.netns import Host, Network
+from tests.processes import BIN, NGINX, ROOT, SITE, clean_env, free_port
+from tests.proxy import LinkProxy
+from tests.standin import InngestStandIn
+
+EMAIL = "load@example.com"
+ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"  # makes and drops the run's database
+HOST_PORT = 8000
+
+# Production settings, but for timings a test can wait for: a lease of seconds, not a minute.
+HOST_SETTINGS = {
+    "INNGEST_GATEWAY_DELIVERY_MODE": "outbox",
+    # The limiter runs as in production, but all load comes from one address.
+    "INNGEST_GATEWAY_RATELIMIT_API": "10000000 per minute",
+    "TRUSTED_PROXIES": "1",
+    "CREATE_DEMO_USER": "false",
+    "GUNICORN_WORKERS": "2",
+    "GUNICORN_GRACEFUL_TIMEOUT": "10",
+    "INNGEST_GATEWAY_SEND_TIMEOUT": "3",
+    "INNGEST_GATEWAY_OUTBOX_LEASE_SECONDS": "6",
+    "INNGEST_GATEWAY_OUTBOX_DRAIN_SECONDS": "3",
+}
+
+
+@dataclass
+class GatewayHost:
+    """One host: its namespace, its two links, its gunicorn master (None while down)."""
+
+    host: Host
+    directory: Path
+    postgres: LinkProxy
+    inngest: LinkProxy
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+    @property
+    def upstream(self) -> str:
+        return f"{self.host.address}:{HOST_PORT}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.upstream}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "gunicorn.log"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def pids(self) -> list[int]:
+        """The host's gunicorn master and workers now."""
+        from tests.netns import pids_in
+
+        return pids_in(self.host.namespace)
+
+    def start(self) -> None:
+        """gunicorn in the host's namespace; returns once it answers /healthz."""
+        assert self.process is None or self.process.poll() is not None
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.host.command(str(BIN / "gunicorn"), "wsgi:app", "-c", "gunicorn.conf.py"),
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 40
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start:\n{self.log()[-4000:]}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not answer /healthz:\n{self.log()[-4000:]}")
+            time.sleep(0.1)
+
+    def kill(self) -> int:
+        """SIGKILL every process of the host, no goodbye; how many there were."""
+        killed = self.host.kill_all()
+        if self.process is not None:
+            self.process.wait(timeout=10)
+        return killed
+
+    def stop(self) -> None:
+        """SIGTERM, as an orchestrator stops a host; SIGKILL what is left after 20 s."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class Cluster:
+    """`hosts` gateway hosts behind nginx, one stand-in Inngest, PostgreSQL or SQLite."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        hosts: int = 3,
+        shared_nothing: bool = False,
+        settings: dict[str, str] | None = None,
+        inngest_delay: float = 0.0,
+        admin_url: str = ADMIN_URL,
+    ) -> None:
+        self.directory = directory
+        self.admin_url = admin_url
+        self.shared_nothing = shared_nothing
+        self.settings = HOST_SETTINGS | (settings or {})
+        self.size = hosts
+        self.inngest_delay = inngest_delay
+        self.network = Network()
+        self.inngest = InngestStandIn()
+        self.hosts: list[GatewayHost] = []
+        self.proxies: list[LinkProxy] = []
+        self.database = f"igw_{self.network.run}"
+        self.nginx: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self._created_database = False
+
+    # -- building and tearing down -----------------------------------------------------
+    def __enter__(self) -> Cluster:
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def database_url(self, netloc: str = "") -> str:
+        """The run's PostgreSQL database, at `netloc` (a proxy) or directly."""
+        parts = urlsplit(self.admin_url)
+        user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+        netloc = netloc or parts.netloc.rsplit("@", 1)[-1]
+        return parts._replace(netloc=user + netloc, path=f"/{self.database}").geturl()
+
+    def _build(self) -> None:
+        self.inngest.start()
+        self.inngest.delay = self.inngest_delay
+        postgres_host = urlsplit(self.admin_url).hostname or "127.0.0.1"
+        postgres_port = urlsplit(self.admin_url).port or 5432
+        if not self.shared_nothing:
+            with psycopg.connect(self.admin_url, autocommit=True) as admin:
+                admin.execute(f'CREATE DATABASE "{self.database}"')
+            self._created_database = True
+        for number in range(1, self.size + 1):
+            host = self.network.add(f"h{number}")
+            directory = self.directory / host.name
+            directory.mkdir(parents=True, exist_ok=True)
+            postgres = LinkProxy(
+                postgres_port, postgres_host, listen_host=host.gateway, seed=number
+            ).start()
+            inngest = LinkProxy(
+                int(urlsplit(self.inngest.url).port or 0), listen_host=host.gateway, seed=number
+            ).start()
+            self.proxies += [postgres, inngest]
+            url = (
+                f"sqlite:///{directory / 'gateway.db'}"
+                if self.shared_nothing
+                else self.database_url(postgres.url_netloc)
+            )
+            gateway = GatewayHost(host, directory, postgres, inngest)
+            gateway.env = (
+                clean_env(directory)
+                | {
+                    "SECRET_KEY": SECRET_KEY,
+                    "INNGEST_EVENT_KEY": self.inngest.default_key,
+                    "INNGEST_BASE_URL": f"http://{inngest.url_netloc}",
+                    "DATABASE_URL": url,
+                    "GUNICORN_BIND": f"{host.address}:{HOST_PORT}",
+                }
+                | self.settings
+            )
+            self.hosts.append(gateway)
+        users = [self.hosts[0]] if not self.shared_nothing else self.hosts
+        for gateway in users:  # one shared users table, or each host's own
+            direct = gateway.env | (
+                {} if self.shared_nothing else {"DATABASE_URL": self.database_url()}
+            )
+            self._create_user(direct)
+        with ThreadPoolExecutor(len(self.hosts)) as pool:  # the hosts boot side by side
+            list(pool.map(GatewayHost.start, self.hosts))
+        self._start_nginx()
+
+    def _create_user(self, env: dict[str, str]) -> None:
+        command = [str(BIN / "flask"), "--app", "wsgi", "users", "create", EMAIL]
+        command += ["--name", "Load", "--password", PASSWORD]
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def _start_nginx(self) -> None:
+        directory = self.directory / "nginx"
+        directory.mkdir(exist_ok=True)
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (directory / sub).mkdir(exist_ok=True)
+        port = free_port()
+        site = SITE.read_text()
+        servers = "\n    ".join(
+            f"server {gateway.upstream} max_fails=1 fail_timeout=5s;" for gateway in self.hosts
+        )
+        for old, new in (
+            ("server 127.0.0.1:8000;", servers),
+            ("listen 80;", f"listen 127.0.0.1:{port};"),
+            # Several hosts: a request nginx could not hand to one host goes to the next;
+            # a POST that reached a host is never sent again (nginx's rule for POST).
+            ("proxy_next_upstream off;", "proxy_next_upstream error timeout;"),
+            ("location / {", "location / {\n        add_header X-Upstream $upstream_addr always;"),
+        ):
+            assert old in site, old
+            site = site.replace(old, new, 1)
+        (directory / "site.conf").write_text(site)
+        user = "user root;" if os.geteuid() == 0 else ""
+        (directory / "nginx.conf").write_text(
+            f"""{user}
+worker_processes 1;
+daemon off;
+pid {directory / "nginx.pid"};
+error_log {directory / "error.log"} warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {directory / "body"};
+    proxy_temp_path {directory / "proxy"};
+    fastcgi_temp_path {directory / "fastcgi"};
+    uwsgi_temp_path {directory / "uwsgi"};
+    scgi_temp_path {directory / "scgi"};
+    include {directory / "site.conf"};
+}}
+"""
+        )
+        with (directory / "stderr.log").open("wb") as stderr:
+            self.nginx = subprocess.Popen(
+                [NGINX, "-c", str(directory / "nginx.conf"), "-p", str(directory)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 15
+        while True:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            if self.nginx.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nginx did not start: {(directory / 'error.log').read_text()}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        """Remove everything the run made, whatever state it is in."""
+        if self.nginx is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.nginx.pid, signal.SIGKILL)
+            self.nginx.wait(timeout=10)
+        self.network.remove()  # every process in the hosts' namespaces goes with them
+        for gateway in self.hosts:
+            if gateway.process is not None:
+                gateway.process.wait(timeout=10)
+        for proxy in self.proxies:
+            proxy.close()
+        self.inngest.stop()
+        if self._created_database:
+            with psycopg.connect(self.admin_url, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+            self._created_database = False
+
+    # -- looking ---------------------------------------------------------------------
+    def login(self) -> str:
+        """A session cookie for the load's user, through nginx."""
+        deadline = time.monotonic() + 30
+        while True:
+            response = requests.post(
+                f"{self.url}/auth/login", json={"email": EMAIL, "password": PASSWORD}, timeout=10
+            )
+            if response.status_code == 200 and response.cookies:
+                return "; ".join(f"{k}={v}" for k, v in response.cookies.items())
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"login answered {response.status_code}: {response.text}")
+            time.sleep(0.2)
+
+    def pending(self) -> int:
+        """Events stored and not yet delivered, in the shared database (PostgreSQL only)."""
+        with psycopg.connect(self.database_url()) as connection:
+            row = connection.execute(
+                "SELECT count(*) FROM outbox_events WHERE state = 'pending'"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def claimed_by(self, gateway: GatewayHost) -> int:
+        """Events under a live lease of one of `gateway`'s processes (PostgreSQL only)."""
+        names = [f"%:{pid}:%" for pid in gateway.pids()]
+        if not names:
+            return 0
+        now_ms = int(time.time() * 1000)
+        with psycopg.connect(self.database_url()) as connection:
+            row = connection.execute(
+                "SELECT count(*) FROM outbox_events WHERE state = 'pending' "
+                "AND claim_expires_at > %s AND claimed_by LIKE ANY(%s)",
+                (now_ms, names),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+
+# -- the load --------------------------------------------------------------------------
+@dataclass
+class Answer:
+    cid: str
+    status: int  # 0: no answer (the connection broke)
+    ids: list[str]
+    upstream: str
+    at: float
+
+
+class Load:
+    """Posts one event at a time through nginx at `rate` per second, from `clients` threads.
+
+    Each event carries a client id (`id`, and `data.cid`) of its own; every answer is kept.
+    Every `anonymous_every`-th post goes without the session cookie: a logged-in post reads
+    the login before it stores, an anonymous one only stores.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        cookie: str,
+        rate: float,
+        *,
+        label: str = "load",
+        clients: int = 32,
+        anonymous_every: int = 4,
+    ) -> None:
+        self.anonymous_every = anonymous_every
+        self.url = urlsplit(url)
+        self.label = label
+        self.cookie = cookie
+        self.rate = rate
+        self.clients = clients
+        self.answers: list[Answer] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._next = 0
+        self._started = 0.0
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> Load:
+        self._started = time.monotonic()
+        self._threads = [
+            threading.Thread(target=self._client, args=(n,), daemon=True)
+            for n in range(self.clients)
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+        assert not any(thread.is_alive() for thread in self._threads)
+
+    def run_for(self, seconds: float) -> None:
+        self._stop.wait(seconds)
+
+    def _turn(self) -> int:
+        with self._lock:
+            self._next += 1
+            return self._next
+
+    def _client(self, number: int) -> None:
+        connection: http.client.HTTPConnection | None = None
+        while not self._stop.is_set():
+            turn = self._turn()
+            due = self._started + turn / self.rate
+            if self._stop.wait(max(0.0, due - time.monotonic())):
+                break
+            cid = f"{self.label}-{turn}"
+            body = json.dumps(
+                {"name": "app/cluster", "id": cid, "data": {"cid": cid, "turn": turn}}
+            )
+            if connection is None:
+                connection = http.client.HTTPConnection(
+                    self.url.hostname or "127.0.0.1", self.url.port, timeout=30
+                )
+            try:
+                headers = {"Content-Type": "application/json"}
+                if turn % self.anonymous_every:
+                    headers["Cookie"] = self.cookie
+                connection.request("POST", "/api", body, headers)
+                response = connection.getresponse()
+                payload = response.read()
+                status = response.status
+                upstream = response.getheader("X-Upstream", "")
+                ids = json.loads(payload).get("ids", []) if 200 <= status < 300 else []
+                if response.getheader("Connection", "").lower() == "close":
+                    connection.close()
+                    connection = None
+            except (OSError, http.client.HTTPException, ValueError):
+                status, ids, upstream = 0, [], ""
+                if connection is not None:
+                    connection.close()
+                connection = None
+            with self._lock:
+                self.answers.append(Answer(cid, status, ids, upstream, time.monotonic()))
+        if connection is not None:
+            connection.close()
+
+    # -- what came back --------------------------------------------------------------
+    def acknowledged(self) -> dict[str, str]:
+        """Every id answered 2xx, and the client id of its event."""
+        with self._lock:
+            return {i: a.cid for a in self.answers if 200 <= a.status < 300 for i in a.ids}
+
+    def statuses(self, upstream: str | None = None) -> Counter[int]:
+        with self._lock:
+            return Counter(
+                a.status for a in self.answers if upstream is None or a.upstream == upstream
+            )
+
+
+@dataclass
+class Outcome:
+    """What reached Inngest of what the load was told was accepted."""
+
+    acknowledged: int
+    delivered: int
+    missing: list[str]
+    pending: int  # still stored, not delivered, when the wait ended
+    repeats: int  # deliveries of an id beyond its first
+    conflicting: list[str]  # ids that reached Inngest with two different bodies
+    wrong_user: list[str]  # ids whose event's user is not the poster's (logged in or not)
+    # From the end of the fault until every acknowledged id arrived and none was pending.
+    seconds_to_empty: float
+
+
+def settle(cluster: Cluster, load: Load, since: float, timeout: float) -> Outcome:
+    """Wait (at most `timeout`) until every acknowledged id reached the stand-in and the
+    outbox is empty; what reached it."""
+    acknowledged = load.acknowledged()
+    deadline = time.monotonic() + timeout
+    while True:
+        arrived = set(cluster.inngest.accepted_ids())
+        missing = sorted(set(acknowledged) - arrived)
+        # Arrived is not enough: an event whose answer was lost stays pending, to be sent
+        # again once its lease runs out.
+        pending = cluster.pending()
+        if (not missing and not pending) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    seconds = time.monotonic() - since
+    time.sleep(0.5)  # a repeat still in flight lands
+    bodies: dict[str, set[str]] = defaultdict(set)
+    counts: Counter[str] = Counter()
+    wrong_user: set[str] = set()
+    for event in cluster.inngest.accepted_events():
+        logged_in = event["data"]["turn"] % load.anonymous_every != 0
+        if bool(event["data"].get("user")) != logged_in:
+            wrong_user.add(event["id"])
+        counts[event["id"]] += 1
+        bodies[event["id"]].add(json.dumps(event, sort_keys=True))
+    return Outcome(
+        acknowledged=len(acknowledged),
+        delivered=len(counts),
+        missing=missing,
+        pending=pending,
+        repeats=sum(n - 1 for n in counts.values()),
+        conflicting=sorted(i for i, b in bodies.items() if len(b) > 1),
+        wrong_user=sorted(wrong_user),
+        seconds_to_empty=seconds,
+    )
+
+
+@contextlib.contextmanager
+def loading(cluster: Cluster, rate: float, label: str) -> Iterator[Load]:
+    """A load through the cluster's nginx, stopped on the way out."""
+    load = Load(cluster.url, cluster.login(), rate, label=label).start()
+    try:
+        yield load
+    finally:
+        load.stop()
