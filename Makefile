@@ -10,7 +10,7 @@ PORT ?= 5000
 
 NODE_TOOLS := tests/js/node_modules/.installed
 
-.PHONY: run test test-lowest system-deps bench lint format clean client-size
+.PHONY: run test test-lowest system-deps bench cluster lint format clean client-size
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,18 +26,22 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 run: $(VENV)/.runtime
 	INNGEST_DEV=$${INNGEST_DEV:-1} $(BIN)/flask --app wsgi run --host $(HOST) --port $(PORT)
 
-# The integration tests run real nginx and Chromium from Debian's packages.
+# The integration tests run real nginx, Chromium and PgBouncer from Debian's packages.
 system-deps:
 	@missing=""; \
 	[ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/sbin/pgbouncer ] || missing="$$missing pgbouncer"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "Installing$$missing from Debian's packages for the integration tests"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    apt-get update -qq; \
+	    for package in $$missing; do \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$package || exit 1; \
+	    done; \
 	  else \
 	    echo "NOTE:$$missing not installed, and this cannot install it (needs root and apt-get):"; \
-	    echo "      the nginx and browser tests will fail until it is (apt-get install$$missing)."; \
+	    echo "      the nginx, browser and PgBouncer tests will fail until it is (apt-get install$$missing)."; \
 	  fi; \
 	fi
 
@@ -89,6 +93,10 @@ client-size: $(VENV)/.dev $(NODE_TOOLS)
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+
+# Several hosts on one PostgreSQL, faults injected under load (root; bench/cluster.py).
+cluster: $(VENV)/.dev system-deps
+	$(BIN)/python bench/cluster.py $(CLUSTER_ARGS)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check inngest_gateway service tests bench wsgi.py gunicorn.conf.py

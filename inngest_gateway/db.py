@@ -302,6 +302,8 @@ def engine_options(
     # A server can drop idle connections; a SQLite file cannot.
     options: dict[str, Any] = {"pool_pre_ping": pre_ping and not sqlite}
     if write_timeout is None:
+        if url.startswith("postgresql"):
+            options["connect_args"] = dict(NO_PREPARED_STATEMENTS)
         return options
     in_memory = sqlite and make_url(url).database in (None, "", ":memory:")
     if not in_memory:  # an in-memory database has a single static connection, no queue
@@ -311,15 +313,26 @@ def engine_options(
     return options
 
 
+# psycopg prepares a statement on the server once it has run five times on a connection.
+# Behind PgBouncer in transaction mode (before 1.21, or without max_prepared_statements)
+# the next transaction may run on another server connection, where that statement does not
+# exist, or exists under the same name: every such post failed. Statements here are small,
+# so planning them each time costs the server microseconds.
+NO_PREPARED_STATEMENTS: dict[str, Any] = {"prepare_threshold": None}
+
+
 def postgres_connect_args(timeout: float) -> dict[str, Any]:
-    """libpq options bounding a connection attempt and noticing a vanished server.
+    """psycopg options bounding a connection attempt and noticing a vanished server.
 
     libpq counts `connect_timeout` in whole seconds, 2 at least; keepalives and
     `tcp_user_timeout` end a connection to a host that is gone (not one behind a hung proxy,
-    which acknowledges every packet: `reads` cuts those).
+    which acknowledges every packet: `reads` cuts those). No prepared statements: a
+    connection pooler in transaction mode may run each transaction on another server
+    connection.
     """
     seconds = max(2, math.ceil(timeout))
     return {
+        **NO_PREPARED_STATEMENTS,
         "connect_timeout": seconds,
         "keepalives": 1,
         "keepalives_idle": seconds,
