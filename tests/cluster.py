@@ -29,6 +29,7 @@ import http.client
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -68,13 +69,25 @@ HOST_SETTINGS = {
 
 
 @dataclass
+class SocatLink:
+    """A link served by socat (see `Cluster(fast_links=True)`): it forwards, nothing else."""
+
+    listen_host: str
+    port: int
+
+    @property
+    def url_netloc(self) -> str:
+        return f"{self.listen_host}:{self.port}"
+
+
+@dataclass
 class GatewayHost:
     """One host: its namespace, its two links, its gunicorn master (None while down)."""
 
     host: Host
     directory: Path
-    postgres: LinkProxy
-    inngest: LinkProxy
+    postgres: LinkProxy | SocatLink
+    inngest: LinkProxy | SocatLink
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
@@ -157,13 +170,20 @@ class Cluster:
         *,
         hosts: int = 3,
         shared_nothing: bool = False,
+        fast_links: bool = False,
         settings: dict[str, str] | None = None,
         inngest_delay: float = 0.0,
         admin_url: str = ADMIN_URL,
+        postgres_via: str | None = None,
     ) -> None:
+        # The hosts' links lead to this server (PgBouncer, say) instead of admin_url's.
+        self.postgres_via = postgres_via
         self.directory = directory
         self.admin_url = admin_url
         self.shared_nothing = shared_nothing
+        # socat on each link instead of LinkProxy: C speed, no faults (figures of scale).
+        self.fast_links = fast_links
+        self.links: list[subprocess.Popen[bytes]] = []
         self.settings = HOST_SETTINGS | (settings or {})
         self.size = hosts
         self.inngest_delay = inngest_delay
@@ -198,27 +218,33 @@ class Cluster:
     def _build(self) -> None:
         self.inngest.start()
         self.inngest.delay = self.inngest_delay
-        postgres_host = urlsplit(self.admin_url).hostname or "127.0.0.1"
-        postgres_port = urlsplit(self.admin_url).port or 5432
-        if not self.shared_nothing:
-            with psycopg.connect(self.admin_url, autocommit=True) as admin:
-                admin.execute(f'CREATE DATABASE "{self.database}"')
-            self._created_database = True
+        server = urlsplit(self.postgres_via or self.admin_url)
+        postgres_host, postgres_port = server.hostname or "127.0.0.1", server.port or 5432
+        with psycopg.connect(self.admin_url, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{self.database}"')
+        self._created_database = True
         for number in range(1, self.size + 1):
             host = self.network.add(f"h{number}")
             directory = self.directory / host.name
             directory.mkdir(parents=True, exist_ok=True)
-            postgres = LinkProxy(
-                postgres_port, postgres_host, listen_host=host.gateway, seed=number
-            ).start()
-            inngest = LinkProxy(
-                int(urlsplit(self.inngest.url).port or 0), listen_host=host.gateway, seed=number
-            ).start()
-            self.proxies += [postgres, inngest]
-            url = (
-                f"sqlite:///{directory / 'gateway.db'}"
+            inngest_port = int(urlsplit(self.inngest.url).port or 0)
+            postgres: LinkProxy | SocatLink
+            inngest: LinkProxy | SocatLink
+            if self.fast_links:
+                postgres = self._socat(host.gateway, postgres_host, postgres_port)
+                inngest = self._socat(host.gateway, "127.0.0.1", inngest_port)
+            else:
+                postgres = LinkProxy(
+                    postgres_port, postgres_host, listen_host=host.gateway, seed=number
+                ).start()
+                inngest = LinkProxy(inngest_port, listen_host=host.gateway, seed=number).start()
+                self.proxies += [postgres, inngest]
+            # One users table for every host, in PostgreSQL; the outbox there too, or
+            # (shared nothing) in a SQLite file on the host's own disk.
+            own_outbox = (
+                {"INNGEST_GATEWAY_OUTBOX_DATABASE_URL": f"sqlite:///{self.outbox_file(directory)}"}
                 if self.shared_nothing
-                else self.database_url(postgres.url_netloc)
+                else {}
             )
             gateway = GatewayHost(host, directory, postgres, inngest)
             gateway.env = (
@@ -227,21 +253,38 @@ class Cluster:
                     "SECRET_KEY": SECRET_KEY,
                     "INNGEST_EVENT_KEY": self.inngest.default_key,
                     "INNGEST_BASE_URL": f"http://{inngest.url_netloc}",
-                    "DATABASE_URL": url,
+                    # Its name in pg_stat_activity: connections counted per host.
+                    "DATABASE_URL": self.database_url(postgres.url_netloc)
+                    + f"?application_name={host.name}",
                     "GUNICORN_BIND": f"{host.address}:{HOST_PORT}",
                 }
+                | own_outbox
                 | self.settings
             )
             self.hosts.append(gateway)
-        users = [self.hosts[0]] if not self.shared_nothing else self.hosts
-        for gateway in users:  # one shared users table, or each host's own
-            direct = gateway.env | (
-                {} if self.shared_nothing else {"DATABASE_URL": self.database_url()}
-            )
-            self._create_user(direct)
+        self._create_user(self.hosts[0].env | {"DATABASE_URL": self.database_url()})
         with ThreadPoolExecutor(len(self.hosts)) as pool:  # the hosts boot side by side
             list(pool.map(GatewayHost.start, self.hosts))
         self._start_nginx()
+
+    def _socat(self, listen: str, host: str, port: int) -> SocatLink:
+        link = SocatLink(listen, free_port())
+        onward = f"TCP:{host}:{port},nodelay"  # as LinkProxy: no Nagle wait
+        tag = f"socat-{self.network.namespace_prefix}link"  # for leftovers()
+        command = (
+            f"exec -a {tag} socat TCP-LISTEN:{link.port},bind={listen},reuseaddr,fork,"
+            f"nodelay,backlog=512 {onward}"
+        )
+        self.links.append(
+            subprocess.Popen(
+                ["bash", "-c", command],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+        return link
 
     def _create_user(self, env: dict[str, str]) -> None:
         command = [str(BIN / "flask"), "--app", "wsgi", "users", "create", EMAIL]
@@ -252,7 +295,7 @@ class Cluster:
         assert done.returncode == 0, done.stdout + done.stderr
 
     def _start_nginx(self) -> None:
-        directory = self.directory / "nginx"
+        directory = self.directory / f"nginx-{self.network.namespace_prefix}"  # leftovers()
         directory.mkdir(exist_ok=True)
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (directory / sub).mkdir(exist_ok=True)
@@ -321,6 +364,10 @@ http {{
                 gateway.process.wait(timeout=10)
         for proxy in self.proxies:
             proxy.close()
+        for link in self.links:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(link.pid, signal.SIGKILL)
+            link.wait(timeout=10)
         self.inngest.stop()
         if self._created_database:
             with psycopg.connect(self.admin_url, autocommit=True) as admin:
@@ -341,13 +388,36 @@ http {{
                 raise RuntimeError(f"login answered {response.status_code}: {response.text}")
             time.sleep(0.2)
 
-    def pending(self) -> int:
-        """Events stored and not yet delivered, in the shared database (PostgreSQL only)."""
-        with psycopg.connect(self.database_url()) as connection:
-            row = connection.execute(
-                "SELECT count(*) FROM outbox_events WHERE state = 'pending'"
-            ).fetchone()
-        return int(row[0]) if row else 0
+    @staticmethod
+    def outbox_file(directory: Path) -> Path:
+        return directory / "outbox.db"
+
+    def pending(self, gateway: GatewayHost | None = None) -> int:
+        """Events stored and not yet delivered: in the shared database, or (shared nothing)
+        in every host's file or `gateway`'s."""
+        query = "SELECT count(*) FROM outbox_events WHERE state = 'pending'"
+        if not self.shared_nothing:
+            with psycopg.connect(self.database_url()) as connection:
+                row = connection.execute(query).fetchone()
+            return int(row[0]) if row else 0
+        total = 0
+        for one in [gateway] if gateway else self.hosts:
+            path = self.outbox_file(one.directory)
+            if path.exists():
+                with contextlib.closing(sqlite3.connect(path, timeout=10)) as connection:
+                    with contextlib.suppress(sqlite3.OperationalError):  # no table yet
+                        total += connection.execute(query).fetchone()[0]
+        return total
+
+    def revive(self) -> None:
+        """Every link healthy, every host running, Inngest answering at once: a scenario's start."""
+        self.inngest.reset()
+        for proxy in self.proxies:
+            proxy.thaw()
+            proxy.delay, proxy.drop_ratio = 0.0, 0.0
+        for gateway in self.hosts:
+            if gateway.process is None or gateway.process.poll() is not None:
+                gateway.start()
 
     def claimed_by(self, gateway: GatewayHost) -> int:
         """Events under a live lease of one of `gateway`'s processes (PostgreSQL only)."""
@@ -472,6 +542,12 @@ class Load:
         """Every id answered 2xx, and the client id of its event."""
         with self._lock:
             return {i: a.cid for a in self.answers if 200 <= a.status < 300 for i in a.ids}
+
+    def accepted_per_second(self, since: float, until: float) -> float:
+        """Posts answered 2xx between two moments (time.monotonic()), per second."""
+        with self._lock:
+            done = sum(1 for a in self.answers if 200 <= a.status < 300 and since < a.at <= until)
+        return done / (until - since)
 
     def statuses(self, upstream: str | None = None) -> Counter[int]:
         with self._lock:

@@ -56,11 +56,31 @@ def leftovers(run: str | None = None) -> dict[str, list[str]]:
     ns_prefix = f"{PREFIX}{run}-" if run else PREFIX
     link_prefix = f"{LINK_PREFIX}{run}" if run else LINK_PREFIX
     found_ns = [name for name in namespaces() if name.startswith(ns_prefix)]
+    inside = [pid for name in found_ns for pid in pids_in(name)]
     return {
         "namespaces": found_ns,
         "links": [name for name in links() if name.startswith(link_prefix)],
-        "processes": [str(pid) for name in found_ns for pid in pids_in(name)],
+        "processes": [str(pid) for pid in inside + tagged_processes(ns_prefix)],
     }
+
+
+def tagged_processes(prefix: str) -> list[int]:
+    """Live processes of the root namespace tagged with a run's namespace prefix in their
+    command line: its nginx (its files are under `nginx-<prefix>`), its socat links (named
+    `socat-<prefix>link`)."""
+    tags = [f"nginx-{prefix}".encode(), f"socat-{prefix}".encode()]
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+            state = (entry / "status").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        if any(tag in command for tag in tags) and "\nState:\tZ" not in state:
+            found.append(int(entry.name))
+    return found
 
 
 def _free_net() -> int:
@@ -109,6 +129,11 @@ class Network:
             raise NetnsUnavailable("iproute2's `ip` is missing")
         self.net = _free_net()
 
+    @property
+    def namespace_prefix(self) -> str:
+        """What the names of this run's namespaces (and its nginx's directory) begin with."""
+        return f"{PREFIX}{self.run}-"
+
     def __enter__(self) -> Network:
         return self
 
@@ -118,7 +143,7 @@ class Network:
     def add(self, name: str) -> Host:
         """A new host: its namespace, its veth link, addresses, loopback up."""
         number = len(self.hosts) + 1
-        namespace = f"{PREFIX}{self.run}-{name}"
+        namespace = f"{self.namespace_prefix}{name}"
         link = f"{LINK_PREFIX}{self.run}{name}"[:13]
         host = Host(
             name=name,
@@ -141,7 +166,7 @@ class Network:
     def remove(self) -> None:
         """Kill every process in the run's namespaces, then delete them and their links."""
         for host in self.hosts.values():
-            if host.namespace in namespaces():
+            if host.namespace and host.namespace in namespaces():
                 deadline = time.monotonic() + 10
                 while host.kill_all() and time.monotonic() < deadline:
                     time.sleep(0.05)
@@ -149,3 +174,20 @@ class Network:
             if host.link in links():  # gone with its peer's namespace, normally
                 ip("link", "delete", host.link, check=False)
         self.hosts.clear()
+
+
+def remove_leftovers() -> dict[str, list[str]]:
+    """Remove what any run left behind (a run killed before it could clean up); what it was."""
+    found = leftovers()
+    network = Network(run="")
+    for namespace in found["namespaces"]:
+        run, name = namespace.removeprefix(PREFIX).split("-", 1)
+        network.hosts[namespace] = Host(name, namespace, f"{LINK_PREFIX}{run}{name}"[:13], "", "")
+    for link in found["links"]:
+        if not any(host.link == link for host in network.hosts.values()):
+            network.hosts[link] = Host(link, "", link, "", "")
+    network.remove()
+    for pid in tagged_processes(PREFIX):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return found

@@ -4,10 +4,11 @@ network path or a hung middlebox does).
 
 While frozen it keeps every connection open, accepts new ones and forwards no byte either
 way; its own kernel still acknowledges what a client sends, so neither TCP keepalives nor
-`tcp_user_timeout` on the client notice anything. Thawed, it forwards again. A dropped
-connection is reset (RST) in both directions at a random moment of its first seconds, as
-a broken path or a restarted middlebox does. Delay holds each chunk for that long before
-it goes on, in order.
+`tcp_user_timeout` on the client notice anything. Thawed, it forwards again. With a drop
+ratio, each chunk it reads (a query, an answer, a request...) has that chance of resetting
+its connection (RST both ways) instead of going on, as a broken path or a restarted
+middlebox does: pooled connections that live for minutes are dropped too, mid-exchange.
+Delay holds each chunk for that long before it goes on, in order.
 
 These machines have no `tc netem` and no iptables: this proxy is how the tests put faults
 on a link, in the root network namespace, listening on loopback or on the address of a
@@ -28,9 +29,6 @@ import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-# A dropped connection is cut within this long of its accept.
-DROP_WITHIN_SECONDS = 2.0
-
 
 class LinkProxy:
     """Forwards `listen_host`:`port` to `target`; faults: `freeze()`, `delay`, `drop_ratio`."""
@@ -46,7 +44,7 @@ class LinkProxy:
         self.target = (target_host, target_port)
         self.listen_host = listen_host
         self.delay = 0.0  # seconds each chunk waits before it goes on
-        self.drop_ratio = 0.0  # the share of new connections cut soon after they are made
+        self.drop_ratio = 0.0  # the chance of each chunk read resetting its connection
         self.dropped = 0  # connections cut so far
         self._random = random.Random(seed)
         self._listener = socket.socket()
@@ -62,7 +60,6 @@ class LinkProxy:
         self._held: list[socket.socket] = []  # accepted while frozen: never connected onwards
         # (due, order, socket, data): chunks held back by the delay, sent in order when due.
         self._queue: list[tuple[float, int, socket.socket, bytes]] = []
-        self._cuts: list[tuple[float, int, socket.socket]] = []  # (due, order, client) to drop
         self._order = itertools.count()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name="link-proxy", daemon=True)
@@ -114,7 +111,6 @@ class LinkProxy:
                 self._stopped.wait(0.02)
                 continue
             self._send_due()
-            self._cut_due()
             for key, _ in self._selector.select(timeout=self._next_wait()):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
@@ -124,10 +120,9 @@ class LinkProxy:
                     self._forward(sock)
 
     def _next_wait(self) -> float:
-        dues = [heap[0][0] for heap in (self._queue, self._cuts) if heap]
-        if not dues:
+        if not self._queue:
             return 0.05
-        return max(0.0, min(0.05, min(dues) - time.monotonic()))
+        return max(0.0, min(0.05, self._queue[0][0] - time.monotonic()))
 
     def _accept_and_hold(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -145,14 +140,14 @@ class LinkProxy:
                 client.close()
                 return
             for sock in (client, upstream):
+                # As the client and server ends do: a chunk goes now, not after the ACK of
+                # the last one (Nagle's wait against a delayed ACK is 40 ms a round trip).
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.setblocking(False)
                 self._selector.register(sock, selectors.EVENT_READ)
             with self._lock:
                 self._peers[client] = upstream
                 self._peers[upstream] = client
-            if self.drop_ratio and self._random.random() < self.drop_ratio:
-                due = time.monotonic() + self._random.uniform(0, DROP_WITHIN_SECONDS)
-                heapq.heappush(self._cuts, (due, next(self._order), client))
 
     def _forward(self, sock: socket.socket) -> None:
         peer = self._peers.get(sock)
@@ -164,6 +159,9 @@ class LinkProxy:
             return
         except OSError:
             data = b""
+        if data and self.drop_ratio and self._random.random() < self.drop_ratio:
+            self._reset(sock, peer)
+            return
         if self.delay:
             # An end of stream waits its turn too, behind the data before it.
             due = time.monotonic() + self.delay
@@ -194,18 +192,12 @@ class LinkProxy:
             if sock is not None:  # not dropped meanwhile
                 self._send(sock, peer, data)
 
-    def _cut_due(self) -> None:
-        now = time.monotonic()
-        while self._cuts and self._cuts[0][0] <= now:
-            _, _, client = heapq.heappop(self._cuts)
-            peer = self._peers.get(client)
-            if peer is None:
-                continue  # closed already
-            for sock in (client, peer):  # RST, not FIN: a broken path, not a goodbye
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.dropped += 1
-            self._drop(client, peer)
+    def _reset(self, sock: socket.socket, peer: socket.socket) -> None:
+        for one in (sock, peer):  # RST, not FIN: a broken path, not a goodbye
+            with contextlib.suppress(OSError):
+                one.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.dropped += 1
+        self._drop(sock, peer)
 
     def _drop(self, sock: socket.socket, peer: socket.socket) -> None:
         with self._lock:
