@@ -303,25 +303,30 @@ def engine_options(
     options: dict[str, Any] = {"pool_pre_ping": pre_ping and not sqlite}
     if write_timeout is None:
         if url.startswith("postgresql"):
-            options["connect_args"] = dict(NO_PREPARED_STATEMENTS)
+            options["connect_args"] = no_prepared_statements(url)
         return options
     in_memory = sqlite and make_url(url).database in (None, "", ":memory:")
     if not in_memory:  # an in-memory database has a single static connection, no queue
         options["pool_timeout"] = write_timeout
     if url.startswith("postgresql"):
-        options["connect_args"] = postgres_connect_args(write_timeout)
+        options["connect_args"] = postgres_connect_args(write_timeout, url)
     return options
 
 
-# psycopg prepares a statement on the server once it has run five times on a connection.
-# Behind PgBouncer in transaction mode (before 1.21, or without max_prepared_statements)
-# the next transaction may run on another server connection, where that statement does not
-# exist, or exists under the same name: every such post failed. Statements here are small,
-# so planning them each time costs the server microseconds.
-NO_PREPARED_STATEMENTS: dict[str, Any] = {"prepare_threshold": None}
+def no_prepared_statements(url: str) -> dict[str, Any]:
+    """psycopg's option that turns off its prepared statements; nothing for other drivers.
+
+    psycopg (3) prepares a statement on the server once it has run five times on a
+    connection. Behind PgBouncer in transaction mode (before 1.21, or without
+    max_prepared_statements) the next transaction may run on another server connection,
+    where that statement does not exist, or exists under the same name: every such post
+    failed. Statements here are small, so planning them each time costs the server
+    microseconds. psycopg2 prepares nothing, and refuses the option.
+    """
+    return {"prepare_threshold": None} if make_url(url).get_driver_name() == "psycopg" else {}
 
 
-def postgres_connect_args(timeout: float) -> dict[str, Any]:
+def postgres_connect_args(timeout: float, url: str) -> dict[str, Any]:
     """psycopg options bounding a connection attempt and noticing a vanished server.
 
     libpq counts `connect_timeout` in whole seconds, 2 at least; keepalives and
@@ -332,7 +337,7 @@ def postgres_connect_args(timeout: float) -> dict[str, Any]:
     """
     seconds = max(2, math.ceil(timeout))
     return {
-        **NO_PREPARED_STATEMENTS,
+        **no_prepared_statements(url),
         "connect_timeout": seconds,
         "keepalives": 1,
         "keepalives_idle": seconds,

@@ -159,7 +159,7 @@ class BoundedReads:
                     pool_size=WORKERS,
                     max_overflow=0,
                     pool_timeout=self.timeout,
-                    connect_args=postgres_connect_args(self.timeout),
+                    connect_args=postgres_connect_args(self.timeout, self.url),
                 )
                 self._executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="bounded-read")
                 self._pid = os.getpid()

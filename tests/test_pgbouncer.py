@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from inngest_gateway.db import engine_options
 from service.users import create_user
 from tests.conftest import PASSWORD
 from tests.outboxes import deliver_until, rows
@@ -62,3 +63,21 @@ def test_posts_and_deliveries_through_pgbouncer_in_transaction_mode(
 
         deliver_until(app, lambda: not rows(app), seconds=30)
     assert sorted(inngest.accepted_ids()) == sorted(ids)
+
+
+@pytest.mark.parametrize(
+    ("url", "told_not_to_prepare"),
+    [
+        ("postgresql+psycopg://gateway@db.internal/gateway", True),
+        ("postgresql://gateway@db.internal/gateway", True),  # psycopg, SQLAlchemy's default
+        # psycopg2 prepares nothing, and refuses the option as an unknown connection option.
+        ("postgresql+psycopg2://gateway@db.internal/gateway", False),
+    ],
+)
+def test_only_psycopg_is_told_not_to_prepare(url: str, told_not_to_prepare: bool) -> None:
+    for options in (engine_options(url), engine_options(url, 5.0)):
+        connect_args = options["connect_args"]
+        if told_not_to_prepare:
+            assert connect_args["prepare_threshold"] is None, options
+        else:
+            assert "prepare_threshold" not in connect_args, options
