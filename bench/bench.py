@@ -669,8 +669,10 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
-def preload(database_url: str, count: int) -> tuple[int, int]:
-    """Empty the outbox table and store `count` pending events; the range of their ids."""
+def preload(database_url: str, count: int, *, analyze: bool = True) -> tuple[int, int]:
+    """Empty the outbox table and store `count` pending events; the range of their ids.
+
+    `analyze=False` returns at the commit (deliverers already running start at once)."""
     sys.path.insert(0, str(ROOT))
     from sqlalchemy import create_engine, delete, func, insert, select
 
@@ -703,7 +705,7 @@ def preload(database_url: str, count: int) -> tuple[int, int]:
                 connection.execute(insert(table), rows)
             # The table was emptied in this transaction: every row in it is ours.
             low, high = connection.execute(select(func.min(table.c.id), func.max(table.c.id))).one()
-        if engine.dialect.name == "postgresql":
+        if analyze and engine.dialect.name == "postgresql":
             # What autovacuum does after a bulk load; on a server with it off, the dead rows
             # of every earlier run would otherwise be measured too.
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:

@@ -34,7 +34,7 @@ import subprocess
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +50,10 @@ from tests.proxy import LinkProxy
 from tests.standin import InngestStandIn
 
 EMAIL = "load@example.com"
+# Every address here is loopback or the run's own links: no proxy of the environment's.
+HTTP = requests.Session()
+HTTP.trust_env = False
+PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"  # makes and drops the run's database
 HOST_PORT = 8000
 
@@ -136,7 +140,7 @@ class GatewayHost:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited at start:\n{self.log()[-4000:]}")
             with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                if HTTP.get(f"{self.url}/healthz", timeout=2).status_code == 200:
                     return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} did not answer /healthz:\n{self.log()[-4000:]}")
@@ -201,7 +205,8 @@ class Cluster:
         try:
             self._build()
         except BaseException:
-            self.close()
+            with contextlib.suppress(Exception):  # the build's own error is the one to see
+                self.close()
             raise
         return self
 
@@ -248,7 +253,7 @@ class Cluster:
             )
             gateway = GatewayHost(host, directory, postgres, inngest)
             gateway.env = (
-                clean_env(directory)
+                {k: v for k, v in clean_env(directory).items() if k.lower() not in PROXY_VARIABLES}
                 | {
                     "SECRET_KEY": SECRET_KEY,
                     "INNGEST_EVENT_KEY": self.inngest.default_key,
@@ -322,7 +327,7 @@ worker_processes 1;
 daemon off;
 pid {directory / "nginx.pid"};
 error_log {directory / "error.log"} warn;
-events {{ worker_connections 1024; }}
+events {{ worker_connections 4096; }}
 http {{
     access_log off;
     client_body_temp_path {directory / "body"};
@@ -346,40 +351,49 @@ http {{
         deadline = time.monotonic() + 15
         while True:
             with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                if HTTP.get(f"{self.url}/healthz", timeout=2).status_code == 200:
                     return
             if self.nginx.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"nginx did not start: {(directory / 'error.log').read_text()}")
             time.sleep(0.05)
 
     def close(self) -> None:
-        """Remove everything the run made, whatever state it is in."""
-        if self.nginx is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.nginx.pid, signal.SIGKILL)
-            self.nginx.wait(timeout=10)
-        self.network.remove()  # every process in the hosts' namespaces goes with them
+        """Remove everything the run made, whatever state it is in: every step is tried,
+        and the first that failed is raised at the end."""
+        errors: list[BaseException] = []
+
+        def step(action: Callable[[], object]) -> None:
+            try:
+                action()
+            except Exception as exc:  # noqa: BLE001 - the other steps still run
+                errors.append(exc)
+
+        for process in [self.nginx, *self.links]:
+            if process is not None:  # nginx's workers and socat's children: its group
+                step(lambda process=process: _kill_group(process))
+        step(self.network.remove)  # every process in the hosts' namespaces goes with them
         for gateway in self.hosts:
             if gateway.process is not None:
-                gateway.process.wait(timeout=10)
+                step(lambda gateway=gateway: gateway.process and gateway.process.wait(10))
         for proxy in self.proxies:
-            proxy.close()
-        for link in self.links:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(link.pid, signal.SIGKILL)
-            link.wait(timeout=10)
-        self.inngest.stop()
+            step(proxy.close)
+        step(self.inngest.stop)
         if self._created_database:
-            with psycopg.connect(self.admin_url, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-            self._created_database = False
+            step(self._drop_database)
+        if errors:
+            raise errors[0]
+
+    def _drop_database(self) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        self._created_database = False
 
     # -- looking ---------------------------------------------------------------------
     def login(self) -> str:
         """A session cookie for the load's user, through nginx."""
         deadline = time.monotonic() + 30
         while True:
-            response = requests.post(
+            response = HTTP.post(
                 f"{self.url}/auth/login", json={"email": EMAIL, "password": PASSWORD}, timeout=10
             )
             if response.status_code == 200 and response.cookies:
@@ -419,9 +433,10 @@ http {{
             if gateway.process is None or gateway.process.poll() is not None:
                 gateway.start()
 
-    def claimed_by(self, gateway: GatewayHost) -> int:
-        """Events under a live lease of one of `gateway`'s processes (PostgreSQL only)."""
-        names = [f"%:{pid}:%" for pid in gateway.pids()]
+    def claimed_by(self, gateway: GatewayHost, pids: list[int] | None = None) -> int:
+        """Events under a live lease of one of `gateway`'s processes, or of `pids` (those
+        of a host that is gone) (PostgreSQL only)."""
+        names = [f"%:{pid}:%" for pid in (gateway.pids() if pids is None else pids)]
         if not names:
             return 0
         now_ms = int(time.time() * 1000)
@@ -434,14 +449,27 @@ http {{
         return int(row[0]) if row else 0
 
 
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a process started in a session of its own, and its group; reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
 # -- the load --------------------------------------------------------------------------
 @dataclass
 class Answer:
     cid: str
     status: int  # 0: no answer (the connection broke)
     ids: list[str]
-    upstream: str
-    at: float
+    upstream: str  # nginx's $upstream_addr: "a, b" when a host refused and the next answered
+    at: float  # when the answer came
+    sent_at: float
+
+    @property
+    def host(self) -> str:
+        """The host that answered."""
+        return self.upstream.rsplit(", ", 1)[-1]
 
 
 class Load:
@@ -459,7 +487,7 @@ class Load:
         rate: float,
         *,
         label: str = "load",
-        clients: int = 32,
+        clients: int | None = None,
         anonymous_every: int = 4,
     ) -> None:
         self.anonymous_every = anonymous_every
@@ -467,7 +495,9 @@ class Load:
         self.label = label
         self.cookie = cookie
         self.rate = rate
-        self.clients = clients
+        # Enough clients that posts stuck for seconds on one host (a frozen link holds each
+        # for up to twice the write timeout) do not hold back the posts to the others.
+        self.clients = clients or max(32, min(512, int(rate * 12)))
         self.answers: list[Answer] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -514,6 +544,7 @@ class Load:
                 connection = http.client.HTTPConnection(
                     self.url.hostname or "127.0.0.1", self.url.port, timeout=30
                 )
+            sent_at = time.monotonic()
             try:
                 headers = {"Content-Type": "application/json"}
                 if turn % self.anonymous_every:
@@ -533,7 +564,7 @@ class Load:
                     connection.close()
                 connection = None
             with self._lock:
-                self.answers.append(Answer(cid, status, ids, upstream, time.monotonic()))
+                self.answers.append(Answer(cid, status, ids, upstream, time.monotonic(), sent_at))
         if connection is not None:
             connection.close()
 
@@ -567,6 +598,7 @@ class Outcome:
     repeats: int  # deliveries of an id beyond its first
     conflicting: list[str]  # ids that reached Inngest with two different bodies
     wrong_user: list[str]  # ids whose event's user is not the poster's (logged in or not)
+    violations: list[str]  # requests the real Inngest would have refused
     # From the end of the fault until every acknowledged id arrived and none was pending.
     seconds_to_empty: float
 
@@ -604,6 +636,7 @@ def settle(cluster: Cluster, load: Load, since: float, timeout: float) -> Outcom
         repeats=sum(n - 1 for n in counts.values()),
         conflicting=sorted(i for i, b in bodies.items() if len(b) > 1),
         wrong_user=sorted(wrong_user),
+        violations=list(cluster.inngest.violations),
         seconds_to_empty=seconds,
     )
 

@@ -4,11 +4,12 @@ network path or a hung middlebox does).
 
 While frozen it keeps every connection open, accepts new ones and forwards no byte either
 way; its own kernel still acknowledges what a client sends, so neither TCP keepalives nor
-`tcp_user_timeout` on the client notice anything. Thawed, it forwards again. With a drop
-ratio, each chunk it reads (a query, an answer, a request...) has that chance of resetting
-its connection (RST both ways) instead of going on, as a broken path or a restarted
-middlebox does: pooled connections that live for minutes are dropped too, mid-exchange.
-Delay holds each chunk for that long before it goes on, in order.
+`tcp_user_timeout` on the client notice anything. Thawed, it forwards again, and resets the
+connections it accepted while frozen. With a drop ratio, each chunk it reads (a query, an
+answer, a request...) has that chance of resetting its connection (RST both ways) instead of
+going on, as a broken path or a restarted middlebox does: pooled connections that live for
+minutes are dropped too, mid-exchange. Delay holds each chunk for that long before it goes
+on, never ahead of a chunk queued before it.
 
 These machines have no `tc netem` and no iptables: this proxy is how the tests put faults
 on a link, in the root network namespace, listening on loopback or on the address of a
@@ -60,6 +61,10 @@ class LinkProxy:
         self._held: list[socket.socket] = []  # accepted while frozen: never connected onwards
         # (due, order, socket, data): chunks held back by the delay, sent in order when due.
         self._queue: list[tuple[float, int, socket.socket, bytes]] = []
+        # Per destination: when its last queued chunk is due, and how many are queued. A chunk
+        # never overtakes one queued before it, whatever the delay is changed to meanwhile.
+        self._last_due: dict[socket.socket, float] = {}
+        self._queued: dict[socket.socket, int] = {}
         self._order = itertools.count()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name="link-proxy", daemon=True)
@@ -79,12 +84,24 @@ class LinkProxy:
         self._frozen.set()
 
     def thaw(self) -> None:
-        """Forward again (connections accepted while frozen stay dead ends)."""
+        """Forward again. Connections accepted while frozen never reached the other end:
+        they are reset, as a path that comes back does to connections it lost."""
+        with self._lock:
+            held, self._held = self._held, []
+        for sock in held:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
         self._frozen.clear()
 
     @property
     def frozen(self) -> bool:
         return self._frozen.is_set()
+
+    @property
+    def closed(self) -> bool:
+        """Whether it is gone: its thread ended and its listening socket closed."""
+        return not self._thread.is_alive() and self._listener.fileno() == -1
 
     @property
     def connections(self) -> int:
@@ -162,9 +179,11 @@ class LinkProxy:
         if data and self.drop_ratio and self._random.random() < self.drop_ratio:
             self._reset(sock, peer)
             return
-        if self.delay:
+        if self.delay or self._queued.get(peer):
             # An end of stream waits its turn too, behind the data before it.
-            due = time.monotonic() + self.delay
+            due = max(time.monotonic() + self.delay, self._last_due.get(peer, 0.0))
+            self._last_due[peer] = due
+            self._queued[peer] = self._queued.get(peer, 0) + 1
             heapq.heappush(self._queue, (due, next(self._order), peer, data))
             if not data:
                 with contextlib.suppress(KeyError, ValueError):
@@ -188,6 +207,9 @@ class LinkProxy:
         now = time.monotonic()
         while self._queue and self._queue[0][0] <= now:
             _, _, peer, data = heapq.heappop(self._queue)
+            self._queued[peer] -= 1
+            if not self._queued[peer]:
+                del self._queued[peer], self._last_due[peer]
             sock = self._peers.get(peer)
             if sock is not None:  # not dropped meanwhile
                 self._send(sock, peer, data)
