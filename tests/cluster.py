@@ -433,13 +433,19 @@ http {{
             if gateway.process is None or gateway.process.poll() is not None:
                 gateway.start()
 
-    def claimed_by(self, gateway: GatewayHost, pids: list[int] | None = None) -> int:
+    def claimed_by(
+        self, gateway: GatewayHost, pids: list[int] | None = None, *, within: float | None = None
+    ) -> int:
         """Events under a live lease of one of `gateway`'s processes, or of `pids` (those
-        of a host that is gone) (PostgreSQL only)."""
+        of a host that is gone); only leases taken in the last `within` seconds, if given
+        (PostgreSQL only)."""
         names = [f"%:{pid}:%" for pid in (gateway.pids() if pids is None else pids)]
         if not names:
             return 0
         now_ms = int(time.time() * 1000)
+        if within is not None:  # a lease runs out LEASE_SECONDS after it was taken
+            lease = float(self.settings["INNGEST_GATEWAY_OUTBOX_LEASE_SECONDS"])
+            now_ms += int((lease - within) * 1000)
         with psycopg.connect(self.database_url()) as connection:
             row = connection.execute(
                 "SELECT count(*) FROM outbox_events WHERE state = 'pending' "
