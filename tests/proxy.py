@@ -55,6 +55,7 @@ class LinkProxy:
         self._listener.setblocking(False)
         self.port: int = self._listener.getsockname()[1]
         self._frozen = threading.Event()
+        self._holding = threading.Event()  # set by the thread once it forwards nothing
         self._stopped = threading.Event()
         self._selector = selectors.DefaultSelector()
         self._peers: dict[socket.socket, socket.socket] = {}
@@ -80,8 +81,12 @@ class LinkProxy:
         return self
 
     def freeze(self) -> None:
-        """From now on forward nothing, either way, and connect no new client onwards."""
+        """From now on forward nothing, either way, and connect no new client onwards: on
+        return the proxy's thread has stopped forwarding."""
+        self._holding.clear()
         self._frozen.set()
+        if self._thread.is_alive():
+            self._holding.wait(5)
 
     def thaw(self) -> None:
         """Forward again. Connections accepted while frozen never reached the other end:
@@ -124,6 +129,7 @@ class LinkProxy:
     def _serve(self) -> None:
         while not self._stopped.is_set():
             if self._frozen.is_set():
+                self._holding.set()
                 self._accept_and_hold()
                 self._stopped.wait(0.02)
                 continue
