@@ -45,7 +45,7 @@ import requests
 
 from tests.conftest import PASSWORD, SECRET_KEY
 from tests.netns import Host, Network
-from tests.processes import BIN, NGINX, ROOT, SITE, clean_env, free_port
+from tests.processes import BIN, ROOT, SITE, Nginx, clean_env, free_port, start_nginx
 from tests.proxy import LinkProxy
 from tests.standin import InngestStandIn
 
@@ -196,7 +196,7 @@ class Cluster:
         self.hosts: list[GatewayHost] = []
         self.proxies: list[LinkProxy] = []
         self.database = f"igw_{self.network.run}"
-        self.nginx: subprocess.Popen[bytes] | None = None
+        self.nginx: Nginx | None = None
         self.url = ""
         self._created_database = False
 
@@ -302,9 +302,11 @@ class Cluster:
     def _start_nginx(self) -> None:
         directory = self.directory / f"nginx-{self.network.namespace_prefix}"  # leftovers()
         directory.mkdir(exist_ok=True)
-        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (directory / sub).mkdir(exist_ok=True)
-        port = free_port()
+        self.nginx = start_nginx(directory, 0, render=self._site)
+        self.url = self.nginx.url
+
+    def _site(self, port: int, _tls_port: int, _directory: Path) -> str:
+        """deploy/nginx.conf, balancing over the hosts, on a loopback port."""
         site = SITE.read_text()
         servers = "\n    ".join(
             f"server {gateway.upstream} max_fails=1 fail_timeout=5s;" for gateway in self.hosts
@@ -319,43 +321,7 @@ class Cluster:
         ):
             assert old in site, old
             site = site.replace(old, new, 1)
-        (directory / "site.conf").write_text(site)
-        user = "user root;" if os.geteuid() == 0 else ""
-        (directory / "nginx.conf").write_text(
-            f"""{user}
-worker_processes 1;
-daemon off;
-pid {directory / "nginx.pid"};
-error_log {directory / "error.log"} warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {directory / "body"};
-    proxy_temp_path {directory / "proxy"};
-    fastcgi_temp_path {directory / "fastcgi"};
-    uwsgi_temp_path {directory / "uwsgi"};
-    scgi_temp_path {directory / "scgi"};
-    include {directory / "site.conf"};
-}}
-"""
-        )
-        with (directory / "stderr.log").open("wb") as stderr:
-            self.nginx = subprocess.Popen(
-                [NGINX, "-c", str(directory / "nginx.conf"), "-p", str(directory)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                start_new_session=True,
-            )
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 15
-        while True:
-            with contextlib.suppress(requests.RequestException):
-                if HTTP.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            if self.nginx.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"nginx did not start: {(directory / 'error.log').read_text()}")
-            time.sleep(0.05)
+        return site
 
     def close(self) -> None:
         """Remove everything the run made, whatever state it is in: every step is tried,
@@ -368,9 +334,10 @@ http {{
             except Exception as exc:  # noqa: BLE001 - the other steps still run
                 errors.append(exc)
 
-        for process in [self.nginx, *self.links]:
-            if process is not None:  # nginx's workers and socat's children: its group
-                step(lambda process=process: _kill_group(process))
+        if self.nginx is not None:
+            step(self.nginx.kill)  # its process group: the workers too
+        for link in self.links:  # socat and its children
+            step(lambda link=link: _kill_group(link))
         step(self.network.remove)  # every process in the hosts' namespaces goes with them
         for gateway in self.hosts:
             if gateway.process is not None:

@@ -300,7 +300,7 @@ worker_processes 1;
 daemon off;
 pid {directory / "nginx.pid"};
 error_log {directory / "error.log"} warn;
-events {{ worker_connections 512; }}
+events {{ worker_connections 4096; }}
 http {{
     access_log {directory / "access.log"};
     client_body_temp_path {directory / "body"};

@@ -107,7 +107,7 @@ def test_a_failed_run_leaves_nothing_behind(tmp_path: Path) -> None:
         pids = built.hosts[0].pids()
         assert len(pids) >= 3  # gunicorn's master and two workers
         assert built.nginx is not None
-        nginx = built.nginx.pid
+        nginx = built.nginx.process.pid
         proxies = list(built.proxies)
         assert proxies and not any(proxy.closed for proxy in proxies)
         raise RuntimeError("on purpose")
