@@ -196,7 +196,12 @@ def _post_events_doc(settings: Settings) -> dict[str, Any]:
 
 @apidoc.documented("post", _post_events_doc)
 @csrf.protect  # first: a refused request never counts against the rate limit
-@limits.limit(lambda: gateway_state().settings.ratelimit_api, scope="api", key=poster_key)
+@limits.limit(
+    lambda: gateway_state().settings.ratelimit_api,
+    limiter=lambda: gateway_state().limiter,
+    scope="api",
+    key=poster_key,
+)
 def post_events() -> Any:
     """Validate the posted events, store or send them, and answer with their ids.
 

@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from flask import Blueprint, Flask
-from flask.cli import AppGroup
 
-from . import api, browser, outbox, poster, sends
+from . import api, browser, poster, sends
+from .cli import cli
 from .db import OwnDatabase, database_url
 from .delivery import Delivery
 from .inngest import InngestClient
@@ -37,9 +37,6 @@ from .settings import Settings, settings_from_config
 from .state import EXTENSION_KEY, GatewayState, gateway_state
 
 log = logging.getLogger(__name__)
-
-cli = AppGroup("inngest-gateway", help="The Inngest gateway's operator commands.")
-cli.add_command(outbox.outbox_cli)
 
 
 class InngestGateway:
@@ -179,7 +176,7 @@ class InngestGateway:
         Needs an app context. Returns the events' ids.
         """
         state = gateway_state()
-        built = sends.build(state, events, user)
+        built = sends.build(state.settings, state.user_serializer, events, user)
         target = session if session is not None else self.db.session if self.db else None
         if target is None:
             state.delivery.submit(built)

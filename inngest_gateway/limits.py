@@ -25,7 +25,6 @@ from werkzeug.exceptions import HTTPException
 
 from .errors import APIError, RateLimited
 from .settings import Settings
-from .state import gateway_state
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -183,6 +182,7 @@ class RateLimiter:
 def limit(
     limits: Callable[[], str],
     *,
+    limiter: Callable[[], RateLimiter],
     scope: str,
     key: Callable[[], str] = client_ip,
     count_when: Callable[[int], bool] | None = None,
@@ -190,30 +190,30 @@ def limit(
     """Limit a view: every call counts, or with `count_when` only answers of those statuses.
 
     With `count_when`, a key already over its limit is refused before the view runs (once
-    over, even a request that would not count waits). The app's limiter (storage, prefix,
-    INNGEST_GATEWAY_RATELIMIT_ENABLED) is looked up when the view is called.
+    over, even a request that would not count waits). `limiter()` gives the app's limiter
+    (storage, prefix, INNGEST_GATEWAY_RATELIMIT_ENABLED) when the view is called.
     """
 
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            limiter = gateway_state().limiter
-            if not limiter.enabled:
+            app_limiter = limiter()
+            if not app_limiter.enabled:
                 return view(*args, **kwargs)
             rates, who = limits(), key()
             if count_when is None:
-                limiter.hit(rates, scope, who)
+                app_limiter.hit(rates, scope, who)
                 return view(*args, **kwargs)
-            limiter.check(rates, scope, who)
+            app_limiter.check(rates, scope, who)
             try:
                 response = make_response(view(*args, **kwargs))
             except (APIError, HTTPException) as exc:
                 status = exc.status_code if isinstance(exc, APIError) else exc.code or 500
                 if count_when(status):
-                    limiter.hit(rates, scope, who)
+                    app_limiter.hit(rates, scope, who)
                 raise
             if count_when(response.status_code):
-                limiter.hit(rates, scope, who)
+                app_limiter.hit(rates, scope, who)
             return response
 
         return wrapper  # type: ignore[return-value]

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, scoped_session
 from .events import Event, build_events
 from .inngest import id_seed
 from .outbox.model import PENDING, now_ms, table
-from .state import GatewayState
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +70,17 @@ def outbox_table(metadata: MetaData) -> Table:
     return found if found is not None else table.to_metadata(metadata)
 
 
-def user_of(state: GatewayState, user: Any) -> dict[str, Any] | None:
+def user_of(serializer: Callable[[Any], dict[str, Any]], user: Any) -> dict[str, Any] | None:
     """`data.user` for a host event: the current user in a request, else the one given.
 
     A dict is taken as it is (it needs an `id`); any other object is a user for the
-    gateway's `user_serializer`; None is nobody.
+    gateway's `user_serializer`, `serializer`; None is nobody.
     """
     if user is CURRENT_USER:
         user = _logged_in_user()
     if user is None:
         return None
-    serialized = dict(user) if isinstance(user, Mapping) else state.user_serializer(user)
+    serialized = dict(user) if isinstance(user, Mapping) else serializer(user)
     if serialized.get("id") in (None, ""):
         raise TypeError("the user of an event must have a non-empty 'id'")
     return serialized
@@ -106,16 +106,24 @@ def _request_meta(received_at: int) -> dict[str, Any] | None:
     }
 
 
-def build(state: GatewayState, events: Mapping[str, Any] | Sequence[Any], user: Any) -> list[Event]:
-    """Check host events as posted ones are checked, and build them; or raise the APIError."""
+def build(
+    settings: Settings,
+    serializer: Callable[[Any], dict[str, Any]],
+    events: Mapping[str, Any] | Sequence[Any],
+    user: Any,
+) -> list[Event]:
+    """Check host events as posted ones are checked, and build them; or raise the APIError.
+
+    `settings` and `serializer` are the gateway's settings and `user_serializer`.
+    """
     single = isinstance(events, Mapping)
     items = [dict(events)] if single else [item for item in events]
     received_at = now_ms()
     return build_events(
         items,
         batch=not single,
-        settings=state.settings,
-        user=user_of(state, user),
+        settings=settings,
+        user=user_of(serializer, user),
         request_meta=_request_meta(received_at),
         scope=lambda: APP_SCOPE,
         received_at=received_at,

@@ -188,10 +188,15 @@ def login_page() -> str:
 )
 @bp.post("/login")
 @csrf.protect  # first: a refused request never counts against the rate limits
-@limits.limit(lambda: _settings().login_ratelimit_ip, scope="login-ip")
+@limits.limit(
+    lambda: _settings().login_ratelimit_ip,
+    limiter=lambda: gateway_state().limiter,
+    scope="login-ip",
+)
 # Only failed attempts count against an e-mail; once over, even the right password waits.
 @limits.limit(
     lambda: _settings().login_ratelimit_email,
+    limiter=lambda: gateway_state().limiter,
     scope="login-email",
     key=login_email,
     count_when=lambda status: status == 401,

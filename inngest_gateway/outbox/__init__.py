@@ -2,11 +2,10 @@
 
 `model` is the table and its states; `writer` commits each request's events before the
 answer (group commit); `deliverer` claims, sends and settles batches in the background;
-`queries` reads the outbox's state, one way for the CLI, `/readyz` and metrics; `cli` holds
-the `flask inngest-gateway outbox` commands.
+`queries` reads the outbox's state, one way for the CLI, `/readyz` and metrics. The
+`flask inngest-gateway outbox` commands are in the package's `cli` module.
 """
 
-from .cli import outbox_cli
 from .deliverer import Claimed, Deliverer
 from .model import DEAD, DELIVERED, PENDING, OutboxBase, OutboxEvent, now_ms
 from .queries import check_writable, pending_count, status
@@ -23,7 +22,6 @@ __all__ = [
     "Writer",
     "check_writable",
     "now_ms",
-    "outbox_cli",
     "pending_count",
     "status",
 ]

@@ -1,4 +1,8 @@
-"""`flask inngest-gateway outbox create|status|deliver|retry|purge`, in a host and the service."""
+"""`flask inngest-gateway ...`: the gateway's one CLI group, in a host and the service.
+
+`flask inngest-gateway outbox create|status|deliver|retry|purge` acts on the outbox of the
+current app's gateway.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,15 @@ from flask.cli import AppGroup
 from sqlalchemy import delete, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..db import OwnDatabase
-from ..settings import parse_duration
-from ..state import gateway_state
-from .model import DEAD, PENDING, columns, now_ms, table, transaction
-from .queries import status
+from .db import OwnDatabase
+from .outbox.model import DEAD, PENDING, columns, now_ms, table, transaction
+from .outbox.queries import status
+from .settings import parse_duration
+from .state import gateway_state
 
+cli = AppGroup("inngest-gateway", help="The Inngest gateway's operator commands.")
 outbox_cli = AppGroup("outbox", help="See and act on the events waiting for delivery.")
+cli.add_command(outbox_cli)
 
 
 def _database() -> OwnDatabase:
