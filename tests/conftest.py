@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -20,16 +19,15 @@ from inngest_gateway.state import gateway_state
 from service.app import create_app
 from service.db import db
 from service.users import LOGIN_READS, create_user
-from tests import standin
+from tests import clock, standin
 from tests.browsers import browser, new_context, page, shot  # noqa: F401 (fixtures for all)
 from tests.standin import InngestStandIn
-
-if TYPE_CHECKING:
-    import time_machine
 
 # The stand-in's fixtures, shared with the other conftest.
 inngest_server = standin.inngest_server
 inngest = standin.inngest
+# A stopped wall clock, shared with the other conftest.
+stopped_clock = clock.stopped_clock
 
 PASSWORD = "correct horse battery staple"
 SECRET_KEY = "test-session-secret-0123456789abcdef"
@@ -99,21 +97,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'outbox.db'}"
     return request.getfixturevalue("postgres_url")  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def stopped_clock() -> Iterator[time_machine.Coordinates]:
-    """The wall clock (time.time, datetime.now) stopped 17.5 s into the current minute.
-
-    Moved only by the test (`shift`); the monotonic clock, and so every timeout, runs on.
-    Rate-limit windows of a minute start on the minute, so their ends are known exactly.
-    """
-    # Imported here: until the dev requirements are installed again, only these tests fail.
-    import time_machine
-
-    start = time.time() // 60 * 60 + 17.5
-    with time_machine.travel(start, tick=False) as clock:
-        yield clock
 
 
 @pytest.fixture

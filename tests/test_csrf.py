@@ -12,11 +12,11 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from tests.conftest import PASSWORD, AuthActions, assert_envelope
+from tests.cors import CORS_REQUESTS, TRUSTED, assert_cors_answer, cors_request
 from tests.standin import InngestStandIn
 
 OWN_ORIGIN = "http://localhost"
 EVIL = "https://evil.example"
-TRUSTED = "https://app.example"
 SIBLING = "http://blog.localhost"
 CREDENTIALS = {"email": "ada@example.com", "password": PASSWORD}
 FORMS: dict[str, dict[str, Any]] = {
@@ -374,45 +374,6 @@ def test_without_trusted_origins_no_cors_headers_are_sent(
 
 
 # -- every answer says it varies by Origin ---------------------------------------------
-
-# The blueprint's kinds of answer: a post, its preflight, and the client's cacheable files.
-CORS_REQUESTS = {
-    "post": ("POST", "/api"),
-    "preflight": ("OPTIONS", "/api"),
-    "script": ("GET", "/inngest-gateway.js"),
-    "module": ("GET", "/inngest-gateway.mjs"),
-    "types": ("GET", "/inngest-gateway.d.ts"),
-}
-
-
-def cors_request(
-    client: FlaskClient, kind: str, origin: str | None, prefix: str = "", **headers: str
-) -> TestResponse:
-    """One of CORS_REQUESTS, from a page on `origin` (None: no Origin header, as curl sends)."""
-    method, path = CORS_REQUESTS[kind]
-    if origin is not None:
-        headers["Origin"] = origin
-    if kind == "preflight":
-        headers["Access-Control-Request-Method"] = "POST"
-        headers["Access-Control-Request-Headers"] = "content-type"
-    body = {"json": {"name": "app/cors"}} if method == "POST" else {}
-    response = client.open(prefix + path, method=method, headers=headers, **body)
-    response.get_data()  # read, then closed: the files are streamed
-    response.close()
-    return response
-
-
-def assert_cors_answer(response: TestResponse, origin: str | None, allowed: bool) -> None:
-    """`Vary: Origin` always (once); CORS headers only for an Origin that is allowed."""
-    assert response.status_code < 500, response.get_data(as_text=True)
-    varies = [v.strip().lower() for h in response.headers.getlist("Vary") for v in h.split(",")]
-    assert varies.count("origin") == 1, response.headers
-    cors = {k for k in response.headers.keys() if k.lower().startswith("access-control-")}
-    if allowed:
-        assert response.headers["Access-Control-Allow-Origin"] == origin
-        assert response.headers["Access-Control-Allow-Credentials"] == "true"
-    else:
-        assert cors == set(), response.headers
 
 
 @pytest.mark.parametrize("trusted", [TRUSTED, f"{TRUSTED},https://other.example"])

@@ -23,7 +23,9 @@ from typing import Any
 
 import pytest
 
-from tests.packaging import build_wheel, pip
+from tests.extension.test_extension import SECRET, only_event, readme_example
+from tests.packaging import build_wheel, pip, run_example
+from tests.standin import InngestStandIn
 
 ROOT = Path(__file__).resolve().parent.parent
 LOWEST = ROOT / "requirements-lowest.txt"
@@ -136,7 +138,7 @@ def test_importing_the_extension_loads_none_of_the_services_dependencies() -> No
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)  # a fresh environment and two installs from the package index
+@pytest.mark.timeout(900)  # a fresh environment, two installs from the index, the tests
 def test_the_wheel_fits_a_host_pinned_at_the_lowest_versions(tmp_path: Path) -> None:
     wheel = build_wheel(tmp_path)
     env = tmp_path / "host-venv"
@@ -170,8 +172,68 @@ def test_the_wheel_fits_a_host_pinned_at_the_lowest_versions(tmp_path: Path) -> 
         env={**os.environ, "TEST_AGAINST_WHEEL": "1"},  # refuses the checkout's package
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=420,
         check=False,
     )
     assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr
     assert re.search(r"\b\d+ passed\b", tests.stdout)
+
+
+# -- installed with pip, as `inngest_gateway`; the README's example --------------------------
+
+AFTER_EXAMPLE = """
+import importlib.util
+import json
+client = app.test_client()
+with client.session_transaction() as session:
+    session["_user_id"] = "1"
+answer = client.post("/api", json={"name": "app/readme.tried", "data": {"n": 1}})
+drained = gateway.stop(app)
+import inngest_gateway
+print(json.dumps({
+    "status": answer.status_code,
+    "ids": answer.get_json()["ids"],
+    "drained": drained,
+    "module": inngest_gateway.__file__,
+    "service": importlib.util.find_spec("service") is not None,
+}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)  # above pip's build (120 s) and the example's run (30 s)
+def test_pip_installs_inngest_gateway_and_the_readme_example_runs(
+    tmp_path: Path, inngest: InngestStandIn
+) -> None:
+    target = tmp_path / "site"
+    pip(Path(sys.executable), "install", "--quiet", "--no-deps", "--no-index",
+        "--target", str(target), str(build_wheel(tmp_path)))  # fmt: skip
+    installed = target / "inngest_gateway"
+    assert (installed / "extension.py").is_file()
+    assert (installed / "outbox" / "deliverer.py").is_file()
+    assert sorted(path.name for path in target.iterdir() if not path.name.endswith("-info")) == [
+        "inngest_gateway"
+    ]  # not the standalone service, nor its templates
+    for name in ("inngest-gateway.js", "inngest-gateway.mjs", "inngest-gateway.d.ts"):
+        assert (installed / "js" / name).is_file(), name
+
+    workdir = tmp_path / "host"
+    workdir.mkdir()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(target),
+        "SECRET_KEY": SECRET,
+        "INNGEST_EVENT_KEY": inngest.event_key,
+        "INNGEST_BASE_URL": inngest.url,
+        "INNGEST_GATEWAY_OUTBOX_POLL_SECONDS": "0.05",
+    }
+    code = readme_example() + AFTER_EXAMPLE
+    result = run_example(sys.executable, code, cwd=workdir, env=env, timeout=30)
+
+    assert result["module"].startswith(str(installed))  # not the checkout's
+    assert result["service"] is False  # the standalone service is not in the distribution
+    assert result["status"] == 202
+    event = only_event(inngest)  # delivered by the time stop() returned
+    assert event["id"] == result["ids"][0]
+    assert event["data"]["user"] == {"id": "1", "email": "ada@example.com", "name": "Ada Lovelace"}
+    assert (workdir / "instance" / "inngest-gateway-outbox.db").is_file()

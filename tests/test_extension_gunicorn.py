@@ -5,8 +5,8 @@ gunicorn with 2 workers (with and without `preload_app`) and `flask run` serve t
 `/api`; the operator commands run as `flask --app ... inngest-gateway ...` subprocesses; and
 a backlog left by a crash reaches Inngest once the host is back, with nobody posting.
 
-A second host with a custom `user_serializer` and `url_prefix` is in tests/test_extension.py
-(in-process); nothing about it depends on the server.
+A second host with a custom `user_serializer` and `url_prefix` is in
+tests/extension/test_extension.py (in-process); nothing about it depends on the server.
 """
 
 from __future__ import annotations

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 
 import inngest_gateway
-from tests import standin
+from tests import clock, standin
 
 # The stand-in's fixtures, shared with the other conftest.
 inngest_server = standin.inngest_server
 inngest = standin.inngest
+stopped_clock = clock.stopped_clock
 
 
 def pytest_report_header() -> str:

@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -25,11 +24,10 @@ from flask_login import LoginManager, UserMixin
 
 from inngest_gateway import InngestGateway, outbox
 from inngest_gateway.state import gateway_state
-from tests.packaging import build_wheel, pip, run_example
+from tests.cors import CORS_REQUESTS, TRUSTED, assert_cors_answer, cors_request
 from tests.standin import InngestStandIn
-from tests.test_csrf import CORS_REQUESTS, TRUSTED, assert_cors_answer, cors_request
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "host-secret-0123456789abcdef0123456789"
 
 
@@ -585,7 +583,7 @@ def test_cli_group_on_the_host(hosts: Callable[..., Flask], inngest: InngestStan
     assert runner.invoke(args=["outbox", "status"]).exit_code != 0  # one group, one name
 
 
-# -- installed with pip, as `inngest_gateway`; the README's example --------------------------
+# -- the README's example ---------------------------------------------------------------------
 
 
 def readme_example() -> str:
@@ -598,64 +596,6 @@ def readme_example() -> str:
     assert "\ngateway = InngestGateway()" in blocks[0]
     assert "\ndef create_app(" in blocks[0] and "gateway.init_app(app)" in blocks[0]
     return str(blocks[0]) + "\napp = create_app()\n"
-
-
-AFTER_EXAMPLE = """
-import importlib.util
-import json
-client = app.test_client()
-with client.session_transaction() as session:
-    session["_user_id"] = "1"
-answer = client.post("/api", json={"name": "app/readme.tried", "data": {"n": 1}})
-drained = gateway.stop(app)
-import inngest_gateway
-print(json.dumps({
-    "status": answer.status_code,
-    "ids": answer.get_json()["ids"],
-    "drained": drained,
-    "module": inngest_gateway.__file__,
-    "service": importlib.util.find_spec("service") is not None,
-}))
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(180)  # above pip's build (120 s) and the example's run (30 s)
-def test_pip_installs_inngest_gateway_and_the_readme_example_runs(
-    tmp_path: Path, inngest: InngestStandIn
-) -> None:
-    target = tmp_path / "site"
-    pip(Path(sys.executable), "install", "--quiet", "--no-deps", "--no-index",
-        "--target", str(target), str(build_wheel(tmp_path)))  # fmt: skip
-    installed = target / "inngest_gateway"
-    assert (installed / "extension.py").is_file()
-    assert (installed / "outbox" / "deliverer.py").is_file()
-    assert sorted(path.name for path in target.iterdir() if not path.name.endswith("-info")) == [
-        "inngest_gateway"
-    ]  # not the standalone service, nor its templates
-    for name in ("inngest-gateway.js", "inngest-gateway.mjs", "inngest-gateway.d.ts"):
-        assert (installed / "js" / name).is_file(), name
-
-    workdir = tmp_path / "host"
-    workdir.mkdir()
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "PYTHONPATH": str(target),
-        "SECRET_KEY": SECRET,
-        "INNGEST_EVENT_KEY": inngest.event_key,
-        "INNGEST_BASE_URL": inngest.url,
-        "INNGEST_GATEWAY_OUTBOX_POLL_SECONDS": "0.05",
-    }
-    code = readme_example() + AFTER_EXAMPLE
-    result = run_example(sys.executable, code, cwd=workdir, env=env, timeout=30)
-
-    assert result["module"].startswith(str(installed))  # not the checkout's
-    assert result["service"] is False  # the standalone service is not in the distribution
-    assert result["status"] == 202
-    event = only_event(inngest)  # delivered by the time stop() returned
-    assert event["id"] == result["ids"][0]
-    assert event["data"]["user"] == {"id": "1", "email": "ada@example.com", "name": "Ada Lovelace"}
-    assert (workdir / "instance" / "inngest-gateway-outbox.db").is_file()
 
 
 def test_cors_for_trusted_origins_on_our_path_only(hosts: Callable[..., Flask]) -> None:

@@ -22,16 +22,19 @@ from typing import Any
 import pytest
 from flask import Flask
 
+import inngest_gateway
 from inngest_gateway import InngestGateway
 from inngest_gateway.state import gateway_state
-from tests.standin import InngestStandIn
-from tests.test_extension import (
+from tests.extension.test_extension import (
     ROOT,
     assert_gateway_envelope,
     log_in,
     make_host,
     readme_example,
 )
+from tests.standin import InngestStandIn
+
+PACKAGE_HOME = Path(inngest_gateway.__file__).resolve().parents[1]
 
 
 def files_under(folder: Path) -> set[str]:
@@ -206,7 +209,9 @@ def host_env(folder: Path, **extra: str) -> dict[str, str]:
     """A host's environment: no gateway setting at all, and no bytecode files written."""
     return {
         "PATH": os.environ.get("PATH", ""),
-        "PYTHONPATH": os.pathsep.join([str(folder), str(ROOT)]),
+        # The host's folder, and wherever this run's inngest_gateway is: the checkout, or
+        # the installed wheel in the lowest-version run (never the checkout there).
+        "PYTHONPATH": os.pathsep.join([str(folder), str(PACKAGE_HOME)]),
         "PYTHONDONTWRITEBYTECODE": "1",
         **extra,
     }
