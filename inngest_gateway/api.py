@@ -7,13 +7,17 @@ its own hooks, error handlers, rate limit and CORS, so a host app mounting it ke
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
+import weakref
 from typing import Any
 
 from flask import (
     Blueprint,
+    Flask,
     Response,
+    current_app,
     flash,
     g,
     jsonify,
@@ -46,6 +50,8 @@ from .requestids import client_request_id
 from .schemas import MAX_ID_LENGTH
 from .settings import Settings
 from .state import BLUEPRINT, POST_ENDPOINT, gateway_state
+
+log = logging.getLogger(__name__)
 
 FALLBACK_ENDPOINT = f"{BLUEPRINT}.method_not_allowed"
 SCRIPT_ENDPOINT = f"{BLUEPRINT}.{browser.ENDPOINT}"
@@ -210,6 +216,7 @@ def post_events() -> Any:
     """
     state = gateway_state()
     settings = state.settings
+    check_secret_key(settings)
     user = current_poster()
     if user is None and carries_credentials():
         raise errors.CredentialsRefused()  # as the host's own views would: never anonymous
@@ -235,6 +242,29 @@ def post_events() -> Any:
         flash(", ".join(ids), "sent")
         return redirect(target, 303)
     return jsonify(status="ok", ids=ids), status
+
+
+_SAID_NO_SECRET: weakref.WeakSet[Flask] = weakref.WeakSet()  # the apps told so, once each
+
+
+def check_secret_key(settings: Settings) -> None:
+    """Refuse a post (`503 not_configured`) while the app has no SECRET_KEY outside dev mode.
+
+    It signs the session that names the poster and the poster tag. `init_app` lets an app
+    without it load, so that its `flask` commands run; the key is read here, at each post, as
+    Flask reads it, so one set after `init_app` counts.
+    """
+    secret = current_app.secret_key
+    if settings.inngest_dev or (secret.strip() if isinstance(secret, str) else secret):
+        return
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if app not in _SAID_NO_SECRET:
+        _SAID_NO_SECRET.add(app)
+        log.error(
+            "SECRET_KEY is not set: posts are answered 503 not_configured until the app has "
+            "one (Flask signs its session with it; or set INNGEST_DEV=1 for local work)"
+        )
+    raise errors.NotConfigured("The gateway is not configured yet: SECRET_KEY is not set.")
 
 
 def method_not_allowed(**_: Any) -> Any:

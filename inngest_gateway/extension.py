@@ -85,15 +85,15 @@ class InngestGateway:
     def init_app(self, app: Flask) -> None:
         """Read the settings, make the sender, outbox and limiter, register the blueprint and CLI.
 
-        An invalid setting raises `settings.ConfigError`; a missing INNGEST_EVENT_KEY does
-        not (posts answer `503 not_configured` until it is set), so `flask` commands run
-        without it. Nothing is written here: the outbox (and the instance folder) is made at
-        the first post or deliverer start. In outbox mode the deliverer starts with the first
-        request a process serves (a stored backlog goes out without waiting for a post), and
-        again in a process forked after that; never in a process that only loads the app.
-        While the app is testing and INNGEST_GATEWAY_OUTBOX_DATABASE_URL is unset, the outbox
-        is a file of
-        this app's own in a temporary folder, removed at exit, not the instance folder's.
+        An invalid setting raises `settings.ConfigError`; a missing INNGEST_EVENT_KEY or
+        SECRET_KEY does not (posts answer `503 not_configured` until it is set), so `flask`
+        commands run without them. Nothing is written here: the outbox (and the instance
+        folder) is made at the first post or deliverer start. In outbox mode the deliverer
+        starts with the first request a process serves (a stored backlog goes out without
+        waiting for a post), and again in a process forked after that; never in a process
+        that only loads the app. While the app is testing and
+        INNGEST_GATEWAY_OUTBOX_DATABASE_URL is unset, the outbox is a file of this app's own
+        in a temporary folder, removed at exit, not the instance folder's.
         """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError(
@@ -102,7 +102,7 @@ class InngestGateway:
             )
         rule = self.path if self.url_prefix is None else _join(self.url_prefix, self.path)
         _refuse_served_path(app, rule)
-        settings = self.settings or settings_from_config(app.config, require_event_key=False)
+        settings = self.settings or settings_from_config(app.config, require_keys=False)
         in_app = self.db is not None and settings.outbox_database_url is None
         url = settings.outbox_database_url or (
             self._app_database_url(app)

@@ -610,9 +610,9 @@ class _SettingsBase(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    def __init__(self, *, require_event_key: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *, require_keys: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.require_event_key = require_event_key
+        self.require_keys = require_keys
 
     @post_load(pass_original=True)
     def _build(self, raw: dict[str, Any], original: Mapping[str, Any], **_: Any) -> Settings:
@@ -623,7 +623,7 @@ class _SettingsBase(Schema):
         key = raw["INNGEST_EVENT_KEY"] or None
         if key is None and dev:
             key = DEV_EVENT_KEY
-        elif key is None and self.require_event_key:  # else checked at the first post
+        elif key is None and self.require_keys:  # else refused at the first post
             raise ValidationError(
                 "is required outside dev mode (set it, or set INNGEST_DEV=1 for the "
                 "Inngest dev server)",
@@ -631,8 +631,9 @@ class _SettingsBase(Schema):
             )
         elif key is not None and not re.fullmatch(r"[A-Za-z0-9_\-]+", key):
             raise ValidationError("has characters an event key cannot have", "INNGEST_EVENT_KEY")
-        # Flask's own key, read as Flask reads it: it signs the poster tag.
-        if not str(original.get(SECRET_KEY) or "").strip() and not dev:
+        # Flask's own key, read as Flask reads it: it signs the session and the poster tag.
+        # Without `require_keys`, a post is refused until it is set (`api.check_secret_key`).
+        if not str(original.get(SECRET_KEY) or "").strip() and not dev and self.require_keys:
             raise ValidationError("is required outside dev mode", SECRET_KEY)
         if raw["INNGEST_EVENT_API_BASE_URL"]:
             origin = _origin(raw["INNGEST_EVENT_API_BASE_URL"], "INNGEST_EVENT_API_BASE_URL")
@@ -699,14 +700,15 @@ def first_error(messages: Any, prefix: str = "") -> str:
     return f"{prefix}: {messages}" if prefix else str(messages)
 
 
-def load_settings(env: Mapping[str, str], *, require_event_key: bool = True) -> Settings:
+def load_settings(env: Mapping[str, str], *, require_keys: bool = True) -> Settings:
     """Parse settings from a mapping of keys to strings (plus Flask's SECRET_KEY), or raise
     ConfigError.
 
-    An empty value counts as unset. Without `require_event_key`, a
-    missing INNGEST_EVENT_KEY outside dev mode gives `inngest_event_key=None`.
+    An empty value counts as unset. Without `require_keys`, a missing INNGEST_EVENT_KEY
+    outside dev mode gives `inngest_event_key=None`, and a missing SECRET_KEY is let pass:
+    posts are refused `503 not_configured` until each is set, and commands run without them.
     """
-    settings: Settings = load_table(_SettingsSchema(require_event_key=require_event_key), env)
+    settings: Settings = load_table(_SettingsSchema(require_keys=require_keys), env)
     return settings
 
 
@@ -725,7 +727,7 @@ def config_text(value: Any) -> str:
     return str(value)
 
 
-def settings_from_config(config: Mapping[str, Any], *, require_event_key: bool = True) -> Settings:
+def settings_from_config(config: Mapping[str, Any], *, require_keys: bool = True) -> Settings:
     """The extension's settings from a host's app.config, and nothing else.
 
     Only the keys of the table are read (and Flask's own SECRET_KEY); a key unset or None
@@ -737,4 +739,4 @@ def settings_from_config(config: Mapping[str, Any], *, require_event_key: bool =
         for name in (*GATEWAY_SETTINGS, SECRET_KEY)
         if config.get(name) is not None
     }
-    return load_settings(source, require_event_key=require_event_key)
+    return load_settings(source, require_keys=require_keys)

@@ -167,6 +167,36 @@ def test_without_a_key_the_app_is_made_and_a_post_gets_a_clear_503(
     assert files_under(tmp_path) == set()
 
 
+def test_without_a_secret_key_the_app_is_made_and_a_post_gets_a_clear_503(
+    testing_hosts: Callable[..., Flask],
+    inngest: InngestStandIn,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Flask's SECRET_KEY, like the event key, is needed to serve posts, not to load the app."""
+    app = testing_hosts(TESTING=False, SECRET_KEY=None, INNGEST_EVENT_KEY=inngest.event_key)
+    client = app.test_client()
+
+    with caplog.at_level(logging.ERROR, logger="inngest_gateway"):
+        answers = [client.post("/api", json={"name": "app/early"}) for _ in range(2)]
+    home = client.get("/")
+    app.config["SECRET_KEY"] = "set-after-init-app"  # read at each post, as Flask reads it
+    later = client.post("/api", json={"name": "app/later"})
+
+    for answer in answers:
+        body = assert_gateway_envelope(answer, 503, "not_configured")
+        assert "SECRET_KEY is not set" in body["message"]
+        assert "set-after" not in answer.get_data(as_text=True)
+    assert home.get_data(as_text=True) == "host home"
+    said = [r for r in caplog.records if "SECRET_KEY" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.ERROR  # once, not per post
+    assert later.status_code == 202, later.get_data(as_text=True)
+    deadline = time.monotonic() + 10
+    while not inngest.accepted and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [event["name"] for event in inngest.accepted] == ["app/later"]
+
+
 @pytest.mark.timeout(30)
 def test_the_deliverer_starts_with_the_first_request_of_any_kind(
     testing_hosts: Callable[..., Flask], inngest: InngestStandIn, tmp_path: Path
@@ -253,7 +283,7 @@ from flask_login import LoginManager
 from inngest_gateway import InngestGateway
 
 app = Flask(__name__)
-app.config["SECRET_KEY"] = "host-secret"
+app.config.from_prefixed_env("HOST")  # HOST_SECRET_KEY, when the test gives one
 LoginManager(app)
 InngestGateway(app)
 
@@ -270,6 +300,7 @@ def greet(name):
 """
 
 
+@pytest.mark.parametrize("secret", [{"HOST_SECRET_KEY": "host-secret"}, {}], ids=["secret", "none"])
 @pytest.mark.parametrize(
     ("args", "shown"),
     [
@@ -280,7 +311,7 @@ def greet(name):
 )
 @pytest.mark.timeout(60)
 def test_flask_commands_need_no_key_and_write_no_file(
-    tmp_path: Path, args: list[str], shown: str
+    tmp_path: Path, args: list[str], shown: str, secret: dict[str, str]
 ) -> None:
     (tmp_path / "host.py").write_text(textwrap.dedent(HOST_MODULE))
     before = files_under(tmp_path)
@@ -288,7 +319,7 @@ def test_flask_commands_need_no_key_and_write_no_file(
     run = subprocess.run(
         [str(Path(sys.executable).parent / "flask"), "--app", "host", *args],
         cwd=tmp_path,
-        env=host_env(tmp_path),
+        env=host_env(tmp_path, **secret),
         capture_output=True,
         text=True,
         timeout=50,
@@ -298,6 +329,7 @@ def test_flask_commands_need_no_key_and_write_no_file(
     assert run.returncode == 0, run.stdout + run.stderr
     assert shown in run.stdout
     assert "INNGEST_EVENT_KEY" not in run.stderr
+    assert "SECRET_KEY" not in run.stderr
     assert files_under(tmp_path) == before  # no instance folder, no outbox, nothing else
 
 
