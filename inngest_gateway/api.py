@@ -216,7 +216,7 @@ def post_events() -> Any:
     """
     state = gateway_state()
     settings = state.settings
-    check_secret_key(settings)
+    check_secret_key()
     user = current_poster()
     if user is None and carries_credentials():
         raise errors.CredentialsRefused()  # as the host's own views would: never anonymous
@@ -247,22 +247,23 @@ def post_events() -> Any:
 _SAID_NO_SECRET: weakref.WeakSet[Flask] = weakref.WeakSet()  # the apps told so, once each
 
 
-def check_secret_key(settings: Settings) -> None:
-    """Refuse a post (`503 not_configured`) while the app has no SECRET_KEY outside dev mode.
+def check_secret_key() -> None:
+    """Refuse a post (`503 not_configured`) while the app has no SECRET_KEY, dev mode or not.
 
-    It signs the session that names the poster and the poster tag. `init_app` lets an app
-    without it load, so that its `flask` commands run; the key is read here, at each post, as
-    Flask reads it, so one set after `init_app` counts.
+    It signs the session that names the poster and keeps an anonymous poster's scope, and the
+    poster tag: without it Flask has no session to give. `init_app` lets an app without it
+    load, so that its `flask` commands run; the key is read here, at each post, as Flask
+    reads it, so one set after `init_app` counts.
     """
     secret = current_app.secret_key
-    if settings.inngest_dev or (secret.strip() if isinstance(secret, str) else secret):
+    if secret.strip() if isinstance(secret, str) else secret:
         return
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     if app not in _SAID_NO_SECRET:
         _SAID_NO_SECRET.add(app)
         log.error(
             "SECRET_KEY is not set: posts are answered 503 not_configured until the app has "
-            "one (Flask signs its session with it; or set INNGEST_DEV=1 for local work)"
+            "one (Flask signs its session with it)"
         )
     raise errors.NotConfigured("The gateway is not configured yet: SECRET_KEY is not set.")
 

@@ -197,6 +197,22 @@ def test_without_a_secret_key_the_app_is_made_and_a_post_gets_a_clear_503(
     assert [event["name"] for event in inngest.accepted] == ["app/later"]
 
 
+def test_in_dev_mode_too_a_post_without_a_secret_key_is_503_not_a_500(
+    testing_hosts: Callable[..., Flask], inngest: InngestStandIn
+) -> None:
+    """Dev mode needs no event key, but Flask has no session without a SECRET_KEY."""
+    app = testing_hosts(TESTING=False, SECRET_KEY=None, INNGEST_DEV="1")
+    client = app.test_client()
+
+    anonymous = client.post("/api", json={"name": "app/dev", "id": "click-1"})  # a scope
+    plain = client.post("/api", json={"name": "app/dev"})
+
+    for answer in (anonymous, plain):
+        body = assert_gateway_envelope(answer, 503, "not_configured")
+        assert "SECRET_KEY is not set" in body["message"]
+    assert inngest.received == []
+
+
 @pytest.mark.timeout(30)
 def test_the_deliverer_starts_with_the_first_request_of_any_kind(
     testing_hosts: Callable[..., Flask], inngest: InngestStandIn, tmp_path: Path
