@@ -149,6 +149,20 @@ def test_an_order_committed_with_its_event_reaches_inngest_once_with_the_user(
     assert [e["id"] for e in inngest.accepted] == [body["ids"][0], second["ids"][0]]
 
 
+def test_the_commit_wakes_the_deliverer_it_does_not_wait_for_the_poll(
+    shops: ShopFactory, inngest: InngestStandIn
+) -> None:
+    """With a poll of a minute, only the wake after the host's commit can send within 5 s."""
+    app = shops(INNGEST_GATEWAY_OUTBOX_POLL_SECONDS="60")
+    client = logged_in(app)  # the first request: the deliverer starts, finds nothing, waits
+    time.sleep(0.5)
+
+    body = client.post("/orders?item=lamp").get_json()
+    wait_until(lambda: len(inngest.accepted) == 1, seconds=5)
+
+    assert [event["id"] for event in inngest.accepted] == body["ids"]
+
+
 @pytest.mark.parametrize("how", ["fail=before-commit", "rollback=1"])
 def test_a_transaction_that_does_not_commit_sends_nothing_and_leaves_no_row(
     shops: ShopFactory, inngest: InngestStandIn, how: str
