@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from flask import Blueprint, Flask
+from sqlalchemy.engine import make_url
 
 from . import api, browser, poster, sends
 from .cli import cli
@@ -120,6 +121,13 @@ class InngestGateway:
             # In the app's database the app's migrations (or `outbox create`) make the table.
             create_tables=not in_app,
         )
+        # Where send() writes by default: db.session while the outbox is in the app's database
+        # (INNGEST_GATEWAY_OUTBOX_DATABASE_URL unset, or naming that database), else nowhere
+        # but the gateway's own outbox, committed before send returns.
+        in_transaction = in_app or (
+            self.db is not None
+            and sends.same_database(outbox_db.engine.url, make_url(self._app_database_url(app)))
+        )
         client = InngestClient(settings)
         writer = Writer(settings, outbox_db)
         deliverer = Deliverer(app, settings, client, outbox_db)
@@ -129,13 +137,12 @@ class InngestGateway:
             outbox_db=outbox_db,
             writer=writer,
             deliverer=deliverer,
-            delivery=Delivery(
-                settings, client, writer, deliverer, in_app_database=self.db is not None
-            ),
+            delivery=Delivery(settings, client, writer, deliverer, in_app_database=in_transaction),
             limiter=RateLimiter(settings),
             user_serializer=self.user_serializer,
             redirect_to=self.redirect_to,
             login_url=self.login_url,
+            host_db=self.db if in_transaction else None,
         )
         blueprint = api.blueprint(settings, self.path)
         _exempt_from_form_csrf(app, blueprint)
@@ -170,14 +177,16 @@ class InngestGateway:
         Inngest deduplicates a repeat), never to a poster.
 
         In a transaction: `session` (an SQLAlchemy Session or Connection on the outbox's
-        database), else `db.session` when the gateway was given `db`. The events are written
-        in it and delivered after it commits; a rollback leaves nothing. Otherwise they are
-        stored (sync mode: sent to Inngest) before this returns, or the APIError is raised.
-        Needs an app context. Returns the events' ids.
+        database), else `db.session` when the gateway was given `db` and the outbox is in
+        that database (INNGEST_GATEWAY_OUTBOX_DATABASE_URL unset, or naming it). The events
+        are written in it and delivered after it commits; a rollback leaves nothing.
+        Otherwise they are stored (sync mode: sent to Inngest) before this returns, or the
+        APIError is raised. Needs an app context. Returns the events' ids.
         """
         state = gateway_state()
         built = sends.build(state.settings, state.user_serializer, events, user)
-        target = session if session is not None else self.db.session if self.db else None
+        db = state.host_db
+        target = session if session is not None else db.session if db is not None else None
         if target is None:
             state.delivery.submit(built)
         else:

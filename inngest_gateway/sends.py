@@ -36,8 +36,13 @@ APP_SCOPE = "app"
 # events are written into, until the transaction ends.
 _STAGED = "inngest_gateway_staged"
 _BATCH = "inngest_gateway_batch"
-# The same for a Connection, by the transaction object (a Connection's `info` outlives it).
+# The same for a Connection: its open batch by the transaction object (a Connection's `info`
+# outlives it), and what to run at its COMMIT; and the Connections listened to.
 _CONNECTION_BATCHES: weakref.WeakKeyDictionary[Any, _Batch] = weakref.WeakKeyDictionary()
+_CONNECTION_STAGED: weakref.WeakKeyDictionary[Connection, list[Callable[[], None]]] = (
+    weakref.WeakKeyDictionary()
+)
+_LISTENED: weakref.WeakSet[Connection] = weakref.WeakSet()
 
 
 @dataclass
@@ -47,6 +52,14 @@ class _Batch:
     seed: str
     events: int = 0
     body_bytes: int = 1  # the request body's `[`
+
+    def fits(self, size: int, most_events: int, most_bytes: int) -> bool:
+        """Whether one more event of `size` bytes (and its comma or `]`) keeps to the limits."""
+        return self.events + 1 <= most_events and self.body_bytes + size + 1 <= most_bytes
+
+    def add(self, size: int) -> None:
+        self.events += 1
+        self.body_bytes += size + 1
 
 
 class _Current:
@@ -144,20 +157,24 @@ def stage(
     together, in the order written, and retries them together (the same seed, the same
     internal ids); when they would pass a batch's limits (`most_events`, `most_bytes` of
     request body), the rest start another batch. `committed` runs once that transaction has
-    committed; never if it rolls back.
+    committed; never if it rolls back (nor for a savepoint rolled back inside it).
     """
     if isinstance(target, scoped_session):
         target = target()  # this thread's session, once for every event
     now = now_ms()
+    batch = _open_batch(target)
     rows = []
     for item in events:
-        batch = _batch_of(target, len(item.body), most_events, most_bytes)
+        size = len(item.body)
+        if batch is None or not batch.fits(size, most_events, most_bytes):
+            batch = _Batch(seed=id_seed())
+        batch.add(size)
         rows.append(
             {
                 "event_id": item.id,
                 "name": item.name,
                 "body": item.body.decode(),
-                "size": len(item.body),
+                "size": size,
                 "state": PENDING,
                 "created_at": now,
                 "next_attempt_at": now,
@@ -165,53 +182,59 @@ def stage(
                 "batch_seed": batch.seed,
             }
         )
-    target.execute(insert(table), rows)
+    target.execute(insert(table), rows)  # begins the transaction, if nothing had yet
+    _keep_open_batch(target, batch)
     after_commit(target, committed)
 
 
-def _batch_of(target: Session | Connection, size: int, most_events: int, most_bytes: int) -> _Batch:
-    """The batch of `target`'s transaction that an event of `size` bytes joins (counted in)."""
+def _open_batch(target: Session | Connection) -> _Batch | None:
+    """The batch the next event of `target`'s transaction joins while it has room."""
     if isinstance(target, Session):
-        batch = target.info.get(_BATCH)
-    else:
-        transaction = target.get_transaction()
-        batch = _CONNECTION_BATCHES.get(transaction) if transaction is not None else None
-    full = batch is not None and (
-        batch.events + 1 > most_events or batch.body_bytes + size + 1 > most_bytes
-    )
-    if batch is None or full:
-        batch = _Batch(seed=id_seed())
-        if isinstance(target, Session):
-            target.info[_BATCH] = batch
-        elif (transaction := target.get_transaction()) is not None:
-            _CONNECTION_BATCHES[transaction] = batch
-    batch.events += 1
-    batch.body_bytes += size + 1
-    return batch
+        batch: _Batch | None = target.info.get(_BATCH)
+        return batch
+    transaction = target.get_transaction()
+    return _CONNECTION_BATCHES.get(transaction) if transaction is not None else None
+
+
+def _keep_open_batch(target: Session | Connection, batch: _Batch | None) -> None:
+    if batch is None:
+        return
+    if isinstance(target, Session):
+        target.info[_BATCH] = batch
+    elif (transaction := target.get_transaction()) is not None:
+        _CONNECTION_BATCHES[transaction] = batch
 
 
 def after_commit(target: Target, committed: Callable[[], None]) -> None:
-    """Run `committed` when the transaction `target` is in commits (dropped on rollback)."""
+    """Run `committed` when the transaction `target` is in commits (dropped on rollback).
+
+    On a Session: when its outermost transaction commits, after the database's COMMIT; a
+    savepoint (`begin_nested`) released hands its callbacks to the transaction around it, one
+    rolled back drops them. On a Connection, SQLAlchemy has no event after the COMMIT: it runs
+    as the COMMIT is issued (so a COMMIT that then fails has run it: it may wake the deliverer,
+    count and record events that were never stored; nothing is sent for them).
+    """
     if isinstance(target, scoped_session):
         target = target()
     if isinstance(target, Session):
-        target.info.setdefault(_STAGED, []).append(committed)
+        current = target.get_nested_transaction() or target.get_transaction()
+        staged: dict[Any, list[Callable[[], None]]] = target.info.setdefault(_STAGED, {})
+        staged.setdefault(current, []).append(committed)
         return
-    done = False
+    _CONNECTION_STAGED.setdefault(target, []).append(committed)
+    if target not in _LISTENED:  # two listeners per Connection, holding no events
+        _LISTENED.add(target)
+        event.listen(target, "commit", _connection_committed)
+        event.listen(target, "rollback", _connection_rolled_back)
 
-    def on_commit(_connection: Connection) -> None:
-        nonlocal done
-        if not done:
-            done = True
-            _run(committed)
 
-    def on_rollback(_connection: Connection) -> None:
-        nonlocal done
-        done = True
+def _connection_committed(connection: Connection) -> None:
+    for committed in _CONNECTION_STAGED.pop(connection, ()):
+        _run(committed)
 
-    # Connection events: "commit" runs as the COMMIT is issued, once per transaction.
-    event.listen(target, "commit", on_commit, once=True)
-    event.listen(target, "rollback", on_rollback, once=True)
+
+def _connection_rolled_back(connection: Connection) -> None:
+    _CONNECTION_STAGED.pop(connection, None)
 
 
 def _run(committed: Callable[[], None]) -> None:
@@ -226,14 +249,28 @@ def _run(committed: Callable[[], None]) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _session_committed(session: Session) -> None:
-    for committed in session.info.pop(_STAGED, ()):
-        _run(committed)
+    staged = session.info.get(_STAGED)
+    if not staged:
+        return
+    nested = session.get_nested_transaction()
+    if nested is not None:  # a savepoint released: its events are the enclosing transaction's
+        released = staged.pop(nested, [])
+        if released:
+            staged.setdefault(nested.parent, []).extend(released)
+        return
+    for callbacks in session.info.pop(_STAGED, {}).values():
+        for committed in callbacks:
+            _run(committed)
 
 
 @event.listens_for(Session, "after_transaction_end")
 def _session_transaction_ended(session: Session, transaction: Any) -> None:
-    # The outermost transaction ended: after a commit the list was already taken; after a
-    # rollback (or a close) its events were never stored, and nothing may run for them.
+    # A savepoint rolled back: its events were never stored (one released handed its own on).
+    # The outermost transaction ended: after a commit the callbacks already ran; after a
+    # rollback (or a close) nothing may run for them.
+    staged = session.info.get(_STAGED)
+    if staged:
+        staged.pop(transaction, None)
     if transaction.parent is None:
         session.info.pop(_STAGED, None)
         session.info.pop(_BATCH, None)

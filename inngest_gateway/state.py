@@ -35,6 +35,7 @@ class GatewayState:
     user_serializer: Callable[[Any], dict[str, Any]]
     redirect_to: str | Callable[[], str]
     login_url: str | None = None  # where a form post that needs a login goes; else 401
+    host_db: Any = None  # the host's Flask-SQLAlchemy `db` whose session send() writes in
 
 
 def gateway_state(app: Flask | None = None) -> GatewayState:

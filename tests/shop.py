@@ -6,7 +6,7 @@ An app factory with Flask-SQLAlchemy (users and orders), Flask-Login, and the ga
 - `POST /login/<id>` logs a user in (a test shortcut, not a real login);
 - `POST /orders` adds an order, sends `shop/order.placed` (and `?lines=N` more events, one
   per order line), then commits; `?fail=before-commit` raises before the commit, and
-  `?rollback=1` rolls back instead;
+  `?rollback=1` rolls back instead; `?user=default` leaves `send` to find the user itself;
 - `flask shop place-order USER_ID [--pause before-commit|after-commit]` does the same from a
   command, printing `written` once the rows are written and `committed` after the commit;
   with `--pause` it then waits (at most 60 s) at that point, for a test to kill it.
@@ -64,8 +64,13 @@ SHOP_TABLES = ("shop_orders", "shop_users", "outbox_events")
 PAUSE_SECONDS = 60
 
 
-def place_order(user: Any, item: str, lines: int = 0) -> tuple[Order, list[str]]:
-    """Add the order and send its events in the session's transaction (not committed yet)."""
+def place_order(
+    user: Any, item: str, lines: int = 0, *, name_user: bool = True
+) -> tuple[Order, list[str]]:
+    """Add the order and send its events in the session's transaction (not committed yet).
+
+    Without `name_user`, `send` is not told the user: in a request it takes the logged-in one.
+    """
     order = Order(user_id=user.id, item=item)
     db.session.add(order)
     db.session.flush()  # the order's id, for the event
@@ -74,7 +79,7 @@ def place_order(user: Any, item: str, lines: int = 0) -> tuple[Order, list[str]]
         {"name": "shop/order.line", "data": {"order": order.id, "line": n}, "id": f"{order.id}:{n}"}
         for n in range(lines)
     ]
-    ids = gateway.send(events, user=user)
+    ids = gateway.send(events, user=user) if name_user else gateway.send(events)
     return order, ids
 
 
@@ -105,7 +110,10 @@ def create_shop(config: Mapping[str, Any] | None = None) -> Flask:
     @login_required  # type: ignore[misc]
     def orders() -> Any:
         order, ids = place_order(
-            current_user, request.args.get("item", "book"), int(request.args.get("lines", 0))
+            current_user,
+            request.args.get("item", "book"),
+            int(request.args.get("lines", 0)),
+            name_user=request.args.get("user") != "default",
         )
         if request.args.get("fail") == "before-commit":
             raise RuntimeError("the shop failed before its commit")

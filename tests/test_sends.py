@@ -154,13 +154,17 @@ def test_the_commit_wakes_the_deliverer_it_does_not_wait_for_the_poll(
 ) -> None:
     """With a poll of a minute, only the wake after the host's commit can send within 5 s."""
     app = shops(INNGEST_GATEWAY_OUTBOX_POLL_SECONDS="60")
-    client = logged_in(app)  # the first request: the deliverer starts, finds nothing, waits
-    time.sleep(0.5)
+    client = logged_in(app)  # the first request: the deliverer starts
+    # A first order, sent by the deliverer's first look or by a wake; once it is settled and
+    # a second has passed, the deliverer has looked again, found nothing, and waits its minute.
+    first = client.post("/orders?item=pen").get_json()
+    wait_until(lambda: inngest.accepted_ids() == first["ids"] and count(app) == 0)
+    time.sleep(1.0)
 
     body = client.post("/orders?item=lamp").get_json()
-    wait_until(lambda: len(inngest.accepted) == 1, seconds=5)
+    wait_until(lambda: len(inngest.accepted) == 2, seconds=5)
 
-    assert [event["id"] for event in inngest.accepted] == body["ids"]
+    assert inngest.accepted_ids() == first["ids"] + body["ids"]
 
 
 @pytest.mark.parametrize("how", ["fail=before-commit", "rollback=1"])
@@ -222,6 +226,101 @@ def test_a_connections_transaction_commits_or_rolls_back_its_events(
     assert [len(r.events) for r in inngest.received] == [2]  # one transaction, one batch
     assert count(app, Order) == 1
     wait_until(lambda: count(app) == 0)
+
+
+def test_a_connection_not_yet_begun_still_sends_its_events_as_one_batch(
+    shops: ShopFactory, inngest: InngestStandIn
+) -> None:
+    """Commit as you go: send() is the Connection's first statement, so it begins the
+    transaction; its events still share one batch, and later sends in it join that batch."""
+    app = shops()
+    with app.app_context(), db.engine.connect() as connection:
+        first = gateway.send(
+            [{"name": "shop/core", "data": {"n": n}} for n in range(3)], session=connection
+        )
+        second = gateway.send({"name": "shop/core", "data": {"n": 3}}, session=connection)
+        connection.commit()
+    wait_until(lambda: len(inngest.accepted) == 4)
+    assert inngest.accepted_ids() == first + second
+    assert [len(r.events) for r in inngest.received] == [4]
+
+
+def test_a_long_lived_connection_keeps_no_listener_per_send(
+    shops: ShopFactory, inngest: InngestStandIn
+) -> None:
+    """Each send on one Connection used to add two listeners for good, each holding events."""
+    app = shops()
+    with app.app_context(), db.engine.connect() as connection:
+        for n in range(30):
+            gateway.send({"name": "shop/core", "data": {"n": n}}, session=connection)
+            if n % 2:
+                connection.commit()
+            else:
+                connection.rollback()
+        listeners = (len(connection.dispatch.commit), len(connection.dispatch.rollback))
+    assert listeners == (1, 1)
+    wait_until(lambda: len(inngest.accepted) == 15)
+    assert [e["data"]["n"] for e in inngest.accepted] == list(range(1, 30, 2))
+
+
+def test_a_savepoint_rolled_back_or_released_counts_only_at_the_outer_commit(
+    shops: ShopFactory, inngest: InngestStandIn
+) -> None:
+    """Flask-SQLAlchemy's `begin_nested`: a savepoint's release is not the commit, and one
+    rolled back takes its events with it (recorded as Inngest would get them, under TESTING)."""
+    app = shops()
+    app.testing = True  # suppressed: the recorder shows what the commits made
+    with app.app_context(), gateway.record_events(app) as recorded:
+        with db.session.begin_nested():  # released ...
+            gateway.send({"name": "shop/nested", "data": {"step": "released"}})
+        db.session.rollback()  # ... but the transaction around it rolls back
+        assert recorded == []
+
+        gateway.send({"name": "shop/nested", "data": {"step": "outer"}})
+        savepoint = db.session.begin_nested()
+        gateway.send({"name": "shop/nested", "data": {"step": "rolled back"}})
+        savepoint.rollback()
+        with db.session.begin_nested():
+            gateway.send({"name": "shop/nested", "data": {"step": "inner"}})
+        assert recorded == []  # nothing before the outer commit
+        db.session.commit()
+    assert [e["data"]["step"] for e in recorded] == ["outer", "inner"]
+    assert inngest.received == []
+
+
+def test_send_in_a_request_takes_the_logged_in_user_by_default(
+    shops: ShopFactory, inngest: InngestStandIn
+) -> None:
+    app = shops()
+    body = logged_in(app, 2).post("/orders?item=pen&user=default").get_json()
+    wait_until(lambda: len(inngest.accepted) == 1)
+    assert inngest.accepted_ids() == body["ids"]
+    assert inngest.accepted[0]["data"]["user"] == {
+        "id": 2,
+        "email": "bob@example.com",
+        "name": "Bob",
+    }
+
+
+def test_with_db_and_the_outbox_in_another_database_send_stores_there_before_it_returns(
+    shops: ShopFactory, inngest: InngestStandIn, tmp_path: Path
+) -> None:
+    """db= with INNGEST_GATEWAY_OUTBOX_DATABASE_URL naming another database: send() cannot
+    join db.session's transaction, so it commits to the gateway's own outbox, as without db."""
+    own = tmp_path / "own-outbox.db"
+    app = shops(INNGEST_GATEWAY_OUTBOX_DATABASE_URL=f"sqlite:///{own}")
+    client = logged_in(app)
+
+    placed = client.post("/orders?item=lamp")
+    rolled = client.post("/orders?item=pen&rollback=1")
+
+    assert placed.status_code == 200, placed.get_data(as_text=True)
+    assert rolled.status_code == 200, rolled.get_data(as_text=True)
+    wait_until(lambda: len(inngest.accepted) == 2)
+    # Stored before send returned, so the rolled-back order's event went too: the documented
+    # cost of an outbox outside the app's database.
+    assert [e["data"]["item"] for e in inngest.accepted] == ["lamp", "pen"]
+    assert gateway_state(app).outbox_db.engine.url.database == str(own)
 
 
 def test_a_transaction_past_a_batch_goes_in_consecutive_batches_in_order(
