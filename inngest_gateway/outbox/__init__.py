@@ -3,7 +3,7 @@
 `model` is the table and its states; `writer` commits each request's events before the
 answer (group commit); `deliverer` claims, sends and settles batches in the background;
 `queries` reads the outbox's state, one way for the CLI, `/readyz` and metrics. The
-`flask inngest-gateway outbox` commands are in the package's `cli` module.
+`flask inngest-gateway outbox` commands are in `inngest_gateway.cli`.
 """
 
 from .deliverer import Claimed, Deliverer
