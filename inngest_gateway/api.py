@@ -7,17 +7,13 @@ its own hooks, error handlers, rate limit and CORS, so a host app mounting it ke
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 import uuid
-import weakref
 from typing import Any
 
 from flask import (
     Blueprint,
-    Flask,
     Response,
-    current_app,
     flash,
     g,
     jsonify,
@@ -49,9 +45,7 @@ from .poster import (
 from .requestids import client_request_id
 from .schemas import MAX_ID_LENGTH
 from .settings import Settings
-from .state import BLUEPRINT, POST_ENDPOINT, gateway_state
-
-log = logging.getLogger(__name__)
+from .state import BLUEPRINT, POST_ENDPOINT, current_limiter, gateway_state
 
 FALLBACK_ENDPOINT = f"{BLUEPRINT}.method_not_allowed"
 SCRIPT_ENDPOINT = f"{BLUEPRINT}.{browser.ENDPOINT}"
@@ -204,7 +198,7 @@ def _post_events_doc(settings: Settings) -> dict[str, Any]:
 @csrf.protect  # first: a refused request never counts against the rate limit
 @limits.limit(
     lambda: gateway_state().settings.ratelimit_api,
-    limiter=lambda: gateway_state().limiter,
+    limiter=current_limiter,
     scope="api",
     key=poster_key,
 )
@@ -216,7 +210,7 @@ def post_events() -> Any:
     """
     state = gateway_state()
     settings = state.settings
-    check_secret_key()
+    state.delivery.check_secret_key()
     user = current_poster()
     if user is None and carries_credentials():
         raise errors.CredentialsRefused()  # as the host's own views would: never anonymous
@@ -242,30 +236,6 @@ def post_events() -> Any:
         flash(", ".join(ids), "sent")
         return redirect(target, 303)
     return jsonify(status="ok", ids=ids), status
-
-
-_SAID_NO_SECRET: weakref.WeakSet[Flask] = weakref.WeakSet()  # the apps told so, once each
-
-
-def check_secret_key() -> None:
-    """Refuse a post (`503 not_configured`) while the app has no SECRET_KEY, dev mode or not.
-
-    It signs the session that names the poster and keeps an anonymous poster's scope, and the
-    poster tag: without it Flask has no session to give. `init_app` lets an app without it
-    load, so that its `flask` commands run; the key is read here, at each post, as Flask
-    reads it, so one set after `init_app` counts.
-    """
-    secret = current_app.secret_key
-    if secret.strip() if isinstance(secret, str) else secret:
-        return
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    if app not in _SAID_NO_SECRET:
-        _SAID_NO_SECRET.add(app)
-        log.error(
-            "SECRET_KEY is not set: posts are answered 503 not_configured until the app has "
-            "one (Flask signs its session with it)"
-        )
-    raise errors.NotConfigured("The gateway is not configured yet: SECRET_KEY is not set.")
 
 
 def method_not_allowed(**_: Any) -> Any:

@@ -45,7 +45,7 @@ class Delivery:
         self.app = deliverer.app
         self._recorders: list[list[dict[str, Any]]] = []
         self._recorders_lock = threading.Lock()
-        self._said_not_configured = False
+        self._said_not_configured: set[str] = set()  # the missing keys already logged
         # Events are (or may be) written in a host's transactions: deliver them in sync mode too.
         self._staged = in_app_database
 
@@ -143,16 +143,31 @@ class Delivery:
 
     def _check_configured(self) -> None:
         if self.settings.inngest_event_key is None:
-            self._not_configured()
-            raise NotConfigured()
+            raise self._not_configured()
 
-    def _not_configured(self) -> None:
-        if not self._said_not_configured:
-            self._said_not_configured = True
-            log.error(
-                "INNGEST_EVENT_KEY is not set: posts are answered 503 not_configured and nothing "
-                "is delivered until it is (or set INNGEST_DEV=1 for the Inngest dev server)"
-            )
+    def _not_configured(
+        self,
+        name: str = "INNGEST_EVENT_KEY",
+        until: str = "nothing is delivered until it is (or set INNGEST_DEV=1 for the Inngest "
+        "dev server)",
+    ) -> NotConfigured:
+        """The error for a post while `name` is missing; logged at ERROR once per key."""
+        if name not in self._said_not_configured:
+            self._said_not_configured.add(name)
+            log.error("%s is not set: posts are answered 503 not_configured and %s", name, until)
+        return NotConfigured(f"The gateway is not configured yet: {name} is not set.")
+
+    def check_secret_key(self) -> None:
+        """Refuse a post (`503 not_configured`) while the app has no SECRET_KEY, dev mode or not.
+
+        It signs the session that names the poster and keeps an anonymous poster's scope, and
+        the poster tag: without it Flask has no session to give. `init_app` lets an app
+        without it load, so that its `flask` commands run; the key is read here, at each
+        post, as Flask reads it, so one set after `init_app` counts.
+        """
+        secret = self.app.secret_key
+        if not (secret.strip() if isinstance(secret, str) else secret):
+            raise self._not_configured("SECRET_KEY", "Flask has no session until it is")
 
     def _embedded(self) -> bool:
         outbox = self.settings.delivery_mode == "outbox" or self._staged

@@ -42,3 +42,8 @@ def gateway_state(app: Flask | None = None) -> GatewayState:
     """The gateway mounted on `app` (default: the current app)."""
     state: GatewayState = (app or current_app).extensions[EXTENSION_KEY]
     return state
+
+
+def current_limiter() -> RateLimiter:
+    """The current app's gateway's rate limiter, for `limits.limit(limiter=...)`."""
+    return gateway_state().limiter

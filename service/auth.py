@@ -30,7 +30,7 @@ from inngest_gateway.payload import (
     wants_json,
 )
 from inngest_gateway.poster import ANONYMOUS_SCOPE_KEY
-from inngest_gateway.state import gateway_state
+from inngest_gateway.state import current_limiter, gateway_state
 
 from .settings import ServiceSettings, service_settings
 from .users import (
@@ -190,13 +190,13 @@ def login_page() -> str:
 @csrf.protect  # first: a refused request never counts against the rate limits
 @limits.limit(
     lambda: _settings().login_ratelimit_ip,
-    limiter=lambda: gateway_state().limiter,
+    limiter=current_limiter,
     scope="login-ip",
 )
 # Only failed attempts count against an e-mail; once over, even the right password waits.
 @limits.limit(
     lambda: _settings().login_ratelimit_email,
-    limiter=lambda: gateway_state().limiter,
+    limiter=current_limiter,
     scope="login-email",
     key=login_email,
     count_when=lambda status: status == 401,

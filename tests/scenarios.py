@@ -17,12 +17,12 @@ from __future__ import annotations
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from tests.cluster import Cluster, GatewayHost, Load, Outcome, loading, settle
+from tests.waiting import wait_until
 
 
 @dataclass
@@ -78,15 +78,6 @@ def _run(
     return Run(scenario, outcome, load.statuses(), problems_of(outcome, load, allowed, faulty))
 
 
-def wait_until(condition: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def kill_a_host(
     cluster: Cluster,
     *,
@@ -105,7 +96,7 @@ def kill_a_host(
     with loading(cluster, rate, f"kill{gateway.starts}-{time.time_ns()}") as load:
         load.run_for(1.0)
         # A claim taken in the last half second: its batch is still in flight at the kill.
-        wait_until(lambda: cluster.claimed_by(gateway, within=0.5) > 0, 20)
+        wait_until(lambda: cluster.claimed_by(gateway, within=0.5) > 0, 20, pause=0.05)
         pids = gateway.pids()
         killed = gateway.kill()
         killed_at = time.monotonic()

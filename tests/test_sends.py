@@ -32,6 +32,7 @@ from inngest_gateway import InngestGateway, outbox_table
 from inngest_gateway.db import database_url as normalize_url
 from inngest_gateway.errors import EventNotAllowed, UpstreamUnavailable, ValidationFailed
 from inngest_gateway.state import gateway_state
+from tests import waiting
 from tests.conftest import SECRET_KEY
 from tests.packaging import run_example
 from tests.processes import BIN, ROOT, clean_env
@@ -101,10 +102,7 @@ def shops(database_url: str, inngest: InngestStandIn) -> Iterator[ShopFactory]:
 
 
 def wait_until(done: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not done():
-        assert time.monotonic() < deadline, f"not within {seconds}s"
-        time.sleep(0.02)
+    assert waiting.wait_until(done, seconds), f"not within {seconds}s"
 
 
 def count(app: Flask, model: Any = None) -> int:

@@ -25,6 +25,7 @@ from flask_login import LoginManager, UserMixin
 from inngest_gateway import InngestGateway, outbox
 from inngest_gateway.state import gateway_state
 from tests.cors import CORS_REQUESTS, TRUSTED, assert_cors_answer, cors_request
+from tests.extension.test_host import GRACE
 from tests.standin import InngestStandIn
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,11 +163,7 @@ def test_logged_in_post_carries_the_hosts_user(
     assert event["name"] == "app/report.run"
     assert event["data"]["report"] == 3
     # The default serializer: the id (no model: `user.id`), email and name; nothing else.
-    assert event["data"]["user"] == {
-        "id": "7",
-        "email": "grace@example.com",
-        "name": "Grace Hopper",
-    }
+    assert event["data"]["user"] == GRACE
     assert event["data"]["request"]["id"] == response.headers["X-Request-ID"]
 
 

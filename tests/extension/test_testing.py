@@ -32,6 +32,7 @@ from tests.extension.test_extension import (
     make_host,
     readme_example,
 )
+from tests.extension.test_host import GRACE
 from tests.standin import InngestStandIn
 
 PACKAGE_HOME = Path(inngest_gateway.__file__).resolve().parents[1]
@@ -90,11 +91,7 @@ def test_under_testing_posts_are_answered_and_recorded_but_not_sent(
     assert answer.get_json() == {"status": "ok", "ids": [event["id"]]}
     assert event["name"] == "app/report.run"
     assert event["data"]["report"] == 3
-    assert event["data"]["user"] == {
-        "id": "7",
-        "email": "grace@example.com",
-        "name": "Grace Hopper",
-    }
+    assert event["data"]["user"] == GRACE
     assert isinstance(event["ts"], int)
     time.sleep(0.2)  # a deliverer, had one started, would have sent by now
     assert inngest.received == []
