@@ -310,20 +310,22 @@
     // -- the queue's flush -------------------------------------------------------------------
     // Post batch after batch, oldest first, until the queue is empty or a try fails.
     const drain = async () => {
-      while (navigator.onLine !== false && Date.now() >= notBefore) {
+      let due = false; // the backoff holds what is queued: a try is due later
+      while (navigator.onLine !== false && !(due = Date.now() < notBefore)) {
         const batch = nextBatch();
-        if (!batch.length || (await post(batch))) break;
+        if (!batch.length || (due = await post(batch))) break;
       }
       again = false; // a send during a failed try waits for the retry
-      scheduleRetry();
+      scheduleRetry(due);
     };
-    // Set the timer for the next try, if one is due within the budget.
-    const scheduleRetry = () => {
+    // Set the timer for the try that is `due`, if it falls within the budget. The clock is
+    // read once per decision: the time may have come since `due` was known, and the timer
+    // then fires at once.
+    const scheduleRetry = (due) => {
       clearTimeout(timer);
       timer = 0;
-      const delay = notBefore - Date.now();
-      if (delay > 0 && notBefore <= until && pending()) {
-        timer = setTimeout(() => ((timer = 0), flush()), delay);
+      if (due && notBefore <= until && pending()) {
+        timer = setTimeout(() => ((timer = 0), flush()), Math.max(0, notBefore - Date.now()));
       }
     };
     // Send what is queued now, one run at a time in this tab and under the tab lock. The
@@ -345,7 +347,7 @@
     // and the server's Retry-After allow, trying until `budget` from now at least.
     const requestFlush = (budget = config.budget) => {
       until = Math.max(until, Date.now() + budget);
-      if (!timer) Date.now() < notBefore ? scheduleRetry() : flush();
+      if (!timer) Date.now() < notBefore ? scheduleRetry(true) : flush();
     };
 
     // -- keepalive: leaving the page -----------------------------------------------------------

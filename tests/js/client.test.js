@@ -167,6 +167,42 @@ test("a 2xx that is not the service's answer (a captive portal, say) is retried"
   same(seen.length, 3, "requests");
 });
 
+// The clock as the client reads it: each Date.now() gives the next of `readings`, then
+// counts up by one a read from `from`: two reads in a row can fall either side of a deadline.
+const realNow = Date.now;
+const scriptClock = (readings, from) => {
+  Date.now = () => (readings.length ? readings.shift() : from++);
+};
+const outboxFull = (seconds) => [503, { status: "error", code: "outbox_full", errors: {} }, { "Retry-After": String(seconds) }];
+
+test("a retry whose time comes between two readings of the clock is still made", async () => {
+  // The 503 asks for 1 s: notBefore is S + 1000, and the timer is set for 1000 ms. When it
+  // fires, the clock reads S + 999 (not yet), then S + 1000 (due): the retry must not be lost.
+  const start = realNow();
+  network(() => (scriptClock([start, start], start + 999), outboxFull(1)), accepted);
+  let ids = null;
+  client().send("app/tick").then((given) => (ids = given), () => {});
+  await within(5000, () => ids !== null, "the retry after Retry-After");
+  same(ids.length, 1, "ids");
+});
+
+test("a send while a Retry-After holds the queue past its budget goes when the time comes", async () => {
+  // The first send gives up at its 100 ms budget; the queue waits for the server's 1 s. A
+  // second send reads the clock at S + 999 (not yet), then S + 1000 (due): it must go.
+  const start = realNow();
+  network(() => (scriptClock([start, start], start), outboxFull(1)), accepted);
+  const gw = client({ budget: 100 });
+  const first = gw.send("app/1");
+  same((await rejection(first)).code, "timeout", "the first send's budget");
+  // The send reads the clock for its event's ts, its key and its budget, then asks whether
+  // the Retry-After has passed, then how long to wait.
+  scriptClock([], start + 996);
+  let ids = null;
+  gw.send("app/2").then((given) => (ids = given), () => {});
+  await within(3000, () => ids !== null, "the second send");
+  same(gw.pending(), 0, "queued");
+});
+
 test("a Retry-After longer than the budget holds later sends too (no request storm)", async () => {
   const seen = network([503, { status: "error", code: "outbox_full", errors: {} }, { "Retry-After": "120" }]);
   const gw = client({ budget: 100 });
@@ -634,6 +670,7 @@ window.runTests = async () => {
       results[name] = error instanceof Failure ? error.message : String(error && error.stack ? error.stack : error);
     } finally {
       window.fetch = realFetch;
+      Date.now = realNow;
       document.querySelectorAll("form").forEach((element) => element.remove());
     }
     // Unhandled rejections are reported in a task after the microtasks that made them.
