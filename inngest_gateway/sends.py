@@ -18,10 +18,11 @@ from typing import Any
 
 from flask import current_app, g, has_request_context, request
 from flask_login import current_user
-from sqlalchemy import Connection, MetaData, Table, event, insert
-from sqlalchemy.engine import URL
+from sqlalchemy import Connection, MetaData, Table, event, insert, inspect
+from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session, scoped_session
 
+from .errors import OutboxUnavailable
 from .events import Event, build_events
 from .inngest import id_seed
 from .outbox.model import PENDING, now_ms, table
@@ -43,6 +44,8 @@ _CONNECTION_STAGED: weakref.WeakKeyDictionary[Connection, list[Callable[[], None
     weakref.WeakKeyDictionary()
 )
 _LISTENED: weakref.WeakSet[Connection] = weakref.WeakSet()
+# The engines whose database was seen to have the outbox table: checked once each.
+_TABLE_FOUND: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 @dataclass
@@ -161,6 +164,7 @@ def stage(
     """
     if isinstance(target, scoped_session):
         target = target()  # this thread's session, once for every event
+    _check_table(target)
     now = now_ms()
     batch = _open_batch(target)
     rows = []
@@ -185,6 +189,28 @@ def stage(
     target.execute(insert(table), rows)  # begins the transaction, if nothing had yet
     _keep_open_batch(target, batch)
     after_commit(target, committed)
+
+
+def _check_table(target: Session | Connection) -> None:
+    """Raise OutboxUnavailable, naming the command, if `target`'s database has no outbox table.
+
+    An INSERT into a missing table fails with the database's own error and, on PostgreSQL,
+    aborts the host's whole transaction. The question is asked in that same transaction (it
+    sees a table created there, and takes no lock a second connection would wait for), once
+    per engine that has the table.
+    """
+    if isinstance(target, Session):
+        connection = target.connection(bind_arguments={"clause": insert(table)})
+    else:
+        connection = target
+    if connection.engine in _TABLE_FOUND:
+        return
+    if not inspect(connection).has_table(table.name, schema=table.schema):
+        raise OutboxUnavailable(
+            f"The database has no {table.name} table yet: run the app's migrations (the table "
+            "is in db.metadata) or `flask inngest-gateway outbox create`."
+        )
+    _TABLE_FOUND.add(connection.engine)
 
 
 def _open_batch(target: Session | Connection) -> _Batch | None:

@@ -30,7 +30,12 @@ from sqlalchemy.orm import Session
 
 from inngest_gateway import InngestGateway, outbox_table
 from inngest_gateway.db import database_url as normalize_url
-from inngest_gateway.errors import EventNotAllowed, UpstreamUnavailable, ValidationFailed
+from inngest_gateway.errors import (
+    EventNotAllowed,
+    OutboxUnavailable,
+    UpstreamUnavailable,
+    ValidationFailed,
+)
 from inngest_gateway.state import gateway_state
 from tests import waiting
 from tests.conftest import SECRET_KEY
@@ -565,6 +570,34 @@ def test_without_migrations_the_create_command_makes_the_table(
     wait_until(
         lambda: sorted(inngest.accepted_ids()) == sorted(posted.get_json()["ids"] + sent["ids"])
     )
+
+
+def test_a_send_before_the_outbox_table_exists_raises_and_the_transaction_goes_on(
+    shops: ShopFactory, inngest: InngestStandIn
+) -> None:
+    """Before the app's migrations made the outbox table: the gateway's own 503 error, naming
+    the command, before anything is written; on PostgreSQL a failed INSERT would have aborted
+    the host's transaction."""
+    app = shops(create=False)
+    with app.app_context():
+        db.metadata.create_all(db.engine, tables=[User.__table__, Order.__table__])
+        db.session.add(User(id=1, email="ada@example.com", name="Ada Lovelace"))
+        db.session.flush()
+        with pytest.raises(OutboxUnavailable) as missing:
+            gateway.send({"name": "shop/too.early"})
+        assert missing.value.status_code == 503
+        assert missing.value.code == "outbox_unavailable"
+        assert "flask inngest-gateway outbox create" in missing.value.message
+        db.session.add(Order(user_id=1, item="kept"))
+        db.session.commit()  # the host's transaction is still usable
+    assert count(app, Order) == 1
+
+    result = app.test_cli_runner().invoke(args=["inngest-gateway", "outbox", "create"])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        [sent] = gateway.send({"name": "shop/in.time"})
+        db.session.commit()
+    wait_until(lambda: inngest.accepted_ids() == [sent])
 
 
 def test_a_deliverer_that_never_found_its_table_stops_cleanly(
