@@ -40,7 +40,7 @@ _BATCH = "inngest_gateway_batch"
 # The same for a Connection: its open batch by the transaction object (a Connection's `info`
 # outlives it), and what to run at its COMMIT; and the Connections listened to.
 _CONNECTION_BATCHES: weakref.WeakKeyDictionary[Any, _Batch] = weakref.WeakKeyDictionary()
-_CONNECTION_STAGED: weakref.WeakKeyDictionary[Connection, list[Callable[[], None]]] = (
+_CONNECTION_STAGED: weakref.WeakKeyDictionary[Connection, dict[Any, list[Callable[[], None]]]] = (
     weakref.WeakKeyDictionary()
 )
 _LISTENED: weakref.WeakSet[Connection] = weakref.WeakSet()
@@ -234,33 +234,59 @@ def _keep_open_batch(target: Session | Connection, batch: _Batch | None) -> None
 def after_commit(target: Target, committed: Callable[[], None]) -> None:
     """Run `committed` when the transaction `target` is in commits (dropped on rollback).
 
-    On a Session: when its outermost transaction commits, after the database's COMMIT; a
-    savepoint (`begin_nested`) released hands its callbacks to the transaction around it, one
-    rolled back drops them. On a Connection, SQLAlchemy has no event after the COMMIT: it runs
-    as the COMMIT is issued (so a COMMIT that then fails has run it: it may wake the deliverer,
-    count and record events that were never stored; nothing is sent for them).
+    On a Session or a Connection, a savepoint (`begin_nested`) released hands its callbacks
+    to the transaction around it, one rolled back drops them. On a Session they run when its
+    outermost transaction commits, after the database's COMMIT. On a Connection, SQLAlchemy
+    has no event after the COMMIT: they run as the COMMIT is issued (so a COMMIT that then
+    fails has run them: they may wake the deliverer, count and record events that were never
+    stored; nothing is sent for them).
     """
     if isinstance(target, scoped_session):
         target = target()
+    current = target.get_nested_transaction() or target.get_transaction()
     if isinstance(target, Session):
-        current = target.get_nested_transaction() or target.get_transaction()
         staged: dict[Any, list[Callable[[], None]]] = target.info.setdefault(_STAGED, {})
         staged.setdefault(current, []).append(committed)
         return
-    _CONNECTION_STAGED.setdefault(target, []).append(committed)
-    if target not in _LISTENED:  # two listeners per Connection, holding no events
+    _CONNECTION_STAGED.setdefault(target, {}).setdefault(current, []).append(committed)
+    if target not in _LISTENED:  # four listeners per Connection, holding no events
         _LISTENED.add(target)
         event.listen(target, "commit", _connection_committed)
         event.listen(target, "rollback", _connection_rolled_back)
+        event.listen(target, "release_savepoint", _connection_savepoint_released)
+        event.listen(target, "rollback_savepoint", _connection_savepoint_rolled_back)
 
 
 def _connection_committed(connection: Connection) -> None:
-    for committed in _CONNECTION_STAGED.pop(connection, ()):
-        _run(committed)
+    for callbacks in _CONNECTION_STAGED.pop(connection, {}).values():
+        for committed in callbacks:
+            _run(committed)
 
 
 def _connection_rolled_back(connection: Connection) -> None:
     _CONNECTION_STAGED.pop(connection, None)
+
+
+def _ending_savepoint(connection: Connection, name: str) -> Any:
+    """The savepoint `name` as it is released or rolled back: still the Connection's innermost."""
+    nested = connection.get_nested_transaction()
+    return nested if getattr(nested, "_savepoint", None) == name else None
+
+
+def _connection_savepoint_released(connection: Connection, name: str, _context: Any) -> None:
+    staged = _CONNECTION_STAGED.get(connection)
+    nested = _ending_savepoint(connection, name)
+    if staged and nested is not None and (released := staged.pop(nested, None)):
+        # The savepoint around it, or the transaction (SQLAlchemy keeps no public link).
+        around = getattr(nested, "_previous_nested", None) or connection.get_transaction()
+        staged.setdefault(around, []).extend(released)
+
+
+def _connection_savepoint_rolled_back(connection: Connection, name: str, _context: Any) -> None:
+    staged = _CONNECTION_STAGED.get(connection)
+    nested = _ending_savepoint(connection, name)
+    if staged and nested is not None:
+        staged.pop(nested, None)  # with the events of savepoints released into it
 
 
 def _run(committed: Callable[[], None]) -> None:

@@ -260,8 +260,14 @@ def test_a_long_lived_connection_keeps_no_listener_per_send(
                 connection.commit()
             else:
                 connection.rollback()
-        listeners = (len(connection.dispatch.commit), len(connection.dispatch.rollback))
-    assert listeners == (1, 1)
+        dispatch = connection.dispatch
+        listeners = [
+            len(dispatch.commit),
+            len(dispatch.rollback),
+            len(dispatch.release_savepoint),
+            len(dispatch.rollback_savepoint),
+        ]
+    assert listeners == [1, 1, 1, 1]
     wait_until(lambda: len(inngest.accepted) == 15)
     assert [e["data"]["n"] for e in inngest.accepted] == list(range(1, 30, 2))
 
@@ -289,6 +295,28 @@ def test_a_savepoint_rolled_back_or_released_counts_only_at_the_outer_commit(
         db.session.commit()
     assert [e["data"]["step"] for e in recorded] == ["outer", "inner"]
     assert inngest.received == []
+
+
+def test_a_connections_savepoint_rolled_back_or_released_counts_only_at_the_outer_commit(
+    shops: ShopFactory,
+) -> None:
+    """The same on a Core Connection: `begin_nested()` rolled back takes its events with it,
+    released hands them to the transaction around it, and only the outer COMMIT counts."""
+    app = shops()
+    app.testing = True  # suppressed: the recorder shows what the commits made
+    with app.app_context(), gateway.record_events(app) as recorded:
+        with db.engine.connect() as connection, connection.begin():
+            gateway.send({"name": "shop/core", "data": {"step": "outer"}}, session=connection)
+            savepoint = connection.begin_nested()
+            gateway.send({"name": "shop/core", "data": {"step": "rolled back"}}, session=connection)
+            inner = connection.begin_nested()  # released into the one rolled back
+            gateway.send({"name": "shop/core", "data": {"step": "inside it"}}, session=connection)
+            inner.commit()
+            savepoint.rollback()
+            with connection.begin_nested(), connection.begin_nested():
+                gateway.send({"name": "shop/core", "data": {"step": "inner"}}, session=connection)
+            assert recorded == []  # nothing before the outer commit
+    assert [e["data"]["step"] for e in recorded] == ["outer", "inner"]
 
 
 def test_send_in_a_request_takes_the_logged_in_user_by_default(
