@@ -11,6 +11,7 @@ import fcntl
 import logging
 import math
 import os
+import sqlite3
 import threading
 import time
 import weakref
@@ -36,13 +37,33 @@ def sqlite_pragmas(synchronous: str) -> Any:
 
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        _switch_to_wal(cursor)
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
 
     return on_connect
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """PRAGMA journal_mode=WAL, waiting as the busy timeout would for another connection's.
+
+    Processes opening a new database file at once (gunicorn's workers) each switch it; SQLite
+    answers the losers "database is locked" at once, without its busy handler. Once the file
+    is in WAL mode the pragma changes nothing and takes no lock.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 class WriteTimeout(TimeoutError):
@@ -227,15 +248,29 @@ class OwnDatabase:
         try:
             if not self.create_tables:
                 return self._tables_exist()
-            try:
-                self.metadata.create_all(self.engine)
-            except (exc.IntegrityError, exc.ProgrammingError):
-                self.metadata.create_all(self.engine)  # another process was creating them too
-        except exc.SQLAlchemyError as error:
+            self._create_tables()
+        except (exc.SQLAlchemyError, WriteTimeout) as error:
             log.warning("database unavailable, schema not checked yet: %s", type(error).__name__)
             return False
         self.schema_ready = True
         return True
+
+    def _create_tables(self) -> None:
+        """create_all, with other processes doing the same at once (gunicorn's workers).
+
+        SQLite: under the write lock, one process at a time, so that the next finds the
+        tables made (racing, the loser got "table already exists" or "database is locked").
+        The first connection, which makes the folder and switches the file to WAL, comes
+        before: the lock's file lives beside the database. PostgreSQL: the loser's CREATE
+        fails on the winner's catalog rows, and checking again finds the tables.
+        """
+        with self.engine.connect():
+            pass
+        with write_lock(self.engine, time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000):
+            try:
+                self.metadata.create_all(self.engine)
+            except (exc.IntegrityError, exc.ProgrammingError):
+                self.metadata.create_all(self.engine)  # another process was creating them too
 
     def create_all(self) -> None:
         """Create the tables that are missing (`flask inngest-gateway outbox create`)."""

@@ -9,9 +9,11 @@ import contextlib
 import fcntl
 import json
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,6 +23,7 @@ from flask import Flask
 from inngest_gateway.outbox import DEAD, PENDING, OutboxEvent, now_ms
 from inngest_gateway.state import gateway_state
 from tests.outboxes import FAST, deliver_until, outbox_app_factory, rows, run_once
+from tests.processes import BIN, ROOT, clean_env
 from tests.proxy import silent_server
 from tests.standin import Fault, InngestStandIn, Received
 
@@ -355,3 +358,50 @@ def test_a_postgresql_server_that_never_answers_is_503_in_bounded_time(
     # libpq's connect_timeout counts whole seconds, at least 2: the first-use schema checks
     # (the service's own tables, then the outbox's), then the write's own connection.
     assert seconds < 3 * 2 + 1.5, f"{seconds:.1f}s"
+
+
+# -- the schema, made by several processes at once -------------------------------------------
+
+SCHEMA_AT_ONCE = """
+import logging, sys, time
+from inngest_gateway.db import OwnDatabase
+from inngest_gateway.outbox.model import OutboxBase
+logging.basicConfig(level=logging.WARNING)
+database = OwnDatabase(
+    sys.argv[1], OutboxBase.metadata, sqlite_synchronous="NORMAL", write_timeout=5,
+    make_folder=True,
+)
+time.sleep(max(float(sys.argv[2]) - time.time(), 0))
+print(database.ensure_schema())
+"""
+
+
+@pytest.mark.timeout(180)
+def test_workers_starting_at_once_on_a_new_outbox_each_find_its_tables(
+    database_url: str, tmp_path: Path
+) -> None:
+    """gunicorn's workers on an outbox nobody has used: each creates the tables or finds
+    them made by another; none reports the database unavailable (on SQLite, the loser of
+    the race used to get "table already exists" or "database is locked")."""
+    for trial in range(6):
+        if database_url.startswith("sqlite"):
+            url = f"sqlite:///{tmp_path / f'new-{trial}' / 'outbox.db'}"  # folder made too
+        else:
+            url = database_url
+            with psycopg.connect(database_url, autocommit=True) as connection:
+                connection.execute("DROP TABLE IF EXISTS outbox_events")
+        start = time.time() + 2.0  # all three have started Python by then
+        workers = [
+            subprocess.Popen(
+                [str(BIN / "python"), "-c", SCHEMA_AT_ONCE, url, str(start)],
+                cwd=ROOT,
+                env=clean_env(tmp_path),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(3)
+        ]
+        for worker in workers:
+            out, err = worker.communicate(timeout=60)
+            assert (out.strip(), err) == ("True", ""), f"trial {trial}: {err}"
