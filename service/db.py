@@ -7,13 +7,20 @@ so that a login lookup is bounded as an outbox write is.
 from __future__ import annotations
 
 import logging
+import time
 
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import event, exc, text
 from sqlalchemy.orm import DeclarativeBase
 
-from inngest_gateway.db import engine_options, sqlite_pragmas
+from inngest_gateway.db import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    WriteTimeout,
+    engine_options,
+    sqlite_pragmas,
+    write_lock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +33,20 @@ db = SQLAlchemy(model_class=Base)
 
 
 def create_schema() -> None:
-    """Create missing tables; safe when several processes start at once."""
-    try:
-        db.create_all()
-    except (exc.IntegrityError, exc.ProgrammingError):
-        # Another worker created a table between our check and our CREATE: look again.
-        db.session.rollback()
-        db.create_all()
+    """Create missing tables; safe when several processes start at once.
+
+    On SQLite one process at a time, under the write-lock file beside the database (after a
+    first connection has switched it to WAL), so that the next finds the tables made.
+    """
+    with db.engine.connect():
+        pass
+    with write_lock(db.engine, time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000):
+        try:
+            db.create_all()
+        except (exc.IntegrityError, exc.ProgrammingError):
+            # Another worker created a table between our check and our CREATE: look again.
+            db.session.rollback()
+            db.create_all()
 
 
 def ensure_schema(app: Flask) -> bool:
@@ -41,7 +55,7 @@ def ensure_schema(app: Flask) -> bool:
         return True
     try:
         create_schema()
-    except exc.SQLAlchemyError as error:
+    except (exc.SQLAlchemyError, WriteTimeout) as error:
         db.session.rollback()
         log.warning("database unavailable, schema not checked yet: %s", type(error).__name__)
         return False

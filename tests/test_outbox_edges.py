@@ -362,7 +362,9 @@ def test_a_postgresql_server_that_never_answers_is_503_in_bounded_time(
 
 # -- the schema, made by several processes at once -------------------------------------------
 
-SCHEMA_AT_ONCE = """
+# Each prints whether its schema is ready, once the given instant has come.
+SCHEMA_AT_ONCE = {
+    "the outbox": """
 import logging, sys, time
 from inngest_gateway.db import OwnDatabase
 from inngest_gateway.outbox.model import OutboxBase
@@ -373,27 +375,44 @@ database = OwnDatabase(
 )
 time.sleep(max(float(sys.argv[2]) - time.time(), 0))
 print(database.ensure_schema())
-"""
+""",
+    "the service's users": """
+import logging, os, sys, time
+from flask import Flask
+import service.users  # its tables
+from service.db import init_app
+logging.basicConfig(level=logging.WARNING)
+if sys.argv[1].startswith("sqlite:///"):
+    os.makedirs(os.path.dirname(sys.argv[1].removeprefix("sqlite:///")), exist_ok=True)
+app = Flask("worker")
+time.sleep(max(float(sys.argv[2]) - time.time(), 0))
+init_app(app, sys.argv[1], write_timeout=5)
+print(app.extensions.get("schema_ready", False))
+""",
+}
 
 
 @pytest.mark.timeout(180)
-def test_workers_starting_at_once_on_a_new_outbox_each_find_its_tables(
-    database_url: str, tmp_path: Path
+@pytest.mark.parametrize("database", list(SCHEMA_AT_ONCE))
+def test_workers_starting_at_once_on_a_new_database_each_find_its_tables(
+    database_url: str, tmp_path: Path, database: str
 ) -> None:
-    """gunicorn's workers on an outbox nobody has used: each creates the tables or finds
+    """gunicorn's workers on a database nobody has used: each creates the tables or finds
     them made by another; none reports the database unavailable (on SQLite, the loser of
     the race used to get "table already exists" or "database is locked")."""
-    for trial in range(6):
+    for trial in range(4):
         if database_url.startswith("sqlite"):
             url = f"sqlite:///{tmp_path / f'new-{trial}' / 'outbox.db'}"  # folder made too
         else:
             url = database_url
             with psycopg.connect(database_url, autocommit=True) as connection:
-                connection.execute("DROP TABLE IF EXISTS outbox_events")
+                connection.execute(
+                    "DROP TABLE IF EXISTS outbox_events, login_sessions, users CASCADE"
+                )
         start = time.time() + 2.0  # all three have started Python by then
         workers = [
             subprocess.Popen(
-                [str(BIN / "python"), "-c", SCHEMA_AT_ONCE, url, str(start)],
+                [str(BIN / "python"), "-c", SCHEMA_AT_ONCE[database], url, str(start)],
                 cwd=ROOT,
                 env=clean_env(tmp_path),
                 stdout=subprocess.PIPE,
