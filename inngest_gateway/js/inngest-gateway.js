@@ -96,7 +96,9 @@
     { base = defaults.base, cap = defaults.cap } = {},
     random = Math.random,
   ) => {
-    const ceiling = Math.min(cap, base * 2 ** attempt);
+    // Delays that are not positive numbers (data-base="" is 0) give 500 ms, never 0: a
+    // retry at once would post again and again for the whole budget.
+    const ceiling = Math.max(Math.min(cap, base * 2 ** attempt), 0) || 500;
     return Math.max(retryAfter, ceiling / 2 + (random() * ceiling) / 2);
   };
   // Retry-After in milliseconds: delay-seconds or an HTTP date; 0 when absent or unreadable.

@@ -203,6 +203,16 @@ test("a send while a Retry-After holds the queue past its budget goes when the t
   same(gw.pending(), 0, "queued");
 });
 
+test("a delay option that is not a positive number is the default's, not a retry without pause", async () => {
+  // data-base="" is Number("") = 0: a backoff of 0 ms would post again at once, all budget long.
+  const seen = network([500]);
+  for (const options of [{ base: 0, cap: 30000 }, { base: -5, cap: 0 }, { base: NaN, cap: 30000 }]) {
+    const gw = client({ ...options, budget: 300 });
+    same((await rejection(gw.send("app/storm"))).code, "timeout", "the send's budget");
+  }
+  check(seen.length <= 6, `${seen.length} requests in three budgets of 300 ms`);
+});
+
 test("a Retry-After longer than the budget holds later sends too (no request storm)", async () => {
   const seen = network([503, { status: "error", code: "outbox_full", errors: {} }, { "Retry-After": "120" }]);
   const gw = client({ budget: 100 });
