@@ -267,25 +267,40 @@ def _connection_rolled_back(connection: Connection) -> None:
     _CONNECTION_STAGED.pop(connection, None)
 
 
-def _ending_savepoint(connection: Connection, name: str) -> Any:
-    """The savepoint `name` as it is released or rolled back: still the Connection's innermost."""
+def _ending_savepoints(connection: Connection, name: str) -> list[Any]:
+    """The savepoint `name` as it is released or rolled back, and those still open inside it
+    (innermost first); empty if it is not among the Connection's open ones.
+
+    SQLAlchemy keeps no public link from a savepoint to the one around it: its
+    NestedTransaction's `_savepoint` and `_previous_nested` (there since 2.0.0) are read
+    with getattr, and without them nothing is found (the events then count at the COMMIT).
+    """
+    chain = []
     nested = connection.get_nested_transaction()
-    return nested if getattr(nested, "_savepoint", None) == name else None
+    while nested is not None:
+        chain.append(nested)
+        if getattr(nested, "_savepoint", None) == name:
+            return chain
+        nested = getattr(nested, "_previous_nested", None)
+    return []
 
 
 def _connection_savepoint_released(connection: Connection, name: str, _context: Any) -> None:
     staged = _CONNECTION_STAGED.get(connection)
-    nested = _ending_savepoint(connection, name)
-    if staged and nested is not None and (released := staged.pop(nested, None)):
-        # The savepoint around it, or the transaction (SQLAlchemy keeps no public link).
-        around = getattr(nested, "_previous_nested", None) or connection.get_transaction()
-        staged.setdefault(around, []).extend(released)
+    ending = _ending_savepoints(connection, name)
+    if not staged or not ending:
+        return
+    # Theirs become the savepoint's around it, or the transaction's.
+    around = getattr(ending[-1], "_previous_nested", None) or connection.get_transaction()
+    for nested in reversed(ending):
+        staged.setdefault(around, []).extend(staged.pop(nested, []))
 
 
 def _connection_savepoint_rolled_back(connection: Connection, name: str, _context: Any) -> None:
     staged = _CONNECTION_STAGED.get(connection)
-    nested = _ending_savepoint(connection, name)
-    if staged and nested is not None:
+    if not staged:
+        return
+    for nested in _ending_savepoints(connection, name):
         staged.pop(nested, None)  # with the events of savepoints released into it
 
 

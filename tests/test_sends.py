@@ -26,6 +26,7 @@ from alembic.migration import MigrationContext
 from flask import Flask
 from flask_migrate import Migrate
 from sqlalchemy import create_engine, func, inspect, select, text
+from sqlalchemy.exc import SAWarning
 from sqlalchemy.orm import Session
 
 from inngest_gateway import InngestGateway, outbox_table
@@ -317,6 +318,29 @@ def test_a_connections_savepoint_rolled_back_or_released_counts_only_at_the_oute
                 gateway.send({"name": "shop/core", "data": {"step": "inner"}}, session=connection)
             assert recorded == []  # nothing before the outer commit
     assert [e["data"]["step"] for e in recorded] == ["outer", "inner"]
+
+
+def test_a_connections_savepoint_rolled_back_with_one_still_open_inside_drops_both(
+    shops: ShopFactory,
+) -> None:
+    """A savepoint rolled back while one begun inside it is still open (its context manager
+    left by an exception): the events of both are gone, as their rows are."""
+    app = shops()
+    app.testing = True
+    with app.app_context(), gateway.record_events(app) as recorded:
+        with db.engine.connect() as connection, connection.begin():
+            gateway.send({"name": "shop/core", "data": {"step": "outer"}}, session=connection)
+            with pytest.raises(LookupError), pytest.warns(SAWarning, match="deassociated"):
+                with connection.begin_nested():
+                    gateway.send(
+                        {"name": "shop/core", "data": {"step": "in it"}}, session=connection
+                    )
+                    connection.begin_nested()  # never ended
+                    gateway.send(
+                        {"name": "shop/core", "data": {"step": "inside"}}, session=connection
+                    )
+                    raise LookupError
+    assert [e["data"]["step"] for e in recorded] == ["outer"]
 
 
 def test_send_in_a_request_takes_the_logged_in_user_by_default(
