@@ -197,12 +197,20 @@ def _check_table(target: Session | Connection) -> None:
     An INSERT into a missing table fails with the database's own error and, on PostgreSQL,
     aborts the host's whole transaction. The question is asked in that same transaction (it
     sees a table created there, and takes no lock a second connection would wait for), once
-    per engine that has the table.
+    per engine that has the table. A connection whose `schema_translate_map` would move the
+    table elsewhere (a schema per tenant, say) is refused: the deliverer reads one table.
     """
     if isinstance(target, Session):
         connection = target.connection(bind_arguments={"clause": insert(table)})
     else:
         connection = target
+    translate = connection.get_execution_options().get("schema_translate_map") or {}
+    if translate.get(table.schema, table.schema) != table.schema:
+        raise RuntimeError(
+            "send(session=...): the connection's schema_translate_map moves the outbox table "
+            f"to schema {translate[table.schema]!r}, where no deliverer reads it; send on a "
+            "connection without it"
+        )
     if connection.engine in _TABLE_FOUND:
         return
     if not inspect(connection).has_table(table.name, schema=table.schema):

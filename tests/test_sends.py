@@ -652,6 +652,25 @@ def test_a_send_before_the_outbox_table_exists_raises_and_the_transaction_goes_o
     wait_until(lambda: inngest.accepted_ids() == [sent])
 
 
+def test_a_connection_that_moves_the_outbox_table_to_another_schema_is_refused(
+    shops: ShopFactory, inngest: InngestStandIn
+) -> None:
+    """A schema per tenant (`schema_translate_map`): the rows would land where no deliverer
+    reads them. Refused before anything is written; the transaction goes on."""
+    app = shops()
+    with app.app_context():
+        with db.engine.connect() as connection, connection.begin():
+            connection.execution_options(schema_translate_map={None: "tenant_a"})
+            with pytest.raises(RuntimeError, match="schema_translate_map"):
+                gateway.send({"name": "shop/tenant"}, session=connection)
+            assert connection.scalar(text("SELECT 1")) == 1  # the transaction goes on
+        with db.engine.connect() as connection:
+            [sent] = gateway.send({"name": "shop/plain"}, session=connection)
+            connection.commit()
+    wait_until(lambda: inngest.accepted_ids() == [sent])
+    assert count(app) == 0
+
+
 def test_a_deliverer_that_never_found_its_table_stops_cleanly(
     shops: ShopFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
