@@ -101,6 +101,12 @@ class _SQLiteWriteLock:
         self._threads = threading.Lock()
         self._files: dict[tuple[int, str], int] = {}
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads are gone, and a lock one of them held
+        would stay held for good. The file half is per process already (a child opens its
+        own description, and waits for the parent's flock like any other process)."""
+        self._threads = threading.Lock()
+
     @contextlib.contextmanager
     def hold(self, path: str, deadline: float | None = None) -> Iterator[None]:
         if deadline is None:
@@ -308,6 +314,7 @@ _forked: weakref.WeakSet[OwnDatabase] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
+    _sqlite_lock.after_fork()
     for database in list(_forked):
         database.after_fork()
 

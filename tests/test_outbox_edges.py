@@ -19,7 +19,9 @@ from typing import Any
 import psycopg
 import pytest
 from flask import Flask
+from sqlalchemy import create_engine
 
+from inngest_gateway.db import write_lock
 from inngest_gateway.outbox import DEAD, PENDING, OutboxEvent, now_ms
 from inngest_gateway.state import gateway_state
 from tests.outboxes import FAST, deliver_until, outbox_app_factory, rows, run_once
@@ -424,3 +426,34 @@ def test_workers_starting_at_once_on_a_new_database_each_find_its_tables(
         for worker in workers:
             out, err = worker.communicate(timeout=60)
             assert (out.strip(), err) == ("True", ""), f"trial {trial}: {err}"
+
+
+def test_a_process_forked_while_a_thread_held_the_write_lock_can_still_write(
+    tmp_path: Path,
+) -> None:
+    """A fork copies the lock's thread half as it is: held by a thread the child does not
+    have, it used to stay held there for good (every write of the child timed out)."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'outbox.db'}")
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with write_lock(engine):
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert held.wait(5)
+    pid = os.fork()
+    if pid == 0:  # the child: wait for the parent's thread to let go, then write
+        code = 1
+        try:
+            with write_lock(engine, time.monotonic() + 5):
+                code = 0
+        finally:
+            os._exit(code)
+    release.set()
+    thread.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    engine.dispose()
