@@ -169,28 +169,38 @@ test("a 2xx that is not the service's answer (a captive portal, say) is retried"
 
 // The clock as the client reads it: each Date.now() gives the next of `readings`, then
 // counts up by one a read from `from`: two reads in a row can fall either side of a deadline.
+// `clock.reads` counts them, so that a test can check it met the deadline where it meant to
+// (a change in how often the client reads the clock must make it fail, not pass unaimed).
 const realNow = Date.now;
+const clock = { reads: 0 };
 const scriptClock = (readings, from) => {
-  Date.now = () => (readings.length ? readings.shift() : from++);
+  clock.reads = 0;
+  Date.now = () => (clock.reads++, readings.length ? readings.shift() : from++);
 };
+// The service's acceptance, noting how many times the clock had been read by then.
+const acceptedAt = (reads) => (body) => ((reads.push(clock.reads), accepted(body)));
 const outboxFull = (seconds) => [503, { status: "error", code: "outbox_full", errors: {} }, { "Retry-After": String(seconds) }];
 
 test("a retry whose time comes between two readings of the clock is still made", async () => {
   // The 503 asks for 1 s: notBefore is S + 1000, and the timer is set for 1000 ms. When it
   // fires, the clock reads S + 999 (not yet), then S + 1000 (due): the retry must not be lost.
   const start = realNow();
-  network(() => (scriptClock([start, start], start + 999), outboxFull(1)), accepted);
+  const reads = [];
+  network(() => (scriptClock([start, start], start + 999), outboxFull(1)), acceptedAt(reads));
   let ids = null;
   client().send("app/tick").then((given) => (ids = given), () => {});
   await within(5000, () => ids !== null, "the retry after Retry-After");
   same(ids.length, 1, "ids");
+  // notBefore (S), the timer's delay (S), then S + 999 (not yet), S + 1000 (due), S + 1001.
+  same(reads, [5], "reads of the clock before the retry");
 });
 
 test("a send while a Retry-After holds the queue past its budget goes when the time comes", async () => {
   // The first send gives up at its 100 ms budget; the queue waits for the server's 1 s. A
   // second send reads the clock at S + 999 (not yet), then S + 1000 (due): it must go.
   const start = realNow();
-  network(() => (scriptClock([start, start], start), outboxFull(1)), accepted);
+  const reads = [];
+  network(() => (scriptClock([start, start], start), outboxFull(1)), acceptedAt(reads));
   const gw = client({ budget: 100 });
   const first = gw.send("app/1");
   same((await rejection(first)).code, "timeout", "the first send's budget");
@@ -201,6 +211,7 @@ test("a send while a Retry-After holds the queue past its budget goes when the t
   gw.send("app/2").then((given) => (ids = given), () => {});
   await within(3000, () => ids !== null, "the second send");
   same(gw.pending(), 0, "queued");
+  same(reads, [6], "reads of the clock, S + 996 to S + 1001, before the second send went");
 });
 
 test("a delay option that is not a positive number is the default's, not a retry without pause", async () => {
