@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event, exc, inspect, make_url
@@ -145,6 +145,25 @@ def write_lock(engine: Engine, deadline: float | None = None) -> Iterator[None]:
         yield
 
 
+def create_tables_at_once(engine: Engine, create: Callable[[], None]) -> None:
+    """Run `create` (a create_all) with other processes doing the same (gunicorn's workers).
+
+    SQLite: under the write lock, one process at a time, so that the next finds the tables
+    made (racing, the loser got "table already exists" or "database is locked"). The first
+    connection, which makes the folder and switches the file to WAL, comes before: the
+    lock's file lives beside the database. PostgreSQL: the loser's CREATE fails on the
+    winner's catalog rows, and checking again finds the tables. Raises WriteTimeout if the
+    lock stays taken past SQLite's busy timeout.
+    """
+    with engine.connect():
+        pass
+    with write_lock(engine, time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000):
+        try:
+            create()
+        except (exc.IntegrityError, exc.ProgrammingError):
+            create()  # another process was creating them too
+
+
 class StatementDeadline:
     """Bounds the statements of one transaction on a raw driver connection by a deadline.
 
@@ -254,29 +273,12 @@ class OwnDatabase:
         try:
             if not self.create_tables:
                 return self._tables_exist()
-            self._create_tables()
+            create_tables_at_once(self.engine, lambda: self.metadata.create_all(self.engine))
         except (exc.SQLAlchemyError, WriteTimeout) as error:
             log.warning("database unavailable, schema not checked yet: %s", type(error).__name__)
             return False
         self.schema_ready = True
         return True
-
-    def _create_tables(self) -> None:
-        """create_all, with other processes doing the same at once (gunicorn's workers).
-
-        SQLite: under the write lock, one process at a time, so that the next finds the
-        tables made (racing, the loser got "table already exists" or "database is locked").
-        The first connection, which makes the folder and switches the file to WAL, comes
-        before: the lock's file lives beside the database. PostgreSQL: the loser's CREATE
-        fails on the winner's catalog rows, and checking again finds the tables.
-        """
-        with self.engine.connect():
-            pass
-        with write_lock(self.engine, time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000):
-            try:
-                self.metadata.create_all(self.engine)
-            except (exc.IntegrityError, exc.ProgrammingError):
-                self.metadata.create_all(self.engine)  # another process was creating them too
 
     def create_all(self) -> None:
         """Create the tables that are missing (`flask inngest-gateway outbox create`)."""

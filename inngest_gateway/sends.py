@@ -44,6 +44,8 @@ _CONNECTION_STAGED: weakref.WeakKeyDictionary[Connection, dict[Any, list[Callabl
     weakref.WeakKeyDictionary()
 )
 _LISTENED: weakref.WeakSet[Connection] = weakref.WeakSet()
+# One statement for every send (a Session picks its bind from it, as for the write).
+_INSERT = insert(table)
 # The engines whose database was seen to have the outbox table: checked once each.
 _TABLE_FOUND: weakref.WeakSet[Engine] = weakref.WeakSet()
 
@@ -186,7 +188,7 @@ def stage(
                 "batch_seed": batch.seed,
             }
         )
-    target.execute(insert(table), rows)  # begins the transaction, if nothing had yet
+    target.execute(_INSERT, rows)  # begins the transaction, if nothing had yet
     _keep_open_batch(target, batch)
     after_commit(target, committed)
 
@@ -201,7 +203,7 @@ def _check_table(target: Session | Connection) -> None:
     table elsewhere (a schema per tenant, say) is refused: the deliverer reads one table.
     """
     if isinstance(target, Session):
-        connection = target.connection(bind_arguments={"clause": insert(table)})
+        connection = target.connection(bind_arguments={"clause": _INSERT})
     else:
         connection = target
     translate = connection.get_execution_options().get("schema_translate_map") or {}

@@ -7,7 +7,6 @@ so that a login lookup is bounded as an outbox write is.
 from __future__ import annotations
 
 import logging
-import time
 
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
@@ -15,11 +14,10 @@ from sqlalchemy import event, exc, text
 from sqlalchemy.orm import DeclarativeBase
 
 from inngest_gateway.db import (
-    SQLITE_BUSY_TIMEOUT_MS,
     WriteTimeout,
+    create_tables_at_once,
     engine_options,
     sqlite_pragmas,
-    write_lock,
 )
 
 log = logging.getLogger(__name__)
@@ -33,20 +31,8 @@ db = SQLAlchemy(model_class=Base)
 
 
 def create_schema() -> None:
-    """Create missing tables; safe when several processes start at once.
-
-    On SQLite one process at a time, under the write-lock file beside the database (after a
-    first connection has switched it to WAL), so that the next finds the tables made.
-    """
-    with db.engine.connect():
-        pass
-    with write_lock(db.engine, time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000):
-        try:
-            db.create_all()
-        except (exc.IntegrityError, exc.ProgrammingError):
-            # Another worker created a table between our check and our CREATE: look again.
-            db.session.rollback()
-            db.create_all()
+    """Create missing tables; safe when several processes start at once."""
+    create_tables_at_once(db.engine, db.create_all)
 
 
 def ensure_schema(app: Flask) -> bool:

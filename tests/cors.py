@@ -49,3 +49,20 @@ def assert_cors_answer(response: TestResponse, origin: str | None, allowed: bool
         assert response.headers["Access-Control-Allow-Credentials"] == "true"
     else:
         assert cors == set(), response.headers
+
+
+def trusted_origin_preflights(
+    client: FlaskClient, trusted: str
+) -> tuple[TestResponse, TestResponse, TestResponse]:
+    """A preflight from `trusted` to /api, the same to the host's /, and one to /api from
+    another origin."""
+    preflight = {
+        "Origin": trusted,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "Content-Type",
+    }
+    return (
+        client.options("/api", headers=preflight),
+        client.options("/", headers=preflight),
+        client.options("/api", headers={**preflight, "Origin": "https://evil.example"}),
+    )

@@ -24,7 +24,13 @@ from flask_login import LoginManager, UserMixin
 
 from inngest_gateway import InngestGateway, outbox
 from inngest_gateway.state import gateway_state
-from tests.cors import CORS_REQUESTS, TRUSTED, assert_cors_answer, cors_request
+from tests.cors import (
+    CORS_REQUESTS,
+    TRUSTED,
+    assert_cors_answer,
+    cors_request,
+    trusted_origin_preflights,
+)
 from tests.extension.test_host import GRACE
 from tests.standin import InngestStandIn
 
@@ -533,14 +539,19 @@ def test_a_bad_setting_stops_the_mount(hosts: Callable[..., Flask]) -> None:
 
 # -- the outbox, its deliverer and its commands on the host ------------------------------------
 
+# Outbox mode, with this process's deliverer (the hosts' default config turns it off).
+OUTBOX_DELIVERED = {
+    "INNGEST_GATEWAY_DELIVERY_MODE": "outbox",
+    "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": True,
+}
+
 
 def test_outbox_mode_is_delivered_by_the_deliverer(
     hosts: Callable[..., Flask], inngest: InngestStandIn
 ) -> None:
     app = hosts(
         config={
-            "INNGEST_GATEWAY_DELIVERY_MODE": "outbox",
-            "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": True,
+            **OUTBOX_DELIVERED,
             "INNGEST_GATEWAY_OUTBOX_POLL_SECONDS": "0.05",
             "TESTING": False,  # a test app's outbox is a private temporary file
         }
@@ -598,15 +609,7 @@ def readme_example() -> str:
 def test_cors_for_trusted_origins_on_our_path_only(hosts: Callable[..., Flask]) -> None:
     trusted = "https://app.example.com"
     client = hosts(config={"INNGEST_GATEWAY_TRUSTED_ORIGINS": trusted}).test_client()
-    preflight = {
-        "Origin": trusted,
-        "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "Content-Type",
-    }
-
-    ours = client.options("/api", headers=preflight)
-    theirs = client.options("/", headers=preflight)
-    stranger = client.options("/api", headers={**preflight, "Origin": "https://evil.example"})
+    ours, theirs, stranger = trusted_origin_preflights(client, trusted)
 
     assert ours.headers["Access-Control-Allow-Origin"] == trusted
     assert ours.headers["Access-Control-Allow-Credentials"] == "true"
@@ -705,8 +708,7 @@ def test_a_forked_worker_gets_its_own_connections_and_deliverer(
     """As under gunicorn with preload: the app is built, and has used its outbox, in the master."""
     app = hosts(
         config={
-            "INNGEST_GATEWAY_DELIVERY_MODE": "outbox",
-            "INNGEST_GATEWAY_OUTBOX_EMBEDDED_DELIVERER": True,
+            **OUTBOX_DELIVERED,
         }
     )
     state = gateway_state(app)

@@ -22,6 +22,7 @@ from flask_login import LoginManager, UserMixin
 
 from inngest_gateway import InngestGateway
 from inngest_gateway.state import gateway_state
+from tests.cors import trusted_origin_preflights
 from tests.standin import InngestStandIn
 
 SECRET = "host-secret-0123456789abcdef0123456789"
@@ -198,15 +199,7 @@ def test_event_schemas_from_yaml_are_checked(
 def test_cors_answers_a_trusted_origin_only(host: Callable[..., Flask]) -> None:
     trusted = "https://app.example.com"
     client = host(INNGEST_GATEWAY_TRUSTED_ORIGINS=trusted).test_client()
-    preflight = {
-        "Origin": trusted,
-        "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "Content-Type",
-    }
-
-    ours = client.options("/api", headers=preflight)
-    theirs = client.options("/", headers=preflight)
-    stranger = client.options("/api", headers={**preflight, "Origin": "https://evil.example"})
+    ours, theirs, stranger = trusted_origin_preflights(client, trusted)
 
     assert ours.headers["Access-Control-Allow-Origin"] == trusted
     assert ours.headers["Access-Control-Allow-Credentials"] == "true"
